@@ -1,0 +1,28 @@
+# The README's commands. Each one does its own set-up (scripts/setup_env.sh, a no-op when done).
+PY := .venv/bin/python
+CKPT ?=
+ARGS ?=
+
+.PHONY: setup demo test test-fast serve bench clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+## The main job: the example story through a real headless ComfyUI and its API queue -> output/
+demo: setup
+	@$(PY) scripts/run_story.py $(if $(CKPT),--ckpt "$(CKPT)") $(ARGS)
+
+## Every test: pure math, in-process nodes on tiny models, live-server tests through /prompt.
+test: setup
+	@$(PY) -m pytest $(ARGS)
+
+## ComfyUI with the pack, for the browser canvas (http://127.0.0.1:$(PORT)).
+PORT ?= 8188
+serve: setup
+	@$(PY) scripts/serve.py --port $(PORT) $(if $(CKPT),--ckpt "$(CKPT)") $(ARGS)
+
+bench: setup
+	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf output .pytest_cache

@@ -1,0 +1,1 @@
+"""Pure-torch attention math (no ComfyUI import): consistent self-attention, masks, isolation."""

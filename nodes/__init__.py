@@ -1,0 +1,11 @@
+"""ComfyUI glue: every node module contributes its NODE_CLASS_MAPPINGS and display names."""
+
+from . import story_prompt
+
+_MODULES = (story_prompt,)
+
+NODE_CLASS_MAPPINGS: dict = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+for _module in _MODULES:
+    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

@@ -1,0 +1,110 @@
+"""The README's main job: run the example story through a real headless ComfyUI.
+
+Starts ComfyUI (the host from scripts/comfy_host.py) on a free loopback port with this pack
+installed, queues example_workflows/api/one_character_story.json through POST /prompt, follows
+progress over the websocket and writes the panels to output/.
+
+    make demo                                   # tiny random-weight SDXL-shaped model: a smoke run
+    make demo CKPT=/path/to/model.safetensors   # your SD1.5 / SDXL checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from comfy_host import ROOT, ComfyServer  # noqa: E402
+from story_client import PromptFailed, PromptRejected, download_images, run_prompt, text_progress  # noqa: E402
+
+DEFAULT_WORKFLOW = ROOT / "example_workflows" / "api" / "one_character_story.json"
+
+
+def build_prompt(workflow: dict, args) -> dict:
+    prompt = json.loads(json.dumps(workflow))
+    for node in prompt.values():
+        ct, inputs = node["class_type"], node["inputs"]
+        if ct == "StoryTestTinyCheckpoint" and args.ckpt:
+            node["class_type"] = "CheckpointLoaderSimple"
+            node["inputs"] = {"ckpt_name": Path(args.ckpt).name}
+        elif ct == "StoryDiffPrompt" and args.story:
+            inputs["story"] = Path(args.story).read_text() if Path(args.story).is_file() else args.story
+        elif ct in ("KSampler", "KSamplerAdvanced"):
+            if args.seed is not None:
+                inputs["seed" if ct == "KSampler" else "noise_seed"] = args.seed
+            if args.steps:
+                inputs["steps"] = args.steps
+            elif args.ckpt:
+                inputs["steps"] = 30
+        elif ct == "EmptyLatentImage":
+            width = args.width or (1024 if args.ckpt else inputs["width"])
+            height = args.height or (1024 if args.ckpt else inputs["height"])
+            inputs["width"], inputs["height"] = width, height
+    return prompt
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default="", help="an SD1.5/SDXL .safetensors checkpoint; empty = tiny random-weight smoke model")
+    p.add_argument("--story", default="", help="story text, or a file holding it (default: the workflow's story)")
+    p.add_argument("--workflow", default=str(DEFAULT_WORKFLOW), help="API-format workflow JSON")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--steps", type=int, default=0)
+    p.add_argument("--width", type=int, default=0, help="default 1024 with a checkpoint (use 512 or 768 for SD1.5)")
+    p.add_argument("--height", type=int, default=0)
+    p.add_argument("--output", default=str(ROOT / "output"))
+    args = p.parse_args(argv)
+
+    checkpoints = []
+    if args.ckpt:
+        ckpt = Path(args.ckpt).expanduser()
+        if not ckpt.is_file():
+            print(f"error: CKPT={args.ckpt} does not exist; give the path of an SD1.5/SDXL .safetensors checkpoint.", file=sys.stderr)
+            return 2
+        checkpoints.append(ckpt)
+        print(f"[demo] checkpoint: {ckpt}")
+    else:
+        print("[demo] no CKPT given: using the embedded tiny random-weight SDXL-shaped model.")
+        print("[demo] This is a SMOKE RUN of the whole pipeline: the images are noise, not art.")
+        print("[demo] For real images: make demo CKPT=/path/to/sdxl_or_sd15.safetensors")
+
+    workflow = json.loads(Path(args.workflow).read_text())
+    prompt = build_prompt(workflow, args)
+    out_dir = Path(args.output)
+    base = Path(tempfile.mkdtemp(prefix="story-demo-"))
+    t0 = time.time()
+    try:
+        return _run(base, args, prompt, checkpoints, out_dir, t0)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _run(base, args, prompt, checkpoints, out_dir, t0) -> int:
+    with ComfyServer(base, with_tiny_models=not args.ckpt, checkpoints=checkpoints) as server:
+        print(f"[demo] ComfyUI is up at {server.url} (log: {server.log_path})")
+        try:
+            entry = run_prompt(server, prompt, on_progress=text_progress)
+        except PromptRejected as e:
+            print(f"[demo] the server rejected the workflow:\n{e}", file=sys.stderr)
+            return 1
+        except PromptFailed as e:
+            print(f"[demo] the run failed: {e}\n--- server log ---\n{server.log_tail()}", file=sys.stderr)
+            return 1
+        saved = download_images(server, entry, out_dir)
+    if not saved:
+        print("[demo] the workflow finished but saved no image", file=sys.stderr)
+        return 1
+    print(f"[demo] {len(saved)} image(s) written in {time.time() - t0:.1f}s:")
+    for path in saved:
+        print(f"  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

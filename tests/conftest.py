@@ -1,0 +1,94 @@
+"""Test harness: a real ComfyUI host in-process, the pack loaded the way ComfyUI loads it,
+tiny random-weight models, and a live headless server for API tests.
+
+Never puts the pack root on sys.path (ComfyUI's top-level `nodes.py` vs our `nodes/`):
+the host root and this tests/ folder are the only additions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from comfy_host import host_root  # noqa: E402
+
+HOST = host_root()
+for p in (str(TESTS), str(HOST)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from comfy.cli_args import args as _comfy_args  # noqa: E402
+
+_comfy_args.cpu = True  # before comfy.model_management is imported anywhere
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "live: starts a real headless ComfyUI server")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+
+# ---- the pack, loaded by ComfyUI's own loader -------------------------------------
+@pytest.fixture(scope="session")
+def pack():
+    """The pack module, imported through nodes.load_custom_node exactly as ComfyUI does."""
+    from pack_loader import load_pack
+
+    return load_pack()
+
+
+@pytest.fixture(scope="session")
+def node_classes(pack):
+    return pack.NODE_CLASS_MAPPINGS
+
+
+# ---- tiny models --------------------------------------------------------------------
+_TINY_CACHE: dict = {}
+
+
+def _tiny(family: str):
+    if family not in _TINY_CACHE:
+        from tiny_models import factory
+
+        if family == "svd":
+            _TINY_CACHE[family] = (factory.tiny_unet("svd"), None, factory.tiny_vae())
+        else:
+            _TINY_CACHE[family] = factory.tiny_checkpoint(family)
+    return _TINY_CACHE[family]
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """tiny(family) -> (MODEL, CLIP, VAE), built once per session; never mutate them, clone()."""
+    return _tiny
+
+
+# ---- a live server -------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def live_server():
+    """ComfyUI main.py --cpu on a free loopback port, with this pack and the tiny-model test pack."""
+    from comfy_host import ComfyServer
+
+    base = Path(tempfile.mkdtemp(prefix="story-test-comfy-"))
+    server = ComfyServer(base, with_tiny_models=True)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Free the tiny models while ComfyUI's modules still exist (ModelPatcher.__del__ needs them)."""
+    import gc
+
+    _TINY_CACHE.clear()
+    gc.collect()
