@@ -25,7 +25,11 @@ MAX_FRAMES = 4096
 
 
 def check_frames(frames) -> str | None:
-    if not isinstance(frames, int) or frames < 2:
+    try:
+        frames = int(frames)
+    except (TypeError, ValueError):
+        return f"{NODE}: frames must be a whole number, got {frames!r}."
+    if frames < 2:
         return (f"{NODE}: frames is {frames}; a transition needs at least 2 frames (its start and end panel). "
                 "Use 14 or 25 for SVD.")
     if frames > MAX_FRAMES:
@@ -127,7 +131,9 @@ class StoryTransitionSVD:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, frames):
+    def VALIDATE_INPUTS(cls, frames=None):
+        if frames is None:  # linked from another node: checked when the node runs
+            return True
         problem = check_frames(frames)
         return problem or True
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from story_client import PromptRejected, download_images, run_prompt
+from story_client import PromptFailed, PromptRejected, download_images, run_prompt
 
 pytestmark = pytest.mark.live
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,3 +39,12 @@ def test_frame_count_below_two_is_rejected_before_queueing(live_server):
     with pytest.raises(PromptRejected) as e:
         run_prompt(live_server, prompt, timeout=60)
     assert "at least 2 frames" in str(e.value)
+
+
+def test_linked_frame_count_is_checked_when_the_node_runs(live_server):
+    prompt = _tiny_prompt()
+    prompt["20"] = {"class_type": "PrimitiveInt", "inputs": {"value": 1}, "_meta": {"title": "frames"}}
+    prompt["8"]["inputs"]["frames"] = ["20", 0]
+    with pytest.raises(PromptFailed) as e:
+        run_prompt(live_server, prompt, timeout=300)
+    assert "StoryDiffTransitionSVD" in str(e.value) and "at least 2 frames" in str(e.value)
