@@ -121,4 +121,5 @@ def load_predictor(path, device="cpu") -> SemanticMotionPredictor:
         raise MotionWeightsError(f"{path.name}: not a motion predictor file (metadata kind {kind!r}, expected {PREDICTOR_KIND!r})")
     config = config_from_metadata(meta, path.name)
     model = build_from_tensors(config, read_tensors(path), path.name)
+    model.metadata = {k: v for k, v in meta.items() if k not in (KIND_KEY, CONFIG_KEY)}  # e.g. "interpolation"
     return model.to(device).eval()

@@ -9,6 +9,8 @@ SVD conditions on the start image; temporal blocks see frame 0's context, as in 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 import comfy.model_base
@@ -154,6 +156,10 @@ class StoryTransitionSVD:
                 raise StoryError(f"{NODE}: clip_vision gives {keys.shape[-1]}-d embeddings; SVD needs {SVD_EMBED_DIM}-d "
                                  "(ViT-H/14). Use the CLIP_VISION of the SVD checkpoint.")
             check_predictor(predictor, keys.shape[-1], frames)
+            trained = (getattr(predictor, "metadata", None) or {}).get("interpolation")
+            if trained and trained != interpolation:
+                logging.warning("%s: the predictor was trained on %s interpolation but interpolation is %s; "
+                                "results are best with the mode it was trained on.", NODE, trained, interpolation)
             try:
                 per_frame = chain_frame_embeddings(keys, frames, interpolation, predictor)  # [F, D]
             except ValueError as e:

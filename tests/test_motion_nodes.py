@@ -1,5 +1,7 @@
 """Load Motion Predictor and Encode Frame Embeddings, and the loop they close: clips -> training -> video conditioning."""
 
+import logging
+
 import pytest
 import torch
 from pack_loader import pure, submodule
@@ -107,7 +109,7 @@ def test_encode_frame_embeddings_needs_three_frames(clip_vision, output_dir):
         enc.EncodeFrameEmbeddings().encode(clip_vision, torch.rand(2, 32, 32, 3), "x", "center")
 
 
-def test_clips_to_predictor_to_transition(clip_vision, output_dir, motion_folder):
+def test_clips_to_predictor_to_transition(clip_vision, output_dir, motion_folder, caplog):
     """The user's loop: encode clips, train with the CLI, load the predictor, condition a transition."""
     enc = submodule("nodes.frame_embeddings")
     gen = torch.Generator().manual_seed(1)
@@ -126,7 +128,11 @@ def test_clips_to_predictor_to_transition(clip_vision, output_dir, motion_folder
 
     vae = factory.tiny_vae()
     panels = torch.rand(2, 64, 64, 3, generator=gen)
+    assert predictor.metadata["interpolation"] == "linear"
     positive, _, _, total = node.encode(clip_vision, vae, panels, 64, 64, 6, "linear", 127, 6, 0.0, predictor=predictor)
     assert total == 6 and positive[0][0].shape == (6, 1, 1024)
+    with caplog.at_level(logging.WARNING):
+        node.encode(clip_vision, vae, panels, 64, 64, 6, "spherical", 127, 6, 0.0, predictor=predictor)
+    assert "trained on linear interpolation" in caplog.text
     with pytest.raises(_error(), match="at most 6 frames"):
         node.encode(clip_vision, vae, panels, 64, 64, 7, "linear", 127, 6, 0.0, predictor=predictor)
