@@ -108,15 +108,22 @@ def all_windows(clips: list[torch.Tensor], length: int) -> torch.Tensor:
     return torch.stack(wins)
 
 
-def synthetic_clips(count: int, frames: int, dim: int, seed: int, world_seed: int = 1234) -> list[torch.Tensor]:
+def synthetic_clips(count: int, frames: int, dim: int, seed: int, world_seed: int = 1234,
+                    bend_rank: int | None = None) -> list[torch.Tensor]:
     """Smooth synthetic trajectories with structure an interpolation misses but a predictor can learn.
 
     x(t) = a + (b - a) * ease(t) + sin(pi t) * M (b - a): eased timing plus a bend whose
     direction depends on the endpoints through a fixed matrix M shared by every clip
     (`world_seed`), so train and held-out clips (different `seed`) follow the same "physics".
+    `bend_rank` makes M low-rank (learnable from few clips in high dimensions).
     """
     world = torch.Generator().manual_seed(world_seed)
-    bend = torch.randn(dim, dim, generator=world) / math.sqrt(dim)
+    if bend_rank is None:
+        bend = torch.randn(dim, dim, generator=world) / math.sqrt(dim)
+    else:
+        u = torch.randn(dim, bend_rank, generator=world) / math.sqrt(max(1, bend_rank))
+        v = torch.randn(dim, bend_rank, generator=world) / math.sqrt(dim)
+        bend = u @ v.T
     offset = torch.randn(dim, generator=world) * 2.0
     gen = torch.Generator().manual_seed(seed)
     t = torch.linspace(0.0, 1.0, frames).view(-1, 1)

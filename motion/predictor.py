@@ -13,6 +13,7 @@ image embeddings are not unit vectors); the residual is scaled back by the same 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -89,14 +90,22 @@ class SemanticMotionPredictor(nn.Module):
         self.config = config or PredictorConfig()
         c = self.config
         self.proj_in = nn.Linear(c.embed_dim, c.width)
-        self.frame_pos = nn.Parameter(torch.randn(c.max_frames, c.width) * 0.02)
+        self.norm_in = nn.LayerNorm(c.width)  # content at unit scale, like the position/key embeddings
+        self.frame_pos = nn.Parameter(torch.randn(c.max_frames, c.width))
         self.key_embed = nn.Embedding(2, c.width)  # 0 = interpolated frame, 1 = key frame
-        nn.init.normal_(self.key_embed.weight, std=0.02)
+        nn.init.normal_(self.key_embed.weight, std=1.0)
         self.blocks = nn.ModuleList([_Block(c.width, c.heads, c.mlp_ratio) for _ in range(c.depth)])
         self.norm_out = nn.LayerNorm(c.width)
+        # Two zero-initialised heads (untrained == interpolation, exactly):
+        # proj_out: a free residual, confined to the span of its `width` output directions;
+        # mix_*: per-frame weights over the key-frame embeddings, a residual at full embedding
+        # dimension within the keys' span (re-timing such as ease-in/out, overshoot).
         self.proj_out = nn.Linear(c.width, c.embed_dim)
-        nn.init.zeros_(self.proj_out.weight)  # untrained == interpolation, exactly
-        nn.init.zeros_(self.proj_out.bias)
+        self.mix_query = nn.Linear(c.width, c.width)
+        self.mix_key = nn.Linear(c.width, c.width)
+        for head in (self.proj_out, self.mix_query):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
 
     def forward(self, sequence: torch.Tensor, keyframes: torch.Tensor) -> torch.Tensor:
         """sequence [B, L, D] (interpolated embeddings), keyframes bool [L] or [B, L] -> [B, L, D]."""
@@ -118,10 +127,13 @@ class SemanticMotionPredictor(nn.Module):
         norms = x.norm(dim=-1)  # [B, L]
         kf = keyframes.float()
         scale = ((norms * kf).sum(1) / kf.sum(1)).clamp_min(1e-6).view(b, 1, 1)
-        h = self.proj_in(x / scale) + self.frame_pos[:length] + self.key_embed(keyframes.long())
+        h = self.norm_in(self.proj_in(x / scale)) + self.frame_pos[:length] + self.key_embed(keyframes.long())
         for block in self.blocks:
             h = block(h)
-        residual = self.proj_out(self.norm_out(h)) * scale
+        h = self.norm_out(h)
+        weights = self.mix_query(h) @ self.mix_key(h).transpose(1, 2) / math.sqrt(self.config.width)  # [B, L, L]
+        mixed = (weights * kf.unsqueeze(1)) @ (x / scale)  # combinations of the key frames only
+        residual = (self.proj_out(h) + mixed) * scale
         out = (x + residual).to(sequence.dtype)
         return torch.where(keyframes.unsqueeze(-1), sequence, out)
 

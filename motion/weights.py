@@ -43,11 +43,11 @@ def check_safetensors_file(path) -> Path:
         raise MotionWeightsError(f"{path}: no such file")
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= path.stat().st_size - 8:
+        return path  # an 8-byte little-endian header length, then the JSON header
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
         raise MotionWeightsError(f"{path.name}: this is a pickled (torch.save) file renamed to .safetensors; refused")
-    if len(head) < 9 or head[8:9] != b"{" or struct.unpack("<Q", head[:8])[0] > path.stat().st_size:
-        raise MotionWeightsError(f"{path.name}: not a valid safetensors file (bad header)")
-    return path
+    raise MotionWeightsError(f"{path.name}: not a valid safetensors file (bad header)")
 
 
 def read_metadata(path) -> dict:

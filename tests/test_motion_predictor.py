@@ -142,3 +142,16 @@ def test_mismatched_or_foreign_files_are_clear_errors(tmp_path):
         weights.load_predictor(junk)
     with pytest.raises(weights.MotionWeightsError, match="no such file"):
         weights.load_predictor(tmp_path / "absent.safetensors")
+
+
+def test_header_length_that_looks_like_a_pickle_opcode_still_loads(tmp_path):
+    """A safetensors header length whose first byte is 0x80 (pickle's PROTO opcode) is a valid file."""
+    m = pred.SemanticMotionPredictor(TINY)
+    for pad in range(400):
+        path = weights.save_predictor(m, tmp_path / f"p{pad}.safetensors", {"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+        path.unlink()
+    else:
+        pytest.fail("no padding gave a 0x80 first byte")
+    assert weights.load_predictor(path).config.to_dict() == TINY.to_dict()
