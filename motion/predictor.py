@@ -2,9 +2,12 @@
 
 StoryDiffusion encodes the start and end frames with a CLIP image encoder, interpolates the
 two embeddings over the clip's frames and lets a transformer predict the transition
-embeddings that condition each frame of the video model. Here the transformer predicts a
-*residual* on top of the interpolation through a zero-initialised output head, so an untrained
-predictor returns the interpolation exactly, and key frames are always pinned to their inputs.
+embeddings that condition each frame of the video model. Here the transformer (learned
+frame-position and key-frame-indicator embeddings, pre-LN encoder layers over time) predicts a
+*residual* on top of the interpolation through two zero-initialised heads, so an untrained
+predictor returns the interpolation exactly, and key frames are always pinned to their inputs:
+a free residual (width-limited) and per-frame mixing weights over the key-frame embeddings
+(full-dimensional, e.g. eased timing).
 
 Inputs are made scale-free by dividing by the mean norm of the sequence's key frames (CLIP
 image embeddings are not unit vectors); the residual is scaled back by the same factor.

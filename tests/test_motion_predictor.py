@@ -21,6 +21,7 @@ def _trained_like(seed=0, config=TINY):
     with torch.no_grad():
         m.proj_out.weight.normal_(0, 0.1)
         m.proj_out.bias.normal_(0, 0.1)
+        m.mix_query.weight.normal_(0, 0.1)
     return m.eval()
 
 
@@ -155,3 +156,17 @@ def test_header_length_that_looks_like_a_pickle_opcode_still_loads(tmp_path):
     else:
         pytest.fail("no padding gave a 0x80 first byte")
     assert weights.load_predictor(path).config.to_dict() == TINY.to_dict()
+
+
+def test_mixing_head_moves_frames_within_the_key_frames_span():
+    torch.manual_seed(1)
+    m = pred.SemanticMotionPredictor(TINY).eval()
+    with torch.no_grad():
+        m.mix_query.weight.normal_(0, 0.3)  # proj_out stays zero: only the mixing head acts
+    keys = torch.randn(2, 24) * 3
+    out = m.predict(keys, [0, 7])
+    seq, _ = interp.interpolate_keyframes(keys, [0, 7])
+    delta = (out - seq)[1:-1]
+    assert delta.abs().max() > 1e-3
+    basis = torch.linalg.qr(keys.T).Q  # [24, 2]
+    assert torch.allclose(delta @ basis @ basis.T, delta, atol=1e-5)
