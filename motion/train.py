@@ -230,6 +230,17 @@ def _progress_bar(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, desc="motion predictor", unit="step")
 
 
+ARG_HELP = {
+    "steps": "total optimiser steps", "batch_size": "windows per step", "lr": "peak learning rate (warm-up, cosine decay)",
+    "weight_decay": "AdamW weight decay", "warmup": "warm-up steps",
+    "min_frames": "shortest training window", "max_frames": "longest training window = most frames per transition the predictor accepts",
+    "max_stride": "windows may skip up to this many frames (faster motion)", "mode": "interpolation the predictor refines",
+    "width": "transformer width", "depth": "transformer layers", "heads": "attention heads (0 = width // 64)",
+    "seed": "seed of weights, batches and the held-out split", "holdout": "fraction of clips held out for evaluation",
+    "checkpoint_every": "write the predictor and the training state every N steps", "eval_every": "held-out evaluation every N steps",
+}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m motion.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", nargs="+", help="frame-embedding .safetensors files or folders (from Encode Frame Embeddings)")
@@ -239,7 +250,9 @@ def parse_args(argv=None):
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         kind = type(getattr(defaults, f.name))
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=getattr(defaults, f.name))
+        extra = {"choices": MODES} if f.name == "mode" else {}
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=getattr(defaults, f.name),
+                       help=f"{ARG_HELP.get(f.name, '')} (default {getattr(defaults, f.name)})".strip(), **extra)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
