@@ -1,8 +1,8 @@
 """ComfyUI glue: every node module contributes its NODE_CLASS_MAPPINGS and display names."""
 
-from . import story_prompt
+from . import frame_embeddings, motion_predictor_loader, story_prompt, story_transition
 
-_MODULES = (story_prompt,)
+_MODULES = (story_prompt, story_transition, motion_predictor_loader, frame_embeddings)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
