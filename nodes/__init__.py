@@ -1,8 +1,8 @@
 """ComfyUI glue: every node module contributes its NODE_CLASS_MAPPINGS and display names."""
 
-from . import story_prompt
+from . import attention_masks, isolated_attention, story_prompt
 
-_MODULES = (story_prompt,)
+_MODULES = (story_prompt, isolated_attention, attention_masks)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
