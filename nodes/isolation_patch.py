@@ -56,6 +56,15 @@ class IsolationState:
         self.config, self.run = config, run
         self._sel: dict = {}
         self._act: dict = {}
+        self._proj: dict = {}
+
+    def project(self, key, which, module, ctx, P, device, dtype):
+        """to_k/to_v of a constant context (scene or character), cached per layer for the run."""
+        ck = (key, which, device, dtype)
+        if ck not in self._proj:
+            rows = _rows(ctx, P, device, dtype)
+            self._proj[ck] = (module.to_k(rows), module.to_v(rows))
+        return self._proj[ck]
 
     def __deepcopy__(self, memo):
         return self
@@ -83,8 +92,10 @@ class IsolationState:
         if key not in self._act:
             acc = self.run.acc
             maps = acc.mean(before_step=step) if acc is not None else None
+            if step not in {s for s, _ in self._act}:
+                self._act = {}
             if maps is None:
-                self._act = {key: None}
+                self._act[key] = None
             else:
                 small = torch.nn.functional.interpolate(maps, size=tuple(hw), mode="bilinear", align_corners=False)
                 P, K = small.shape[:2]
@@ -94,7 +105,7 @@ class IsolationState:
                         n = normalise(small[p, c])
                         if n is not None:
                             out[p, c] = n.reshape(-1).to(device)
-                self._act = {key: out}
+                self._act[key] = out
         return self._act[key]
 
 
@@ -170,15 +181,15 @@ def attn2_step(state, key, module, q, k, v, extra, orig, prev_used):
         if cfg.scene is None:
             scene = orig[rows] if not prev_used else state.attention(qc, k[rows], v[rows], heads, extra)
         else:
-            ctx = _rows(cfg.scene, P, q.device, q.dtype)
-            scene = state.attention(qc, module.to_k(ctx), module.to_v(ctx), heads, extra)
+            sk, sv = state.project(key, "scene", module, cfg.scene, P, q.device, q.dtype)
+            scene = state.attention(qc, sk, sv, heads, extra)
         char_outs = []
         for ch in range(tok.shape[1]):
             panels = [p for p in range(P) if bool(tok[p, ch].any())]
             o = torch.zeros_like(scene)
             if panels:
-                ctx = _rows(cfg.characters[ch], P, q.device, q.dtype)[panels]
-                o[panels] = state.attention(qc[panels], module.to_k(ctx), module.to_v(ctx), heads, extra)
+                ck, cv = state.project(key, ch, module, cfg.characters[ch], P, q.device, q.dtype)
+                o[panels] = state.attention(qc[panels], ck[panels], cv[panels], heads, extra)
             char_outs.append(o)
         iso = torch.stack([regional_blend(scene[p], [co[p] for co in char_outs], tok[p]) for p in range(P)])
         if prev_used:  # keep what the wrapped replace adds on top of text attention (e.g. IP-Adapter)
@@ -207,6 +218,12 @@ def _references(state, key, module, k, v, tok, c, P, p, step, extra, hw):
         if bank is not None and name in list(bank.characters):
             toks = bank.tokens(name, sigma, key)
         if toks is not None and toks.shape[0] > 0:
+            width = getattr(module.to_k, "in_features", toks.shape[-1])
+            if toks.ndim != 2 or toks.shape[-1] != width:
+                raise StoryError(
+                    f"{state.config.node}: identity_bank gives [{name}] tokens of shape {tuple(toks.shape)} for layer {key}, "
+                    f"but this model's layer takes [N, {width}]; build the identity bank with the same model."
+                )
             x = toks.to(device=k.device, dtype=k.dtype)
             ks.append(module.to_k(x))
             vs.append(module.to_v(x))
@@ -294,12 +311,12 @@ def install(model, state: IsolationState):
 
     def outer_sample(executor, *args, **kwargs):
         state.run.reset()
-        state._sel, state._act = {}, {}
+        state._sel, state._act, state._proj = {}, {}, {}
         try:
             return executor(*args, **kwargs)
         finally:
             state.run.release()
-            state._act = {}
+            state._act, state._proj = {}, {}
 
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample)
     return m
