@@ -11,8 +11,7 @@ TWO_CHARACTERS = """[Bob]: a man with short black hair, red jacket
 [Alice]: a woman with long silver hair, green dress
 [Bob] waits at a bus stop
 [Alice] reads in a library
-[Bob] and [Alice] walk in a park
-[NC] an empty street at night"""
+[Bob] and [Alice] walk in a park"""
 
 
 def encode_story(clip, text=TWO_CHARACTERS, style="(No style)"):

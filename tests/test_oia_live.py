@@ -14,7 +14,8 @@ WORKFLOW = ROOT / "example_workflows/api/two_characters_isolated.json"
 
 def test_two_characters_isolated_workflow_runs(live_server, tmp_path):
     prompt = json.loads(WORKFLOW.read_text())
-    prompt["6"]["inputs"].update(width=64, height=64)
+    prompt["1"]["inputs"]["family"] = "sd15"  # the lighter tiny model keeps the live test short
+    prompt["6"]["inputs"].update(width=128, height=128)
     prompt["7"]["inputs"]["steps"] = 3
     entry = run_prompt(live_server, prompt, timeout=600)
     assert entry["status"]["status_str"] == "success"
