@@ -69,14 +69,25 @@ def selection_matrix(positions: list[list[list[int]]], lengths: list[int], conte
     return sel
 
 
-def head_mean_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
-    """softmax(q·kᵀ/√d) averaged over heads, in float32: [b, n, T] from q [b, n, h·d], k [b, T, h·d]."""
+def head_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(q·kᵀ/√d) per head, in float32: [b, heads, n, T] from q [b, n, h·d], k [b, T, h·d]."""
     b, n, hd = q.shape
     d = hd // heads
     qh = q.reshape(b, n, heads, d).transpose(1, 2).float()
     kh = k.reshape(b, -1, heads, d).transpose(1, 2).float()
-    probs = (qh @ kh.transpose(-1, -2) * d ** -0.5).softmax(-1)
-    return probs.mean(1)
+    return (qh @ kh.transpose(-1, -2) * d ** -0.5).softmax(-1)
+
+
+def head_mean_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """Head-averaged attention probabilities [b, n, T]."""
+    return head_probs(q, k, heads).mean(1)
+
+
+def attend(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The attention output [b, n, h·d] from per-head probabilities [b, h, n, T] and v [b, T, h·d]."""
+    b, heads, n, T = probs.shape
+    vh = v.reshape(b, T, heads, -1).transpose(1, 2).float()
+    return (probs @ vh).transpose(1, 2).reshape(b, n, -1)
 
 
 def character_maps(q: torch.Tensor, k: torch.Tensor, heads: int, sel: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -16,13 +16,15 @@ from __future__ import annotations
 import torch
 
 
-def regional_blend(scene_out: torch.Tensor, char_outs: list[torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
-    """scene_out [N, C]; char_outs K × [N, C]; masks [K, N] (0/1, disjoint)."""
-    if not char_outs:
-        return scene_out
-    m = masks.to(scene_out.dtype).unsqueeze(-1)  # [K, N, 1]
-    stacked = torch.stack(char_outs)  # [K, N, C]
-    inside = (m * stacked).sum(0)
+def regional_blend(scene_out: torch.Tensor, char_outs, masks: torch.Tensor) -> torch.Tensor:
+    """scene_out [..., N, C]; char_outs: K × [..., N, C] (list or stacked tensor); masks [K, ..., N]
+    (0/1, disjoint). Leading dims (e.g. panels) broadcast, so a whole batch blends in one go."""
+    if isinstance(char_outs, (list, tuple)):
+        if not char_outs:
+            return scene_out
+        char_outs = torch.stack(char_outs)
+    m = masks.to(scene_out.dtype).unsqueeze(-1)  # [K, ..., N, 1]
+    inside = (m * char_outs).sum(0)
     return inside + (1 - m.sum(0)) * scene_out
 
 

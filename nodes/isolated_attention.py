@@ -70,7 +70,11 @@ class IsolatedAttention:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, start_percent=0.0, end_percent=1.0, **_):
+    def VALIDATE_INPUTS(cls, start_percent=0.0, end_percent=1.0):
+        # naming these two inputs here skips ComfyUI's own range check for them: check it ourselves
+        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
+            if not 0.0 <= value <= 1.0:
+                return f"{NODE}: {name} is {value}; use a fraction of the steps between 0 and 1."
         if start_percent > end_percent:
             return f"{NODE}: start_percent ({start_percent}) is after end_percent ({end_percent}); make start ≤ end."
         return True

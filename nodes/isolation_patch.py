@@ -23,7 +23,7 @@ import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension
 
 from ..attention.branch_merge import is_isolation_block, merge
-from ..attention.cross_maps import character_maps, selection_matrix
+from ..attention.cross_maps import attend, head_mean_probs, head_probs, selection_matrix
 from ..attention.isolated_cross import regional_blend
 from ..attention.isolated_self import isolated_self_attention
 from ..attention.isolation_run import IsolationRun
@@ -57,6 +57,7 @@ class IsolationState:
         self._sel: dict = {}
         self._act: dict = {}
         self._proj: dict = {}
+        self._tok: dict = {}
 
     def project(self, key, which, module, ctx, P, device, dtype):
         """to_k/to_v of a constant context (scene or character), cached per layer for the run."""
@@ -85,6 +86,15 @@ class IsolationState:
                     f"{T} does not fit their token counts); connect the Story Prompt's positive output to the sampler."
                 ) from None
         return self._sel[key]
+
+    def tokens(self, step, masks, hw):
+        """Masks at a block's token grid, [P, K, h·w] (bool), cached per step and size."""
+        key = (step, tuple(hw))
+        if key not in self._tok:
+            if step not in {s for s, _ in self._tok}:
+                self._tok = {}
+            self._tok[key] = masks_to_tokens(masks, hw)
+        return self._tok[key]
 
     def activation(self, step, hw, device):
         """[P, K, h·w] min-max normalised maps of the steps so far at a block's size (re-weighting)."""
@@ -153,49 +163,86 @@ def _rows(ctx, P, device, dtype):
 
 
 # ---- attn2: capture + isolated cross-attention --------------------------------------
-def attn2_step(state, key, module, q, k, v, extra, orig, prev_used):
+def _character_outputs(state, key, module, qc, tok_any, extra):
+    """[K, P, n, C] cross-attention of each panel's queries with each present character's own
+    description (zeros where the character is absent); one attention call per context length."""
+    cfg, heads = state.config, extra["n_heads"]
+    K, P = len(tok_any[0]), qc.shape[0]
+    groups: dict = {}
+    for ch in range(K):
+        panels = [p for p in range(P) if tok_any[p][ch]]
+        if panels:
+            ck, cv = state.project(key, ch, module, cfg.characters[ch], P, qc.device, qc.dtype)
+            groups.setdefault(ck.shape[1], []).append((ch, panels, ck[panels], cv[panels]))
+    out = qc.new_zeros(K, *qc.shape)
+    for items in groups.values():
+        qs = torch.cat([qc[panels] for _, panels, _, _ in items])
+        o = state.attention(qs, torch.cat([i[2] for i in items]), torch.cat([i[3] for i in items]), heads, extra)
+        at = 0
+        for ch, panels, _, _ in items:
+            out[ch, panels] = o[at:at + len(panels)]
+            at += len(panels)
+    return out
+
+
+def attn2_step(state, key, module, q, k, v, extra, prev):
+    def original(qq, kk, vv):
+        return prev(qq, kk, vv, extra) if prev is not None else _default_attention(qq, kk, vv, extra)
+
     hw = tuple(extra["activations_shape"][-2:])
     if q.shape[1] != hw[0] * hw[1]:
-        return orig
+        return original(q, k, v)
     run, cfg = state.run, state.config
     conds, P = _layout(state, q, extra)
     if not conds:
-        return orig
+        return original(q, k, v)
     step = run.step(extra["sigmas"], extra.get("sample_sigmas"))
     grid = tuple(extra["original_shape"][-2:])
     heads = extra["n_heads"]
-    if captures(cfg.capture, key, hw, grid) and run.capturing(step):
+    capture = captures(cfg.capture, key, hw, grid) and run.capturing(step)
+    masks = None
+    if cfg.isolate and is_isolation_block(key) and _in_range(cfg, run, step):
+        masks = run.masks(step, grid, q.device)  # from steps < step: unaffected by this call's capture
+        masks = masks if masks is not None and bool(masks.any()) else None
+    cond_idx = torch.cat([torch.arange(c * P, (c + 1) * P) for c in conds]).to(q.device)
+    if capture and masks is not None and prev is None:
+        # the output changes anyway: reuse the captured probabilities for the cond rows' attention
+        probs = head_probs(q[cond_idx], k[cond_idx], heads)
+        orig = torch.empty_like(q)
+        orig[cond_idx] = attend(probs, v[cond_idx]).to(q.dtype)
+        unc = [i for i, c in enumerate(extra["cond_or_uncond"]) if c != 0]
+        if unc:
+            unc_idx = torch.cat([torch.arange(c * P, (c + 1) * P) for c in unc]).to(q.device)
+            orig[unc_idx] = original(q[unc_idx], k[unc_idx], v[unc_idx])
+        maps = probs.mean(1)
+    else:
+        orig = original(q, k, v)
+        maps = head_mean_probs(q[cond_idx], k[cond_idx], heads) if capture else None
+    if capture:
         sel = state.selection(k.shape[1], q.device)
-        maps = sum(character_maps(q[c * P:(c + 1) * P], k[c * P:(c + 1) * P], heads, sel, hw) for c in conds) / len(conds)
-        run.add_maps(step, maps, grid)
-    if not (cfg.isolate and is_isolation_block(key) and _in_range(cfg, run, step)):
+        per_chunk = (maps @ sel.to(maps.dtype)).transpose(1, 2).reshape(len(conds), P, sel.shape[2], *hw)
+        run.add_maps(step, per_chunk.mean(0), grid)
+    if masks is None:
         return orig
-    masks = run.masks(step, grid, q.device)
-    if masks is None or not masks.any():
-        return orig
-    tok = masks_to_tokens(masks, hw).to(q.dtype)  # [P, K, n]
+    tok = state.tokens(step, masks, hw)  # [P, K, n] float
+    tok_any = tok.any(-1).tolist()
+    m = tok.transpose(0, 1).unsqueeze(-1).to(q.dtype)  # [K, P, n, 1]
+    active = tok.any(1).any(1).view(P, 1, 1)
     out = orig.clone()
     for c in conds:
         rows = slice(c * P, (c + 1) * P)
         qc = q[rows]
+        plain = state.attention(qc, k[rows], v[rows], heads, extra) if prev is not None else orig[rows]
         if cfg.scene is None:
-            scene = orig[rows] if not prev_used else state.attention(qc, k[rows], v[rows], heads, extra)
+            scene = plain
         else:
             sk, sv = state.project(key, "scene", module, cfg.scene, P, q.device, q.dtype)
             scene = state.attention(qc, sk, sv, heads, extra)
-        char_outs = []
-        for ch in range(tok.shape[1]):
-            panels = [p for p in range(P) if bool(tok[p, ch].any())]
-            o = torch.zeros_like(scene)
-            if panels:
-                ck, cv = state.project(key, ch, module, cfg.characters[ch], P, q.device, q.dtype)
-                o[panels] = state.attention(qc[panels], ck[panels], cv[panels], heads, extra)
-            char_outs.append(o)
-        iso = torch.stack([regional_blend(scene[p], [co[p] for co in char_outs], tok[p]) for p in range(P)])
-        if prev_used:  # keep what the wrapped replace adds on top of text attention (e.g. IP-Adapter)
-            iso = iso + (orig[rows] - state.attention(qc, k[rows], v[rows], heads, extra))
-        active = tok.any(1).any(1)
-        out[rows] = torch.where(active.view(P, 1, 1), merge(iso, orig[rows], cfg.lam), orig[rows])
+        chars = _character_outputs(state, key, module, qc, tok_any, extra)
+        iso = regional_blend(scene, chars, m[..., 0])  # all panels at once
+        if prev is not None:  # keep what the wrapped replace adds on top of text attention (e.g. IP-Adapter)
+            iso = iso + (orig[rows] - plain)
+        out[rows] = torch.where(active, merge(iso, orig[rows], cfg.lam), orig[rows])
     return out
 
 
@@ -258,7 +305,7 @@ def attn1_step(state, key, module, q, k, v, extra, orig):
     masks = run.masks(step, grid, q.device)
     if masks is None or not masks.any():
         return orig
-    tok = masks_to_tokens(masks, hw)  # [P, K, n] bool
+    tok = state.tokens(step, masks, hw)  # [P, K, n] bool
     out = orig.clone()
     fn = cfg.attn_fn or comfy_attention.optimized_attention
     for c in conds:
@@ -283,9 +330,9 @@ def _default_attention(q, k, v, extra):
 
 def _make_replace(state, key, module, prev, which):
     def replace(q, k, v, extra):
-        orig = prev(q, k, v, extra) if prev is not None else _default_attention(q, k, v, extra)
         if which == "attn2":
-            return attn2_step(state, key, module, q, k, v, extra, orig, prev is not None)
+            return attn2_step(state, key, module, q, k, v, extra, prev)
+        orig = prev(q, k, v, extra) if prev is not None else _default_attention(q, k, v, extra)
         return attn1_step(state, key, module, q, k, v, extra, orig)
 
     return replace
@@ -311,12 +358,12 @@ def install(model, state: IsolationState):
 
     def outer_sample(executor, *args, **kwargs):
         state.run.reset()
-        state._sel, state._act, state._proj = {}, {}, {}
+        state._sel, state._act, state._proj, state._tok = {}, {}, {}, {}
         try:
             return executor(*args, **kwargs)
         finally:
             state.run.release()
-            state._act, state._proj = {}, {}
+            state._act, state._proj, state._tok = {}, {}, {}
 
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample)
     return m

@@ -236,3 +236,11 @@ def test_run_masks_use_only_the_steps_so_far():
     assert not (m1[0, 0] & m1[0, 1]).any()
     run.release()
     assert run.result["steps"] == 3 and run.acc is None
+
+
+def test_attention_from_captured_probabilities_matches_sdpa():
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, n, 24, generator=g) for n in (6, 154, 154))
+    out = cross_maps.attend(cross_maps.head_probs(q, k, 3), v)
+    assert torch.allclose(out, iso_self.sdpa_attention(q, k, v, 3), atol=1e-5)
+    assert torch.allclose(cross_maps.head_probs(q, k, 3).sum(-1), torch.ones(2, 3, 6))
