@@ -123,6 +123,10 @@ def main():
     ratio = ti / tv
     print(f"  time ratio isolated/vanilla: {ratio:.2f}x (target <= 1.8x) -> {'OK' if ratio <= 1.8 else 'OVER TARGET'}")
     print(f"  extra peak memory: {mi - mv:+.1f} MiB")
+    result = submodule("nodes.isolation_patch").find_state(iso).run.result
+    iou = submodule("attention.isolation_run").mask_iou(result["masks_70"], result["masks"])
+    print(f"  online mask stability: IoU(masks at 70% of the steps, at 100%) = {iou:.3f}; "
+          f"mask area per panel x character: {result['masks'].float().mean((-1, -2)).tolist()}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ The math lives in attention/ (pure); this file only wires it into ModelPatcher h
   the original branch is its output, and the isolated branch keeps its non-text contribution
   (iso = regional text attention + (prev(q,k,v) - attention(q,k,v)));
 * uncond rows (cond_or_uncond == 1) are never modified, whatever the order or count of chunks;
+* when a layer both captures maps and isolates (and no other replace is wrapped), the captured
+  per-head probabilities also give the cond rows' original attention (probs @ v), so capture
+  costs no second q·kᵀ there; a capture-only layer returns the untouched original output;
 * an OUTER_SAMPLE wrapper resets the run state when sampling starts and releases it in
   `finally`; the state object survives clone() (`__deepcopy__` returns self).
 """
