@@ -3,7 +3,7 @@
 Tiny SDXL-shaped model (real block layout: 70 transformer blocks, 2048-d context), a story
 with two characters over three panels (Bob, Alice, both), 8 euler steps, CFG 5, online masks
 from the model's own cross-attention. Vanilla and isolated runs alternate in one process and
-the medians are compared side by side. Target: isolated <= 1.8x vanilla time.
+the best-of-reps times are compared side by side (medians printed too). Target: isolated <= 1.8x vanilla time.
 
     .venv/bin/python bench/bench_isolated.py [--reps 2] [--size 16] [--steps 8]
 """
@@ -90,7 +90,7 @@ def run(model, pos, neg, panels, size, steps):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--size", type=int, default=16, help="latent side (16 = 128 px)")
     ap.add_argument("--steps", type=int, default=8)
     a = ap.parse_args()
@@ -111,17 +111,20 @@ def main():
             dt, mib = run(m, positive, negative, panels, a.size, a.steps)
             times[name].append(dt)
             mems[name].append(mib)
-    tv, ti = statistics.median(times["vanilla"]), statistics.median(times["isolated"])
+    # best of the interleaved reps: on a shared machine other processes only ever add time
+    tv, ti = min(times["vanilla"]), min(times["isolated"])
     mv, mi = max(mems["vanilla"]), max(mems["isolated"])
     dev = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     print(f"Isolated Attention benchmark: tiny SDXL-shaped UNet, 2 characters, {panels} panels, "
           f"{a.size * 8}x{a.size * 8} px, {a.steps} steps, CFG 5, {a.reps} reps, {dev}")
-    print(f"  {'run':<10}{'median s':>10}{'runs s':>28}{'peak +MiB':>12}")
+    print(f"  {'run':<10}{'best s':>8}{'median s':>10}{'runs s':>30}{'peak +MiB':>12}")
     for name in times:
-        print(f"  {name:<10}{statistics.median(times[name]):>10.2f}{str([round(t, 2) for t in times[name]]):>28}"
-              f"{max(mems[name]):>12.1f}")
+        print(f"  {name:<10}{min(times[name]):>8.2f}{statistics.median(times[name]):>10.2f}"
+              f"{str([round(t, 2) for t in times[name]]):>30}{max(mems[name]):>12.1f}")
     ratio = ti / tv
-    print(f"  time ratio isolated/vanilla: {ratio:.2f}x (target <= 1.8x) -> {'OK' if ratio <= 1.8 else 'OVER TARGET'}")
+    med = statistics.median(times["isolated"]) / statistics.median(times["vanilla"])
+    print(f"  time ratio isolated/vanilla (best of {a.reps}): {ratio:.2f}x (target <= 1.8x) -> "
+          f"{'OK' if ratio <= 1.8 else 'OVER TARGET'}; ratio of medians {med:.2f}x")
     print(f"  extra peak memory: {mi - mv:+.1f} MiB")
     result = submodule("nodes.isolation_patch").find_state(iso).run.result
     iou = submodule("attention.isolation_run").mask_iou(result["masks_70"], result["masks"])
