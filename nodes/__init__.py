@@ -1,8 +1,22 @@
 """ComfyUI glue: every node module contributes its NODE_CLASS_MAPPINGS and display names."""
 
-from . import frame_embeddings, motion_predictor_loader, story_prompt, story_transition
+from . import (
+    attention_masks,
+    frame_embeddings,
+    isolated_attention,
+    motion_predictor_loader,
+    story_prompt,
+    story_transition,
+)
 
-_MODULES = (story_prompt, story_transition, motion_predictor_loader, frame_embeddings)
+_MODULES = (
+    story_prompt,
+    isolated_attention,
+    attention_masks,
+    story_transition,
+    motion_predictor_loader,
+    frame_embeddings,
+)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
