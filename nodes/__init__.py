@@ -1,8 +1,8 @@
 """ComfyUI glue: every node module contributes its NODE_CLASS_MAPPINGS and display names."""
 
-from . import story_prompt
+from . import consistent_attention, identity_bank_nodes, story_prompt
 
-_MODULES = (story_prompt,)
+_MODULES = (story_prompt, consistent_attention, identity_bank_nodes)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
