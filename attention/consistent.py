@@ -32,9 +32,10 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch
 def reference_table(num_images: int, window: int = 0, groups: Sequence | None = None) -> list[tuple[int, ...]]:
     """For each image, the other images whose sampled tokens it attends to (sorted).
 
-    window 0 = every other image; window W = the W nearest in story order (ties to the earlier
-    image), so at the ends of the story the window slides inwards and every image keeps W
-    references. groups: optional label per image; only images with the same label are candidates
+    window 0 = every other image; window W = a run of W consecutive story images around the
+    image (itself included), i.e. its W-1 nearest neighbours (ties to the earlier image); at
+    the ends of the story the window slides inwards, so every image keeps W-1 references and
+    its cost stays flat however long the story is. groups: optional label per image; only images with the same label are candidates
     (None labels take part in nothing).
     """
     table = []
@@ -43,8 +44,8 @@ def reference_table(num_images: int, window: int = 0, groups: Sequence | None = 
             table.append(())
             continue
         cand = [j for j in range(num_images) if j != i and (groups is None or groups[j] == groups[i])]
-        if window and len(cand) > window:
-            cand = sorted(cand, key=lambda j: (abs(j - i), j))[:window]
+        if window and len(cand) > window - 1:
+            cand = sorted(cand, key=lambda j: (abs(j - i), j))[:max(0, window - 1)]
         table.append(tuple(sorted(cand)))
     return table
 
@@ -89,8 +90,6 @@ def consistent_attention(
     extra = list(row_extra) if row_extra is not None else [None] * b
     if all(not refs[i] or kk == 0 for i in range(b)) and all(e is None for e in extra):
         return attn_fn(q, k, v, heads)
-    ks = gather_tokens(k[:, :n], indices) if kk else None
-    vs = gather_tokens(v[:, :n], indices) if kk else None
     buckets: dict = {}
     for i in range(b):
         m = len(refs[i]) if kk else 0
@@ -98,20 +97,17 @@ def consistent_attention(
         buckets.setdefault((m, tag), []).append(i)
     if len(buckets) == 1 and (0, None) in buckets:
         return attn_fn(q, k, v, heads)
+    flat_k, flat_v = k.reshape(-1, k.shape[-1]), v.reshape(-1, v.shape[-1])
     out = None
     for (m, tag), rows in buckets.items():
-        keys, values = [k[rows] if len(rows) < b else k], [v[rows] if len(rows) < b else v]
-        if m:
-            other = torch.tensor([list(refs[i]) for i in rows], dtype=torch.long, device=k.device)
-            keys.append(ks[other].flatten(1, 2))
-            values.append(vs[other].flatten(1, 2))
+        index = gather_index(k.shape[1], n, indices, [refs[i] for i in rows], rows).to(k.device)
+        keys = flat_k.index_select(0, index.view(-1)).view(len(rows), -1, k.shape[-1])
+        values = flat_v.index_select(0, index.view(-1)).view(len(rows), -1, v.shape[-1])
         if tag is not None:
             ek, ev, _ = extra[rows[0]]
-            keys.append(ek.to(k.dtype).unsqueeze(0).expand(len(rows), -1, -1))
-            values.append(ev.to(v.dtype).unsqueeze(0).expand(len(rows), -1, -1))
-        qr = q[rows] if len(rows) < b else q
-        res = attn_fn(qr, torch.cat(keys, 1) if len(keys) > 1 else keys[0],
-                      torch.cat(values, 1) if len(values) > 1 else values[0], heads)
+            keys = torch.cat([keys, ek.to(k.dtype).unsqueeze(0).expand(len(rows), -1, -1)], 1)
+            values = torch.cat([values, ev.to(v.dtype).unsqueeze(0).expand(len(rows), -1, -1)], 1)
+        res = attn_fn(q[rows] if len(rows) < b else q, keys, values, heads)
         if len(buckets) == 1:
             return res
         if out is None:
@@ -120,28 +116,46 @@ def consistent_attention(
     return out
 
 
-def dense_masked_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, indices: torch.Tensor,
-    refs: Sequence[Sequence[int]],
-) -> torch.Tensor:
-    """The naive formulation: all B*N tokens as one sequence, a dense (B*N)x(B*N) additive mask.
+def gather_index(length: int, n: int, indices: torch.Tensor, refs: Sequence[Sequence[int]], rows: Sequence[int]):
+    """Flat row indices into k.reshape(B*length, C) for the given rows: each row's own `length`
+    tokens, then the shared tokens of each of its refs. One index_select builds all keys."""
+    own = torch.tensor(list(rows), dtype=torch.long).unsqueeze(1) * length + torch.arange(length)
+    if not refs or not len(refs[0]) or not indices.numel():
+        return own
+    other = torch.tensor([list(r) for r in refs], dtype=torch.long)  # [R, M]
+    shared = other.unsqueeze(-1) * length + indices.cpu()[other]  # [R, M, k]
+    return torch.cat([own, shared.flatten(1)], 1)
 
-    Image i's queries may see all its own tokens and the shared tokens of its refs. Reference
-    only (tests, benchmark): its memory grows with the story length squared.
-    """
-    b, n, c = q.shape
+
+def dense_mask(b: int, n: int, indices: torch.Tensor, refs: Sequence[Sequence[int]], dtype, device) -> torch.Tensor:
+    """The naive formulation's additive (B*N)x(B*N) mask: image i's queries see all its own tokens
+    and the shared tokens of its refs."""
     total = b * n
-    allowed = torch.zeros(total, total, dtype=torch.bool, device=q.device)
-    shared = torch.zeros(b, n, dtype=torch.bool, device=q.device)
+    allowed = torch.zeros(total, total, dtype=torch.bool, device=device)
+    shared = torch.zeros(b, n, dtype=torch.bool, device=device)
     if indices.numel():
-        shared.scatter_(1, indices.to(q.device), True)
+        shared.scatter_(1, indices.to(device), True)
     for i in range(b):
         rows = slice(i * n, (i + 1) * n)
         allowed[rows, i * n:(i + 1) * n] = True
         for j in refs[i]:
             allowed[rows, j * n:(j + 1) * n] = shared[j]
-    mask = torch.zeros(total, total, dtype=q.dtype, device=q.device)
-    mask.masked_fill_(~allowed, torch.finfo(q.dtype).min)
+    mask = torch.zeros(total, total, dtype=dtype, device=device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def dense_masked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, indices: torch.Tensor,
+    refs: Sequence[Sequence[int]], mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The naive formulation: all B*N tokens as one sequence under a dense (B*N)x(B*N) mask.
+
+    Reference only (tests, benchmark): its memory grows with the story length squared.
+    """
+    b, n, c = q.shape
+    total = b * n
+    if mask is None:
+        mask = dense_mask(b, n, indices, refs, q.dtype, q.device)
     d = c // heads
     qh = q.reshape(1, total, heads, d).transpose(1, 2)
     kh = k[:, :n].reshape(1, total, heads, d).transpose(1, 2)

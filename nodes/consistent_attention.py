@@ -34,8 +34,8 @@ def csa_inputs() -> dict:
                                          "step, drawn per layer and step from the seed: 'p' or 'p@percent' entries, e.g. "
                                          "'0.7, 0.9@40' = 0.7, then 0.9 from 40 % of the steps (official); '1' = always."}),
         "window": ("INT", {"default": 0, "min": 0, "max": 1024, "tooltip": "Sliding window for long stories: each "
-                           "image sees the shared tokens of its N nearest story images only, so the cost per image "
-                           "stays flat. 0 = all other images."}),
+                           "image shares tokens only within a run of this many consecutive story images (itself "
+                           "included), so the cost per image stays flat. 0 = all images of the batch."}),
         "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip":
                          "Seed of the token sampling and the layer draws: same seed, same images."}),
         "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":

@@ -47,9 +47,11 @@ def test_steps_are_recognised_by_sigma():
 
 def test_reference_table_windows_slide_and_stay_flat():
     assert cs.reference_table(4) == [(1, 2, 3), (0, 2, 3), (0, 1, 3), (0, 1, 2)]
-    table = cs.reference_table(32, window=4)
+    table = cs.reference_table(32, window=5)  # a window of 5 images: each sees its 4 nearest
     assert all(len(r) == 4 and i not in r for i, r in enumerate(table))
     assert table[0] == (1, 2, 3, 4) and table[10] == (8, 9, 11, 12) and table[31] == (27, 28, 29, 30)
+    assert cs.reference_table(4, window=4) == cs.reference_table(4)
+    assert cs.reference_table(3, window=1) == [(), (), ()]
     assert cs.reference_table(4, groups=["a", "b", "a", None]) == [(2,), (), (0,), ()]
 
 
@@ -63,7 +65,7 @@ def _qkv(b=4, n=24, c=32, seed=0):
     return [torch.randn(b, n, c, generator=g, dtype=torch.float64) for _ in range(3)]
 
 
-@pytest.mark.parametrize("window", [0, 2])
+@pytest.mark.parametrize("window", [0, 3])
 def test_gathering_equals_the_dense_masked_formulation(window):
     q, k, v = _qkv()
     idx = ts.sample_token_indices(4, 24, 0.5, seed=1, sigma=1.0)
