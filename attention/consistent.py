@@ -76,6 +76,7 @@ def consistent_attention(
     refs: Sequence[Sequence[int]],
     row_extra: Sequence | None = None,
     attn_fn: AttnFn = sdpa,
+    index_cache: dict | None = None,
 ) -> torch.Tensor:
     """Consistent self-attention for one chunk of B story images (one guidance half).
 
@@ -100,7 +101,13 @@ def consistent_attention(
     flat_k, flat_v = k.reshape(-1, k.shape[-1]), v.reshape(-1, v.shape[-1])
     out = None
     for (m, tag), rows in buckets.items():
-        index = gather_index(k.shape[1], n, indices, [refs[i] for i in rows], rows).to(k.device)
+        row_refs = [tuple(refs[i]) for i in rows] if m else []
+        key = (k.shape[1], n, id(indices), tuple(rows), tuple(row_refs), k.device)
+        index = index_cache.get(key) if index_cache is not None else None
+        if index is None:
+            index = gather_index(k.shape[1], n, indices, row_refs, rows).to(k.device)
+            if index_cache is not None:
+                index_cache[key] = index
         keys = flat_k.index_select(0, index.view(-1)).view(len(rows), -1, k.shape[-1])
         values = flat_v.index_select(0, index.view(-1)).view(len(rows), -1, v.shape[-1])
         if tag is not None:

@@ -76,11 +76,13 @@ class RunState:
     """Per-run caches of one patch; reset when sampling starts, dropped in `finally`."""
 
     def __init__(self):
-        self.indices: dict = {}
+        self.indices: dict = {}  # (step sigma, tokens, images, keep-rate) -> LongTensor [B, k]
+        self.gather: dict = {}  # gather indices reused by the layers of one shape
+        self.steps: dict = {}  # sigma -> (step index, progress, step sigma)
         self.staging: IdentityBank | None = None
 
     def reset(self, mode: Mode):
-        self.indices = {}
+        self.indices, self.gather, self.steps = {}, {}, {}
         self.staging = IdentityBank(dtype=mode.bank.dtype) if mode.kind == "write" else None
 
 
@@ -148,8 +150,10 @@ class CSAPatch:
         images = rows // len(chunks)
         sample_sigmas = extra.get("sample_sigmas")
         sigma_now = float(extra["sigmas"].reshape(-1)[0])
-        t, progress = step_progress(sigma_now, sample_sigmas)
-        sigma = step_sigma(sigma_now, sample_sigmas)
+        if sigma_now not in self.state.steps:
+            t, progress = step_progress(sigma_now, sample_sigmas)
+            self.state.steps[sigma_now] = (t, progress, step_sigma(sigma_now, sample_sigmas))
+        t, progress, sigma = self.state.steps[sigma_now]
         layer = (block[0], int(block[1]), int(extra.get("block_index", 0)))
         pct = progress * 100.0
         active = (cfg.strength > 0 and t >= cfg.warmup_steps and cfg.start_percent <= pct
@@ -162,6 +166,8 @@ class CSAPatch:
         if rate > 0 and ((active and self.mode.kind == "plain") or self.mode.kind == "write"):
             key = (sigma, tokens, images, rate)
             if key not in self.state.indices:
+                if len(self.state.indices) > 64:  # a new step: earlier draws are done with
+                    self.state.indices, self.state.gather = {}, {}
                 self.state.indices[key] = sample_token_indices(images, tokens, rate, cfg.seed, sigma)
             plan.indices = self.state.indices[key]
         if self.mode.kind == "plain":
@@ -250,7 +256,8 @@ class CSAPatch:
             row_extra = None
             if bank_part:
                 row_extra = [self._row_bank(bank_k[sl.start], bank_v[sl.start], plan, names) for names in labels]
-            outs.append(consistent_attention(q[sl], k[sl], v[sl], heads, indices, plan.refs, row_extra, attn))
+            outs.append(consistent_attention(q[sl], k[sl], v[sl], heads, indices, plan.refs, row_extra, attn,
+                                             index_cache=self.state.gather))
         out = outs[0] if len(outs) == 1 else torch.cat(outs, 0)
         s = self.config.strength
         if s < 1.0:

@@ -189,3 +189,14 @@ def test_bad_schedule_is_a_validation_error():
     assert "Consistent Self-Attention" in msg and "apply_probability" in msg and "@percent" in msg
     assert "swap" in ca.ConsistentSelfAttention.VALIDATE_INPUTS("1", 80.0, 20.0)
     assert ca.ConsistentSelfAttention.VALIDATE_INPUTS("0.7, 0.9@40", 0.0, 100.0) is True
+
+
+def test_plan_skips_svd_temporal_calls_and_blocks_not_chosen():
+    patch = hooks.CSAPatch(hooks.CSAConfig(warmup_steps=0))
+    extra = {"block": ("output", 3), "block_index": 0, "activations_shape": (4, 8, 4, 4), "original_shape": (4, 4, 8, 8),
+             "cond_or_uncond": [1, 0], "sigmas": torch.tensor([1.0, 1.0]), "sample_sigmas": torch.tensor([2.0, 1.0, 0.0])}
+    plan = patch.plan(4, 16, dict(extra))
+    assert plan is not None and plan.images == 2 and plan.layer == ("output", 3, 0) and plan.sigma == 1.0
+    assert plan.indices is None or plan.indices.shape == (2, 8)  # keep-rate 0.5 at 1/16 (latent/2)
+    assert patch.plan(32, 2, dict(extra)) is None  # SVD temporal call: rows = chunks*h*w, tokens = frames
+    assert patch.plan(4, 16, dict(extra, block=("input", 4))) is None  # 'up' blocks only by default
