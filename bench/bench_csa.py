@@ -12,13 +12,15 @@
     .venv/bin/python bench/bench_csa.py [--device cuda|cpu] [--width-scale 0.25] [--skip-sampling]
 
 On a CPU the attention widths are scaled down by --width-scale (default 0.25 on CPU, 1 on CUDA);
-the script prints what it used. Peak memory: torch.cuda.max_memory_allocated on CUDA, the
-process's VmHWM (reset through /proc/self/clear_refs) on a Linux CPU.
+the script prints what it used. Peak memory: torch.cuda.max_memory_allocated on CUDA; on a Linux CPU
+each formulation runs once in a fresh process and its VmHWM above the RSS with the inputs made
+is taken (reset through /proc/self/clear_refs).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import importlib
 import sys
 import time
@@ -71,22 +73,32 @@ def _rss_kib(field):
 
 
 def peak_bytes(fn, device):
-    """Peak memory above what was allocated before the call (inputs excluded)."""
+    """CUDA: peak allocated during the call above what was allocated before (inputs excluded)."""
     sync(device)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        sync(device)
-        return torch.cuda.max_memory_allocated() - before
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return float("nan")
-    before = _rss_kib("VmRSS:")
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
     fn()
-    return (_rss_kib("VmHWM:") - before) * 1024
+    sync(device)
+    return torch.cuda.max_memory_allocated() - before
+
+
+def child_peak(variant, tokens, channels, heads, images, keep):
+    """CPU: run one formulation once in a fresh process (so no freed heap is reused) and return
+    its resident-memory high-water mark above the process after the inputs were made."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-mem", variant, str(tokens), str(channels),
+           str(heads), str(images), str(keep)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    return float(out[-1])
+
+
+def child_main(variant, tokens, channels, heads, images, keep):
+    case = attention_case(int(tokens), int(channels), int(heads), int(images), float(keep), torch.device("cpu"),
+                          torch.float32, 1)
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = _rss_kib("VmRSS:")
+    case[variant]()
+    print((_rss_kib("VmHWM:") - before) * 1024)
 
 
 def attention_case(tokens, channels, heads, images, keep, device, dtype, repeats, window=0):
@@ -119,7 +131,10 @@ def section_attention(device, dtype, scale, repeats):
         err = (out_ours.float() - out_dense.float()).abs().max().item()
         del out_ours, out_dense
         t = timed_all({name: case[name] for name in ("vanilla", "ours", "dense")}, device, repeats)
-        mem = {name: peak_bytes(case[name], device) for name in ("ours", "dense")}
+        if device.type == "cuda":
+            mem = {name: peak_bytes(case[name], device) for name in ("ours", "dense")}
+        else:
+            mem = {name: child_peak(name, tokens, ch, hd, 4, 0.5) for name in ("ours", "dense")}
         ideal = 1 + 0.5 * 3
         print(f"{tokens:>6} {ch:>5} {hd:>5} | {t['vanilla'] * 1e3:>10.2f} {t['ours'] * 1e3:>8.2f} {t['dense'] * 1e3:>9.2f} | "
               f"{t['ours'] / t['vanilla']:>6.2f}x {ideal:>4.1f}x {t['ours'] / t['vanilla'] / ideal:>8.2f}x "
@@ -177,6 +192,9 @@ def section_sampling(repeats):
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--child-mem":
+        child_main(*sys.argv[2:8])
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--width-scale", type=float, default=None)
@@ -192,7 +210,7 @@ def main():
     section_attention(device, dtype, scale, repeats)
     section_window(device, dtype, scale, repeats)
     if not a.skip_sampling:
-        section_sampling(repeats)
+        section_sampling(3)
     return 0
 
 
