@@ -78,11 +78,12 @@ class RunState:
     def __init__(self):
         self.indices: dict = {}  # (step sigma, tokens, images, keep-rate) -> LongTensor [B, k]
         self.gather: dict = {}  # gather indices reused by the layers of one shape
+        self.repeated: dict = {}  # indices repeated over the guidance chunks
         self.steps: dict = {}  # sigma -> (step index, progress, step sigma)
         self.staging: IdentityBank | None = None
 
     def reset(self, mode: Mode):
-        self.indices, self.gather, self.steps = {}, {}, {}
+        self.indices, self.gather, self.repeated, self.steps = {}, {}, {}, {}
         self.staging = IdentityBank(dtype=mode.bank.dtype) if mode.kind == "write" else None
 
 
@@ -167,7 +168,7 @@ class CSAPatch:
             key = (sigma, tokens, images, rate)
             if key not in self.state.indices:
                 if len(self.state.indices) > 64:  # a new step: earlier draws are done with
-                    self.state.indices, self.state.gather = {}, {}
+                    self.state.indices, self.state.gather, self.state.repeated = {}, {}, {}
                 self.state.indices[key] = sample_token_indices(images, tokens, rate, cfg.seed, sigma)
             plan.indices = self.state.indices[key]
         if self.mode.kind == "plain":
@@ -248,31 +249,39 @@ class CSAPatch:
             bank_k, bank_v = k[:, lo:hi], v[:, lo:hi]
             k = k[:, :lo] if hi == k.shape[1] else torch.cat([k[:, :lo], k[:, hi:]], 1)
             v = v[:, :lo] if hi == v.shape[1] else torch.cat([v[:, :lo], v[:, hi:]], 1)
-        indices = plan.indices if plan.indices is not None else torch.zeros(plan.images, 0, dtype=torch.long)
-        outs = []
-        labels = self._labels(plan.images) if bank_part else None
-        for c in range(len(plan.chunks)):
-            sl = slice(c * plan.images, (c + 1) * plan.images)
-            row_extra = None
-            if bank_part:
-                row_extra = [self._row_bank(bank_k[sl.start], bank_v[sl.start], plan, names) for names in labels]
-            outs.append(consistent_attention(q[sl], k[sl], v[sl], heads, indices, plan.refs, row_extra, attn,
-                                             index_cache=self.state.gather))
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+        # all guidance chunks in one call, rows in ComfyUI's order (an earlier replace sees the
+        # batch layout it expects); references never cross a chunk
+        b, chunks = plan.images, len(plan.chunks)
+        refs = [tuple(c * b + j for j in plan.refs[i]) for c in range(chunks) for i in range(b)]
+        indices = self._batch_indices(plan, chunks)
+        row_extra = None
+        if bank_part:
+            labels = self._labels(b)
+            row_extra = [self._row_bank(bank_k[c * b], bank_v[c * b], plan, labels[i], c)
+                         for c in range(chunks) for i in range(b)]
+        out = consistent_attention(q, k, v, heads, indices, refs, row_extra, attn, index_cache=self.state.gather)
         s = self.config.strength
         if s < 1.0:
             plain = attn(q, k, v, heads)
             out = plain + (out - plain) * s
         return out
 
+    def _batch_indices(self, plan: Plan, chunks: int) -> torch.Tensor:
+        if plan.indices is None:
+            return torch.zeros(plan.images * chunks, 0, dtype=torch.long)
+        key = (id(plan.indices), chunks)  # plan.indices stays alive in state.indices meanwhile
+        if key not in self.state.repeated:
+            self.state.repeated[key] = plan.indices.repeat(chunks, 1)
+        return self.state.repeated[key]
+
     @staticmethod
-    def _row_bank(bank_k, bank_v, plan: Plan, names):
+    def _row_bank(bank_k, bank_v, plan: Plan, names, chunk: int):
         spans = [plan.segments[n] for n in names if n in plan.segments]
         if not spans:
             return None
         ks = torch.cat([bank_k[a:b] for a, b in spans], 0)
         vs = torch.cat([bank_v[a:b] for a, b in spans], 0)
-        return ks, vs, tuple(names)
+        return ks, vs, (chunk, tuple(names))
 
 
 def _optimized_attention(q, k, v, heads, extra):
