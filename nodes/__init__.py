@@ -1,8 +1,10 @@
 """ComfyUI glue: every node module contributes its NODE_CLASS_MAPPINGS and display names."""
 
-from . import consistent_attention, identity_bank_nodes, story_prompt
+from . import (consistent_attention, frame_embeddings, identity_bank_nodes, motion_predictor_loader, story_prompt,
+               story_transition)
 
-_MODULES = (story_prompt, consistent_attention, identity_bank_nodes)
+_MODULES = (story_prompt, consistent_attention, identity_bank_nodes, story_transition, motion_predictor_loader,
+            frame_embeddings)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
