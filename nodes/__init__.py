@@ -2,7 +2,9 @@
 
 from . import (
     attention_masks,
+    consistent_attention,
     frame_embeddings,
+    identity_bank_nodes,
     isolated_attention,
     motion_predictor_loader,
     story_prompt,
@@ -11,6 +13,8 @@ from . import (
 
 _MODULES = (
     story_prompt,
+    consistent_attention,
+    identity_bank_nodes,
     isolated_attention,
     attention_masks,
     story_transition,
