@@ -10,7 +10,7 @@ import comfy.samplers
 
 from ..attention.isolation_run import IsolationRun, mask_iou
 from .character_plan import build_plan
-from .common import CATEGORY_ROOT, StoryError
+from .common import CATEGORY_ROOT, StoryError, check_step_window
 from .isolation_patch import CAPTURE_LAYERS, IsolationConfig, IsolationState, find_state, install
 
 NODE = "Story Attention Masks"
@@ -86,13 +86,7 @@ class StoryAttentionMasks:
 
     @classmethod
     def VALIDATE_INPUTS(cls, start_percent=0.0, end_percent=1.0):
-        # naming these two inputs here skips ComfyUI's own range check for them: check it ourselves
-        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
-            if not 0.0 <= value <= 1.0:
-                return f"{NODE}: {name} is {value}; use a fraction of the steps between 0 and 1."
-        if start_percent > end_percent:
-            return f"{NODE}: start_percent ({start_percent}) is after end_percent ({end_percent}); make start ≤ end."
-        return True
+        return check_step_window(NODE, start_percent, end_percent)
 
     def sample(self, model, clip, story, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler,
                layers, start_percent, end_percent, blur, dilate, min_area, denoise=1.0):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..attention.branch_merge import DEFAULT_LAMBDA
 from ..attention.isolation_run import IsolationRun
 from .character_plan import build_plan, character_contexts, conditioning_tensor, user_masks
-from .common import CATEGORY_ROOT, StoryError
+from .common import CATEGORY_ROOT, StoryError, check_step_window
 from .isolation_patch import CAPTURE_LAYERS, IsolationConfig, IsolationState, install
 
 NODE = "Isolated Attention"
@@ -71,13 +71,7 @@ class IsolatedAttention:
 
     @classmethod
     def VALIDATE_INPUTS(cls, start_percent=0.0, end_percent=1.0):
-        # naming these two inputs here skips ComfyUI's own range check for them: check it ourselves
-        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
-            if not 0.0 <= value <= 1.0:
-                return f"{NODE}: {name} is {value}; use a fraction of the steps between 0 and 1."
-        if start_percent > end_percent:
-            return f"{NODE}: start_percent ({start_percent}) is after end_percent ({end_percent}); make start ≤ end."
-        return True
+        return check_step_window(NODE, start_percent, end_percent)
 
     def patch(self, model, clip, story, strength, reweight, start_percent, end_percent, scene=None,
               identity_bank=None, **slots):

@@ -11,14 +11,6 @@ weights = pure("motion.weights")
 FRAMES = 9
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The suite shares two cores with other jobs; tiny models train fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _tiny_cfg(**kw):
     base = dict(steps=300, batch_size=32, lr=3e-3, warmup=20, min_frames=FRAMES, max_frames=FRAMES, max_stride=1,
