@@ -1,8 +1,8 @@
 """ComfyUI glue: every node module contributes its NODE_CLASS_MAPPINGS and display names."""
 
-from . import story_prompt
+from . import comic_page, story_prompt
 
-_MODULES = (story_prompt,)
+_MODULES = (story_prompt, comic_page)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
