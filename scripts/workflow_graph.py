@@ -1,0 +1,224 @@
+"""Pure conversion of an API-format prompt into a front-end (UI-format, version 0.4) workflow.
+
+Only the node definitions of /object_info are needed: they give each node's widget order
+(required then optional inputs that are INT/FLOAT/STRING/BOOLEAN/combo, unless forceInput),
+its output types and names, and which widgets get a "control after generate" companion
+(control_after_generate, or an INT named seed / noise_seed, as the front end decides).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+SEED_NAMES = ("seed", "noise_seed")
+PACK_ID = "comfyui-storydiffusion"
+TEST_ONLY_PREFIX = "StoryTestTiny"
+# core loaders a test-only node may stand for (chosen by identical output types) and the model
+# file name suggested to users until they pick their own
+CORE_LOADERS = {
+    "CheckpointLoaderSimple": {"sdxl": "sd_xl_base_1.0.safetensors", "sd15": "v1-5-pruned-emaonly.safetensors", "": "sd_xl_base_1.0.safetensors"},
+    "ImageOnlyCheckpointLoader": {"": "svd_xt.safetensors"},
+    "CLIPVisionLoader": {"": "clip_vision_h.safetensors"},
+}
+COLUMN_W, NODE_W, GAP_Y, TOP = 380, 330, 40, 60
+
+
+def _spec_type(spec) -> tuple[str, dict]:
+    kind = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return ("COMBO" if isinstance(kind, list) else kind), opts
+
+
+def _is_widget(spec) -> bool:
+    kind, opts = _spec_type(spec)
+    return kind in WIDGET_TYPES and not opts.get("forceInput")
+
+
+def _default(spec):
+    kind, opts = _spec_type(spec)
+    if "default" in opts:
+        return opts["default"]
+    if kind == "COMBO":
+        options = spec[0] if isinstance(spec[0], list) else opts.get("options", [])
+        return options[0] if options else ""
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(kind)
+
+
+def _has_control(name: str, spec) -> bool:
+    kind, opts = _spec_type(spec)
+    flag = opts.get("control_after_generate")
+    if flag is not None:
+        return bool(flag)
+    return kind == "INT" and name in SEED_NAMES
+
+
+def _is_link(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
+
+
+def swap_test_only_nodes(api: dict, object_info: dict) -> dict:
+    """Replace StoryTestTiny* nodes by the core loader with the same output types."""
+    out = {}
+    for nid, node in api.items():
+        ct = node["class_type"]
+        if ct.startswith(TEST_ONLY_PREFIX):
+            outputs = list(object_info[ct]["output"])
+            loader = next((c for c in CORE_LOADERS if c in object_info and list(object_info[c]["output"]) == outputs), None)
+            if loader is None:
+                raise ValueError(f"node {nid}: no core loader has the outputs {outputs} of test-only {ct}; add one to CORE_LOADERS")
+            file_input = next(iter(object_info[loader]["input"]["required"]))
+            names = CORE_LOADERS[loader]
+            family = str(node["inputs"].get("family", ""))
+            node = {"class_type": loader, "inputs": {file_input: names.get(family, names[""])},
+                    "_meta": {"title": "Load Checkpoint" if loader == "CheckpointLoaderSimple" else object_info[loader]["display_name"]}}
+        out[nid] = node
+    return out
+
+
+def _depths(api: dict) -> dict:
+    depth: dict = {}
+
+    def visit(nid, seen=()):
+        if nid in depth:
+            return depth[nid]
+        if nid in seen:
+            raise ValueError(f"the workflow has a cycle through node {nid}")
+        parents = [v[0] for v in api[nid]["inputs"].values() if _is_link(v)]
+        depth[nid] = 1 + max((visit(p, seen + (nid,)) for p in parents), default=-1)
+        return depth[nid]
+
+    for nid in api:
+        visit(nid)
+    return depth
+
+
+def _node_height(n_sockets: int, widgets: list, multiline: int) -> int:
+    return 46 + 22 * n_sockets + 24 * len(widgets) + 110 * multiline
+
+
+def default_note(api: dict, object_info: dict) -> str:
+    chain = " → ".join(object_info[n["class_type"]]["display_name"] for _, n in sorted(api.items(), key=lambda kv: _depths(api)[kv[0]]))
+    return ("## Example workflow\n\n" + chain + "\n\n"
+            "Pick your SD1.5 / SDXL checkpoint in **Load Checkpoint**, edit the story, then **Queue**. "
+            "Help for each StoryDiffusion node: select it and open the node library's info (?) panel.")
+
+
+def convert(api: dict, object_info: dict, note: str | None = None, workflow_id: str = "") -> dict:
+    """The UI-format workflow for an API-format prompt (see the module docstring)."""
+    api = swap_test_only_nodes(api, object_info)
+    missing = sorted({n["class_type"] for n in api.values()} - set(object_info))
+    if missing:
+        raise ValueError(f"/object_info has no definition for {missing}; is the pack that provides them loaded?")
+    depth = _depths(api)
+    ids = {nid: i + 1 for i, nid in enumerate(sorted(api, key=lambda k: (int(k) if k.isdigit() else 10**9, k)))}
+    order = sorted(api, key=lambda k: (depth[k], ids[k]))
+    links, nodes = [], {}
+    out_links = defaultdict(list)
+    column_y = defaultdict(lambda: TOP)
+    column_y[0] = TOP + 300  # the note sits on top of the first column
+    for index, nid in enumerate(order):
+        node, spec = api[nid], object_info[api[nid]["class_type"]]
+        inputs, widgets, multiline = [], [], 0
+        for section in ("required", "optional"):
+            for name, ispec in spec["input"].get(section, {}).items():
+                value = node["inputs"].get(name)
+                linked = _is_link(value)
+                if _is_widget(ispec):
+                    widgets.append(_default(ispec) if linked or name not in node["inputs"] else value)
+                    if _has_control(name, ispec):
+                        widgets.append("fixed")  # keep the example reproducible
+                    multiline += bool(_spec_type(ispec)[1].get("multiline"))
+                    if linked:
+                        inputs.append({"name": name, "type": _spec_type(ispec)[0], "widget": {"name": name}, "link": None, "_src": value})
+                elif section == "required" or linked:
+                    inputs.append({"name": name, "type": _spec_type(ispec)[0], "link": None, "_src": value if linked else None})
+        for slot, entry in enumerate(inputs):
+            src = entry.pop("_src")
+            if src is not None:
+                link_id = len(links) + 1
+                src_type = object_info[api[src[0]]["class_type"]]["output"][src[1]]
+                links.append([link_id, ids[src[0]], src[1], ids[nid], slot, src_type])
+                out_links[(src[0], src[1])].append(link_id)
+                entry["link"] = link_id
+        n_out = len(spec["output"])
+        height = _node_height(max(len(inputs), n_out), widgets, multiline)
+        d = depth[nid]
+        x, y = 40 + d * COLUMN_W, column_y[d]
+        column_y[d] = y + height + GAP_Y
+        entry = {
+            "id": ids[nid], "type": node["class_type"], "pos": [x, y],
+            "size": [NODE_W + (70 if multiline else 0), height], "flags": {}, "order": index, "mode": 0,
+            "inputs": inputs, "outputs": [], "properties": {
+                "cnr_id": PACK_ID if spec.get("python_module", "").startswith("custom_nodes") else "comfy-core",
+                "Node name for S&R": node["class_type"]},
+            "widgets_values": widgets,
+        }
+        entry["title"] = node.get("_meta", {}).get("title") or spec["display_name"]
+        nodes[nid] = entry
+    for nid in order:
+        spec = object_info[api[nid]["class_type"]]
+        names = spec.get("output_name") or spec["output"]
+        nodes[nid]["outputs"] = [{"name": names[i], "type": t, "links": out_links.get((nid, i), []), "slot_index": i}
+                                 for i, t in enumerate(spec["output"])]
+    note_id = len(ids) + 1
+    note_node = {"id": note_id, "type": "MarkdownNote", "pos": [40, TOP], "size": [NODE_W, 260], "flags": {},
+                 "order": len(order), "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                 "widgets_values": [note or default_note(api, object_info)], "color": "#432", "bgcolor": "#653"}
+    return {
+        "id": workflow_id, "revision": 0, "last_node_id": note_id, "last_link_id": len(links),
+        "nodes": [nodes[n] for n in order] + [note_node], "links": links, "groups": [], "config": {},
+        "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4,
+    }
+
+
+def _font(size: int, bold: bool = False):
+    from PIL import ImageFont
+
+    for name in (("DejaVuSans-Bold.ttf",) if bold else ()) + ("DejaVuSans.ttf",):
+        try:
+            return ImageFont.truetype(f"/usr/share/fonts/truetype/dejavu/{name}", size)
+        except OSError:
+            continue
+    return ImageFont.load_default(size=size)
+
+
+def draw_thumbnail(ui: dict, heading: str, size=(512, 384)):
+    """The template browser's thumbnail: the workflow's nodes as a flow of titled boxes
+    (pack nodes in purple), in execution order, three to a row."""
+    from PIL import Image, ImageDraw
+
+    nodes = sorted((n for n in ui["nodes"] if n["type"] != "MarkdownNote"), key=lambda n: n["order"])
+    img = Image.new("RGB", size, (30, 32, 38))
+    draw = ImageDraw.Draw(img)
+    head, label = _font(24, bold=True), _font(15, bold=True)
+    draw.text((16, 12), heading, font=head, fill=(245, 245, 245))
+    cols, pad, top = 3, 16, 56
+    rows = -(-len(nodes) // cols)
+    bw = (size[0] - pad * (cols + 1)) // cols
+    bh = min(70, (size[1] - top - pad * rows) // max(rows, 1))
+    centres = []
+    for i, n in enumerate(nodes):
+        r, c = divmod(i, cols)
+        c = c if r % 2 == 0 else cols - 1 - c  # snake, so consecutive boxes stay side by side
+        x, y = pad + c * (bw + pad), top + r * (bh + pad)
+        centres.append((x, y, x + bw, y + bh))
+    for a, b in zip(centres, centres[1:]):
+        draw.line([((a[0] + a[2]) / 2, (a[1] + a[3]) / 2), ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)], fill=(150, 210, 130), width=4)
+    for n, box in zip(nodes, centres):
+        ours = n["properties"].get("cnr_id") == PACK_ID
+        draw.rounded_rectangle(box, radius=8, fill=(96, 70, 160) if ours else (62, 66, 78), outline=(220, 220, 230), width=2)
+        words, lines, line = (n.get("title") or n["type"]).split(), [], ""
+        for w in words:
+            trial = f"{line} {w}".strip()
+            if label.getlength(trial) > bw - 12 and line:
+                lines.append(line)
+                line = w
+            else:
+                line = trial
+        lines.append(line)
+        lines = lines[:3]
+        y = (box[1] + box[3]) / 2 - 9 * len(lines)
+        for k, text in enumerate(lines):
+            draw.text(((box[0] + box[2]) / 2 - label.getlength(text) / 2, y + 18 * k), text, font=label, fill=(245, 245, 245))
+    return img
