@@ -8,6 +8,7 @@ its output types and names, and which widgets get a "control after generate" com
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -21,7 +22,9 @@ CORE_LOADERS = {
     "ImageOnlyCheckpointLoader": {"": "svd_xt.safetensors"},
     "CLIPVisionLoader": {"": "clip_vision_h.safetensors"},
 }
-COLUMN_W, NODE_W, GAP_Y, TOP = 380, 330, 40, 60
+NODE_W, GAP_X, GAP_Y, TOP = 330, 60, 40, 60
+EXTRA_HEIGHT = {"StoryDiffPrompt": 120}  # the live-feedback box its web extension adds
+VIEW_WIDTH, MIN_SCALE = 1300, 0.65
 
 
 def _spec_type(spec) -> tuple[str, dict]:
@@ -57,8 +60,29 @@ def _is_link(value) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
 
 
+REAL_SIZE = {"sdxl": 1024, "sd15": 512}  # latent size for a real checkpoint of the family
+REAL_STEPS = 30
+
+
+def for_users(api: dict, object_info: dict) -> dict:
+    """The workflow as a user should get it: test-only loaders swapped for core ones, and image
+    size and sampler steps raised from the tiny-model test values to what a real SD1.5 / SDXL
+    checkpoint needs (as scripts/run_story.py does with CKPT)."""
+    families = {str(n["inputs"].get("family")) for n in api.values() if n["class_type"].startswith(TEST_ONLY_PREFIX)}
+    out = swap_test_only_nodes(api, object_info)
+    size = next((REAL_SIZE[f] for f in ("sdxl", "sd15") if f in families), None)
+    for node in out.values():
+        inputs = node["inputs"]
+        if size and node["class_type"] == "EmptyLatentImage":
+            inputs.update({k: size for k in ("width", "height") if not _is_link(inputs.get(k))})
+        if families and node["class_type"] in ("KSampler", "KSamplerAdvanced") and not _is_link(inputs.get("steps")):
+            inputs["steps"] = max(int(inputs.get("steps", 0)), REAL_STEPS)
+    return out
+
+
 def swap_test_only_nodes(api: dict, object_info: dict) -> dict:
     """Replace StoryTestTiny* nodes by the core loader with the same output types."""
+    api = copy.deepcopy(api)
     out = {}
     for nid, node in api.items():
         ct = node["class_type"]
@@ -93,6 +117,10 @@ def _depths(api: dict) -> dict:
     return depth
 
 
+def _width(multiline) -> int:
+    return NODE_W + (70 if multiline else 0)
+
+
 def _node_height(n_sockets: int, widgets: list, multiline: int) -> int:
     return 46 + 22 * n_sockets + 24 * len(widgets) + 110 * multiline
 
@@ -106,7 +134,7 @@ def default_note(api: dict, object_info: dict) -> str:
 
 def convert(api: dict, object_info: dict, note: str | None = None, workflow_id: str = "") -> dict:
     """The UI-format workflow for an API-format prompt (see the module docstring)."""
-    api = swap_test_only_nodes(api, object_info)
+    api = for_users(api, object_info)
     missing = sorted({n["class_type"] for n in api.values()} - set(object_info))
     if missing:
         raise ValueError(f"/object_info has no definition for {missing}; is the pack that provides them loaded?")
@@ -115,6 +143,14 @@ def convert(api: dict, object_info: dict, note: str | None = None, workflow_id: 
     order = sorted(api, key=lambda k: (depth[k], ids[k]))
     links, nodes = [], {}
     out_links = defaultdict(list)
+    widths = defaultdict(lambda: NODE_W)
+    for nid in api:
+        multi = any(_spec_type(sp)[1].get("multiline") for sec in ("required", "optional")
+                    for sp in object_info[api[nid]["class_type"]]["input"].get(sec, {}).values())
+        widths[depth[nid]] = max(widths[depth[nid]], _width(multi))
+    column_x = {0: 40}
+    for d in range(1, max(depth.values()) + 1):
+        column_x[d] = column_x[d - 1] + widths[d - 1] + GAP_X
     column_y = defaultdict(lambda: TOP)
     column_y[0] = TOP + 300  # the note sits on top of the first column
     for index, nid in enumerate(order):
@@ -142,13 +178,13 @@ def convert(api: dict, object_info: dict, note: str | None = None, workflow_id: 
                 out_links[(src[0], src[1])].append(link_id)
                 entry["link"] = link_id
         n_out = len(spec["output"])
-        height = _node_height(max(len(inputs), n_out), widgets, multiline)
+        height = _node_height(max(len(inputs), n_out), widgets, multiline) + EXTRA_HEIGHT.get(node["class_type"], 0)
         d = depth[nid]
-        x, y = 40 + d * COLUMN_W, column_y[d]
+        x, y = column_x[d], column_y[d]
         column_y[d] = y + height + GAP_Y
         entry = {
             "id": ids[nid], "type": node["class_type"], "pos": [x, y],
-            "size": [NODE_W + (70 if multiline else 0), height], "flags": {}, "order": index, "mode": 0,
+            "size": [_width(multiline), height], "flags": {}, "order": index, "mode": 0,
             "inputs": inputs, "outputs": [], "properties": {
                 "cnr_id": PACK_ID if spec.get("python_module", "").startswith("custom_nodes") else "comfy-core",
                 "Node name for S&R": node["class_type"]},
@@ -165,10 +201,15 @@ def convert(api: dict, object_info: dict, note: str | None = None, workflow_id: 
     note_node = {"id": note_id, "type": "MarkdownNote", "pos": [40, TOP], "size": [NODE_W, 260], "flags": {},
                  "order": len(order), "mode": 0, "inputs": [], "outputs": [], "properties": {},
                  "widgets_values": [note or default_note(api, object_info)], "color": "#432", "bgcolor": "#653"}
+    right = max(n["pos"][0] + n["size"][0] for n in nodes.values())
+    # as much of the graph in view as a laptop screen shows while node text stays drawn (the canvas
+    # stops drawing text below ~0.6 zoom)
+    scale = round(max(MIN_SCALE, min(1.0, VIEW_WIDTH / (right + 40))), 2)
     return {
         "id": workflow_id, "revision": 0, "last_node_id": note_id, "last_link_id": len(links),
         "nodes": [nodes[n] for n in order] + [note_node], "links": links, "groups": [], "config": {},
-        "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4,
+        # the view opens with the whole graph in sight, clear of the toolbars
+        "extra": {"ds": {"scale": scale, "offset": [round(60 / scale), round(170 / scale)]}}, "version": 0.4,
     }
 
 

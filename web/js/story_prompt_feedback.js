@@ -6,6 +6,8 @@ import { panelCountLabel, readStory } from "./story_syntax.js";
 
 const NODE_ID = "StoryDiffPrompt";
 const STYLE_ID = "storydiff-feedback-style";
+const ROW_HEIGHT = 17;
+const MAX_HEIGHT = 220;
 const CSS = `
 .storydiff-feedback { font: 12px/1.35 sans-serif; color: var(--input-text, #ddd); background: rgba(0,0,0,.25);
   border-radius: 6px; padding: 4px 6px; overflow-y: auto; box-sizing: border-box; }
@@ -60,11 +62,16 @@ function attach(node) {
     hideOnZoom: false,
     getValue: () => undefined,
     setValue: () => {},
-    getMinHeight: () => 70,
-    getMaxHeight: () => 160,
+    getMinHeight: () => Math.min(MAX_HEIGHT, 14 + ROW_HEIGHT * (box.childElementCount || 1)),
+    getMaxHeight: () => MAX_HEIGHT,
   });
   widget.serialize = false; // never part of widgets_values or the prompt
-  const update = () => renderFeedback(box, storyWidget.value);
+  const update = () => {
+    renderFeedback(box, storyWidget.value);
+    const need = node.computeSize?.();
+    if (need && need[1] > node.size[1]) node.setSize([Math.max(node.size[0], need[0]), need[1]]); // grow, never shrink
+    node.setDirtyCanvas?.(true, true);
+  };
   const original = storyWidget.callback;
   storyWidget.callback = function (...args) {
     const r = original?.apply(this, args);
