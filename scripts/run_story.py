@@ -86,7 +86,9 @@ def main(argv=None) -> int:
 
 
 def _run(base, args, prompt, checkpoints, out_dir, t0) -> int:
-    with ComfyServer(base, with_tiny_models=not args.ckpt, checkpoints=checkpoints) as server:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "comfyui-demo.log"  # kept after the run, unlike the temporary base directory
+    with ComfyServer(base, with_tiny_models=not args.ckpt, checkpoints=checkpoints, log_path=log_path) as server:
         print(f"[demo] ComfyUI is up at {server.url} (log: {server.log_path})")
         try:
             entry = run_prompt(server, prompt, on_progress=text_progress)
