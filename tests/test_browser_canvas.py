@@ -83,6 +83,26 @@ def test_example_workflow_loads_without_missing_nodes_and_matches_its_api_twin(b
     assert links == sum(isinstance(v, list) for n in api.values() for v in n["inputs"].values())
 
 
+def test_a_user_opens_the_example_from_the_template_browser(browser):
+    page = browser.page
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.get_by_text(PACK, exact=True).first.click()
+    card = page.get_by_text(EXAMPLES[0], exact=True).first
+    card.wait_for(timeout=10_000)
+    # the browser fetches the .jpg into a blob: our thumbnails are the only 512x384 images there
+    thumb = "() => [...document.querySelectorAll('.p-dialog img')].some(i => i.complete && i.naturalWidth === 512 && i.naturalHeight === 384)"
+    try:
+        page.wait_for_function(thumb, timeout=10_000)
+    except Exception:  # noqa: BLE001 - report what the dialog shows instead
+        pytest.fail(f"thumbnail not shown; images: {page.evaluate('() => [...document.querySelectorAll(`.p-dialog img`)].map(i => i.src)')}")
+    browser.screenshot("template_browser")
+    card.click()
+    page.wait_for_function("() => app.graph.nodes.some(n => n.type.startsWith('StoryDiff'))", timeout=15_000)
+    page.wait_for_timeout(500)
+    assert not any("missing" in d.lower() for d in browser.dialogs()), browser.dialogs()
+    browser.screenshot("template_opened")
+
+
 def test_missing_node_dialog_is_detected(browser):
     """The check above can fail: a workflow with an unknown node type raises the dialog."""
     wf = json.loads((ROOT / "example_workflows" / f"{EXAMPLES[0]}.json").read_text())
