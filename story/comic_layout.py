@@ -8,7 +8,8 @@ Layouts (what StoryDiffusion users know):
   (at least one; a tall page gives a scrolling-comic strip).
 
 Each panel is scaled to fit its cell (aspect ratio kept, never cropped) and framed; its caption
-is drawn as plain text under or over it, word-wrapped to the cell width. A caption band never
+is drawn as plain text under or over it, word-wrapped to the cell width, and panel + caption
+sit centred in the cell. A caption band never
 takes more than 40 % of a cell: a caption longer than that ends with an ellipsis. More panels
 than a page holds continue on further pages; unused cells of the last page stay blank.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-from .comic_text import fit_lines, line_height, load_font, wrap_text
+from .comic_text import fit_lines, font_for_text, line_height, load_font, wrap_text
 
 LAYOUT_ROWS = {  # panels per row, row by row, for one page
     "four panel": (2, 2),
@@ -126,37 +127,40 @@ def _fit(image: Image.Image, w: int, h: int) -> Image.Image:
     return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
 
 
-def _caption_lines(spec: PageSpec, font, captions: list[str], cell: Cell) -> list[list[str]]:
+def _caption_lines(spec: PageSpec, captions: list[str], cell: Cell) -> list[tuple[object, list[str]]]:
+    """(font, wrapped lines) per caption; at most MAX_CAPTION_SHARE of the cell height."""
     if spec.caption_position == "none":
-        return [[] for _ in captions]
+        return [(None, []) for _ in captions]
     pad = _padding(spec)
     text_w = max(1, cell.w - 2 * pad)
-    max_lines = max(1, int((cell.h * MAX_CAPTION_SHARE - 2 * pad) // line_height(font)))
-    return [fit_lines(wrap_text(c, font, text_w), font, text_w, max_lines) for c in captions]
+    out = []
+    for caption in captions:
+        font = font_for_text(caption, spec.font_size, spec.font_path)
+        max_lines = max(1, int((cell.h * MAX_CAPTION_SHARE - 2 * pad) // line_height(font)))
+        out.append((font, fit_lines(wrap_text(caption, font, text_w), font, text_w, max_lines)))
+    return out
 
 
-def _draw_row(page: Image.Image, spec: PageSpec, font, row: list[Cell], panels: list[Image.Image], captions: list[str]) -> None:
+def _draw_row(page: Image.Image, spec: PageSpec, row: list[Cell], panels: list[Image.Image], captions: list[str]) -> None:
+    """One row: every panel with its caption block, centred in its cell, captions on the chosen side."""
     draw = ImageDraw.Draw(page)
-    lh, pad = line_height(font), _padding(spec)
-    lines = _caption_lines(spec, font, captions, row[0])
-    n_lines = max((len(x) for x in lines), default=0)
-    band = n_lines * lh + 2 * pad if n_lines else 0
-    for cell, panel, text in zip(row, panels, lines):
-        img_h = max(1, cell.h - band)
-        fitted = _fit(panel, cell.w, img_h)
+    pad = _padding(spec)
+    texts = _caption_lines(spec, captions, row[0])
+    lh = max((line_height(f) for f, lines in texts if lines), default=0)
+    n_lines = max(len(lines) for _, lines in texts)
+    band = n_lines * lh + 2 * pad if n_lines else 0  # one band height per row keeps the panels aligned
+    over = spec.caption_position == "over"
+    for cell, panel, (font, lines) in zip(row, panels, texts):
+        fitted = _fit(panel, cell.w, max(1, cell.h - band))
+        top = cell.y + (cell.h - fitted.height - band) // 2
         x = cell.x + (cell.w - fitted.width) // 2
-        over = spec.caption_position == "over"
-        if not band:  # no caption in this row: centre the panel in its cell
-            img_top = cell.y + (cell.h - fitted.height) // 2
-        else:  # the panel sits against its caption
-            img_top = cell.y + band if over else cell.y + img_h - fitted.height
+        img_top = top + band if over else top
         page.paste(fitted, (x, img_top))
         if spec.border:
             draw.rectangle((x, img_top, x + fitted.width - 1, img_top + fitted.height - 1), outline=INK, width=spec.border)
-        text_top = (cell.y + pad) if over else (cell.y + img_h + pad)
-        for i, line in enumerate(text):
-            tx = cell.x + (cell.w - font.getlength(line)) / 2
-            draw.text((tx, text_top + i * lh), line, font=font, fill=INK)
+        text_top = top + pad if over else img_top + fitted.height + pad
+        for i, line in enumerate(lines):
+            draw.text((cell.x + (cell.w - font.getlength(line)) / 2, text_top + i * lh), line, font=font, fill=INK)
 
 
 def render_pages(panels: list[Image.Image], captions: list[str], spec: PageSpec) -> list[Image.Image]:
@@ -165,7 +169,6 @@ def render_pages(panels: list[Image.Image], captions: list[str], spec: PageSpec)
     if not panels:
         raise ValueError("no panels to lay out")
     captions = split_captions(captions, len(panels))
-    font = load_font(spec.font_size, spec.font_path)
     size = panels[0].size
     grid = page_cells(spec, size)
     per_page = sum(len(r) for r in grid)
@@ -177,7 +180,7 @@ def render_pages(panels: list[Image.Image], captions: list[str], spec: PageSpec)
             take = panels[i:i + len(row)]
             if not take:
                 break
-            _draw_row(page, spec, font, row[:len(take)], [p.convert("RGB") for p in take], captions[i:i + len(take)])
+            _draw_row(page, spec, row[:len(take)], [p.convert("RGB") for p in take], captions[i:i + len(take)])
             i += len(take)
         pages.append(page)
     return pages

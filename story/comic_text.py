@@ -31,6 +31,15 @@ FONT_CANDIDATES = (
     "/System/Library/Fonts/Supplemental/Arial.ttf",
     "C:/Windows/Fonts/arial.ttf",  # Windows
 )
+CJK_FONT_CANDIDATES = (  # DejaVu has no Chinese/Japanese/Korean glyphs: captions using them get one of these
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",  # Debian: fonts-noto-cjk
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",  # Debian: fonts-wqy-zenhei
+    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+    "/System/Library/Fonts/PingFang.ttc",  # macOS
+    "C:/Windows/Fonts/msyh.ttc",  # Windows
+)
+CJK_RANGES = ((0x2E80, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF), (0xFF00, 0xFFEF), (0x20000, 0x2FA1F))
 ELLIPSIS = "\u2026"
 
 
@@ -56,6 +65,20 @@ def _load(path: str | None, size: int):
 def load_font(size: int, path: str | None = None):
     """A font of `size` pixels: `path`, else find_font_file(), else Pillow's built-in font."""
     return _load(path or find_font_file(), int(size))
+
+
+def has_cjk(text: str) -> bool:
+    return any(lo <= ord(ch) <= hi for ch in text for lo, hi in CJK_RANGES)
+
+
+def font_for_text(text: str, size: int, path: str | None = None, cjk_candidates=CJK_FONT_CANDIDATES):
+    """The font for one caption: `path` when given; for Chinese/Japanese/Korean text the first
+    CJK font found (when none is installed, the usual font: those characters show as boxes)."""
+    if not path and has_cjk(text):
+        cjk = next((c for c in cjk_candidates if Path(c).is_file()), None)
+        if cjk:
+            return _load(cjk, int(size))
+    return load_font(size, path)
 
 
 def clean_caption(text: str) -> str:

@@ -170,3 +170,29 @@ def test_caption_lines_must_match_the_panels():
 def test_bad_page_specs_are_explained(kwargs, match):
     with pytest.raises(ValueError, match=match):
         layout.render_pages([solid(COLORS[0])], "", PageSpec(**kwargs))
+
+
+def test_cjk_captions_get_a_cjk_font_when_one_is_installed(tmp_path):
+    base = text.find_font_file()
+    if base is None:
+        pytest.skip("no TrueType font on this machine")
+    stand_in = tmp_path / "cjk.ttf"  # any TrueType file stands in for the CJK font here
+    stand_in.write_bytes(open(base, "rb").read())
+    assert text.has_cjk("你好") and text.has_cjk("こんにちは") and text.has_cjk("안녕") and not text.has_cjk("Grüße Ωμέγα")
+    cjk = text.font_for_text("你好，世界", 20, cjk_candidates=(str(tmp_path / "missing.ttc"), str(stand_in)))
+    assert cjk.path == str(stand_in)
+    assert text.font_for_text("hello", 20, cjk_candidates=(str(stand_in),)).path == base
+    assert text.font_for_text("你好", 20, cjk_candidates=()).path == base  # none installed: the usual font
+    assert text.font_for_text("你好", 20, path=base, cjk_candidates=(str(stand_in),)).path == base  # a chosen font wins
+
+
+def test_panel_and_caption_are_centred_together_in_their_cell():
+    spec = PageSpec(layout="single column", width=300, height=900, margin=10, font_size=14, caption_position="over")
+    page = layout.render_pages([solid(COLORS[0], (256, 256))], ["top caption"], spec)[0]
+    rows = layout.page_rows(spec, (256, 256))
+    cell = layout.page_cells(spec, (256, 256))[0][0]
+    x0, y0, x1, y1 = color_boxes(page, COLORS[0])
+    ink = ink_rows(page, (cell.x, cell.y, cell.x + cell.w, y0 - 3))
+    assert len(rows) == 2 and len(ink)
+    above, below = ink.min() - cell.y, cell.y + cell.h - y1
+    assert abs(above - below) <= spec.font_size  # the block (caption + panel) sits in the middle
