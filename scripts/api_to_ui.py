@@ -25,7 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workflow_graph import convert, draw_thumbnail  # noqa: E402
+from workflow_graph import convert  # noqa: E402
+from workflow_thumbnail import draw_thumbnail  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "example_workflows"

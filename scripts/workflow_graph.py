@@ -22,7 +22,7 @@ CORE_LOADERS = {
     "ImageOnlyCheckpointLoader": {"": "svd_xt.safetensors"},
     "CLIPVisionLoader": {"": "clip_vision_h.safetensors"},
 }
-NODE_W, GAP_X, GAP_Y, TOP = 330, 60, 40, 60
+NODE_W, MAX_W, GAP_X, GAP_Y, TOP = 330, 560, 60, 40, 60
 EXTRA_HEIGHT = {"StoryDiffPrompt": 120}  # the live-feedback box its web extension adds
 VIEW_WIDTH, MIN_SCALE = 1300, 0.65
 
@@ -117,12 +117,36 @@ def _depths(api: dict) -> dict:
     return depth
 
 
-def _width(multiline) -> int:
-    return NODE_W + (70 if multiline else 0)
-
-
-def _node_height(n_sockets: int, widgets: list, multiline: int) -> int:
-    return 46 + 22 * n_sockets + 24 * len(widgets) + 110 * multiline
+def _node_body(node: dict, spec: dict) -> dict:
+    """Inputs (sockets; linked ones carry their source in _src), widget values in the front end's
+    order, and a size the front end will not need to grow (so columns never overlap)."""
+    title = node.get("_meta", {}).get("title") or spec["display_name"]
+    inputs, widgets, multiline, sockets, label_chars = [], [], 0, 0, [len(title) + 2]  # the front end widens a node to its title
+    for section in ("required", "optional"):
+        for name, ispec in spec["input"].get(section, {}).items():
+            value = node["inputs"].get(name)
+            linked = _is_link(value)
+            kind, opts = _spec_type(ispec)
+            if _is_widget(ispec):
+                shown = _default(ispec) if linked or name not in node["inputs"] else value
+                widgets.append(shown)
+                if _has_control(name, ispec):
+                    widgets.append("fixed")  # keep the example reproducible
+                multiline += bool(opts.get("multiline"))
+                if not opts.get("multiline"):
+                    label_chars.append(len(name) + len(str(shown)) + 4)
+                if linked:
+                    inputs.append({"name": name, "type": kind, "widget": {"name": name}, "link": None, "_src": value})
+            else:
+                sockets += 1  # the front end shows every socket input, linked or not
+                if section == "required" or linked:
+                    inputs.append({"name": name, "type": kind, "link": None, "_src": value if linked else None})
+    outputs = spec.get("output_name") or spec["output"]
+    rows = max(sockets + sum("widget" in i for i in inputs), len(outputs))
+    label_chars.append(max((len(n) for n in spec["input"].get("required", {})), default=0) + max((len(str(o)) for o in outputs), default=0) + 6)
+    width = min(MAX_W, max(400 if multiline else NODE_W, 7 * max(label_chars) + 60))
+    height = 46 + 22 * rows + 24 * len(widgets) + 110 * multiline
+    return {"inputs": inputs, "widgets": widgets, "width": width, "height": height}
 
 
 def default_note(api: dict, object_info: dict) -> str:
@@ -139,36 +163,25 @@ def convert(api: dict, object_info: dict, note: str | None = None, workflow_id: 
     if missing:
         raise ValueError(f"/object_info has no definition for {missing}; is the pack that provides them loaded?")
     depth = _depths(api)
-    ids = {nid: i + 1 for i, nid in enumerate(sorted(api, key=lambda k: (int(k) if k.isdigit() else 10**9, k)))}
+    if all(k.isdigit() and int(k) > 0 for k in api):  # keep the API ids: the canvas queues the same prompt
+        ids = {nid: int(nid) for nid in api}
+    else:
+        ids = {nid: i + 1 for i, nid in enumerate(sorted(api, key=lambda k: (int(k) if k.isdigit() else 10**9, k)))}
     order = sorted(api, key=lambda k: (depth[k], ids[k]))
     links, nodes = [], {}
     out_links = defaultdict(list)
+    bodies = {nid: _node_body(api[nid], object_info[api[nid]["class_type"]]) for nid in api}
     widths = defaultdict(lambda: NODE_W)
-    for nid in api:
-        multi = any(_spec_type(sp)[1].get("multiline") for sec in ("required", "optional")
-                    for sp in object_info[api[nid]["class_type"]]["input"].get(sec, {}).values())
-        widths[depth[nid]] = max(widths[depth[nid]], _width(multi))
+    for nid, body in bodies.items():
+        widths[depth[nid]] = max(widths[depth[nid]], body["width"])
     column_x = {0: 40}
     for d in range(1, max(depth.values()) + 1):
         column_x[d] = column_x[d - 1] + widths[d - 1] + GAP_X
     column_y = defaultdict(lambda: TOP)
     column_y[0] = TOP + 300  # the note sits on top of the first column
     for index, nid in enumerate(order):
-        node, spec = api[nid], object_info[api[nid]["class_type"]]
-        inputs, widgets, multiline = [], [], 0
-        for section in ("required", "optional"):
-            for name, ispec in spec["input"].get(section, {}).items():
-                value = node["inputs"].get(name)
-                linked = _is_link(value)
-                if _is_widget(ispec):
-                    widgets.append(_default(ispec) if linked or name not in node["inputs"] else value)
-                    if _has_control(name, ispec):
-                        widgets.append("fixed")  # keep the example reproducible
-                    multiline += bool(_spec_type(ispec)[1].get("multiline"))
-                    if linked:
-                        inputs.append({"name": name, "type": _spec_type(ispec)[0], "widget": {"name": name}, "link": None, "_src": value})
-                elif section == "required" or linked:
-                    inputs.append({"name": name, "type": _spec_type(ispec)[0], "link": None, "_src": value if linked else None})
+        node, spec, body = api[nid], object_info[api[nid]["class_type"]], bodies[nid]
+        inputs = body["inputs"]
         for slot, entry in enumerate(inputs):
             src = entry.pop("_src")
             if src is not None:
@@ -177,18 +190,17 @@ def convert(api: dict, object_info: dict, note: str | None = None, workflow_id: 
                 links.append([link_id, ids[src[0]], src[1], ids[nid], slot, src_type])
                 out_links[(src[0], src[1])].append(link_id)
                 entry["link"] = link_id
-        n_out = len(spec["output"])
-        height = _node_height(max(len(inputs), n_out), widgets, multiline) + EXTRA_HEIGHT.get(node["class_type"], 0)
+        height = body["height"] + EXTRA_HEIGHT.get(node["class_type"], 0)
         d = depth[nid]
         x, y = column_x[d], column_y[d]
         column_y[d] = y + height + GAP_Y
         entry = {
             "id": ids[nid], "type": node["class_type"], "pos": [x, y],
-            "size": [_width(multiline), height], "flags": {}, "order": index, "mode": 0,
+            "size": [body["width"], height], "flags": {}, "order": index, "mode": 0,
             "inputs": inputs, "outputs": [], "properties": {
                 "cnr_id": PACK_ID if spec.get("python_module", "").startswith("custom_nodes") else "comfy-core",
                 "Node name for S&R": node["class_type"]},
-            "widgets_values": widgets,
+            "widgets_values": body["widgets"],
         }
         entry["title"] = node.get("_meta", {}).get("title") or spec["display_name"]
         nodes[nid] = entry
@@ -197,7 +209,7 @@ def convert(api: dict, object_info: dict, note: str | None = None, workflow_id: 
         names = spec.get("output_name") or spec["output"]
         nodes[nid]["outputs"] = [{"name": names[i], "type": t, "links": out_links.get((nid, i), []), "slot_index": i}
                                  for i, t in enumerate(spec["output"])]
-    note_id = len(ids) + 1
+    note_id = max(ids.values()) + 1
     note_node = {"id": note_id, "type": "MarkdownNote", "pos": [40, TOP], "size": [NODE_W, 260], "flags": {},
                  "order": len(order), "mode": 0, "inputs": [], "outputs": [], "properties": {},
                  "widgets_values": [note or default_note(api, object_info)], "color": "#432", "bgcolor": "#653"}
@@ -211,55 +223,3 @@ def convert(api: dict, object_info: dict, note: str | None = None, workflow_id: 
         # the view opens with the whole graph in sight, clear of the toolbars
         "extra": {"ds": {"scale": scale, "offset": [round(60 / scale), round(170 / scale)]}}, "version": 0.4,
     }
-
-
-def _font(size: int, bold: bool = False):
-    from PIL import ImageFont
-
-    for name in (("DejaVuSans-Bold.ttf",) if bold else ()) + ("DejaVuSans.ttf",):
-        try:
-            return ImageFont.truetype(f"/usr/share/fonts/truetype/dejavu/{name}", size)
-        except OSError:
-            continue
-    return ImageFont.load_default(size=size)
-
-
-def draw_thumbnail(ui: dict, heading: str, size=(512, 384)):
-    """The template browser's thumbnail: the workflow's nodes as a flow of titled boxes
-    (pack nodes in purple), in execution order, three to a row."""
-    from PIL import Image, ImageDraw
-
-    nodes = sorted((n for n in ui["nodes"] if n["type"] != "MarkdownNote"), key=lambda n: n["order"])
-    img = Image.new("RGB", size, (30, 32, 38))
-    draw = ImageDraw.Draw(img)
-    head, label = _font(24, bold=True), _font(15, bold=True)
-    draw.text((16, 12), heading, font=head, fill=(245, 245, 245))
-    cols, pad, top = 3, 16, 56
-    rows = -(-len(nodes) // cols)
-    bw = (size[0] - pad * (cols + 1)) // cols
-    bh = min(70, (size[1] - top - pad * rows) // max(rows, 1))
-    centres = []
-    for i, n in enumerate(nodes):
-        r, c = divmod(i, cols)
-        c = c if r % 2 == 0 else cols - 1 - c  # snake, so consecutive boxes stay side by side
-        x, y = pad + c * (bw + pad), top + r * (bh + pad)
-        centres.append((x, y, x + bw, y + bh))
-    for a, b in zip(centres, centres[1:]):
-        draw.line([((a[0] + a[2]) / 2, (a[1] + a[3]) / 2), ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)], fill=(150, 210, 130), width=4)
-    for n, box in zip(nodes, centres):
-        ours = n["properties"].get("cnr_id") == PACK_ID
-        draw.rounded_rectangle(box, radius=8, fill=(96, 70, 160) if ours else (62, 66, 78), outline=(220, 220, 230), width=2)
-        words, lines, line = (n.get("title") or n["type"]).split(), [], ""
-        for w in words:
-            trial = f"{line} {w}".strip()
-            if label.getlength(trial) > bw - 12 and line:
-                lines.append(line)
-                line = w
-            else:
-                line = trial
-        lines.append(line)
-        lines = lines[:3]
-        y = (box[1] + box[3]) / 2 - 9 * len(lines)
-        for k, text in enumerate(lines):
-            draw.text(((box[0] + box[2]) / 2 - label.getlength(text) / 2, y + 18 * k), text, font=label, fill=(245, 245, 245))
-    return img

@@ -74,8 +74,11 @@ class BrowserSession:
         return self.page.evaluate("[...document.querySelectorAll('.p-dialog')].map(e => e.innerText)")
 
     def close_dialogs(self) -> None:
-        self.page.keyboard.press("Escape")
-        self.page.wait_for_timeout(300)
+        for _ in range(3):
+            if not self.dialogs():
+                return
+            self.page.keyboard.press("Escape")
+            self.page.wait_for_timeout(300)
 
     def close(self) -> None:
         try:

@@ -86,8 +86,9 @@ def test_example_workflow_loads_without_missing_nodes_and_matches_its_api_twin(b
 def test_a_user_opens_the_example_from_the_template_browser(browser):
     page = browser.page
     page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
-    page.get_by_text(PACK, exact=True).first.click()
-    card = page.get_by_text(EXAMPLES[0], exact=True).first
+    dialog = page.locator(".p-dialog")
+    dialog.get_by_text(PACK, exact=True).first.click()
+    card = dialog.get_by_text(EXAMPLES[0], exact=True).first
     card.wait_for(timeout=10_000)
     # the browser fetches the .jpg into a blob: our thumbnails are the only 512x384 images there
     thumb = "() => [...document.querySelectorAll('.p-dialog img')].some(i => i.complete && i.naturalWidth === 512 && i.naturalHeight === 384)"
@@ -162,6 +163,7 @@ def test_queue_from_the_ui_completes_on_the_tiny_model(browser, live_server):
             node["inputs"]["steps"] = 2
     before = set(live_server.get("/history"))
     page = browser.page
+    browser.close_dialogs()
     page.evaluate("api => app.loadApiJson(api, 'ui_queue_test')", api)
     page.wait_for_timeout(500)
     page.get_by_role("button", name="Run", exact=True).first.click()
