@@ -22,6 +22,7 @@ if [ "$(id -u)" != "0" ]; then
 fi
 echo "[setup] installing Debian chromium for the browser tests (apt-get)"
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+APT_OPTS=(-o DPkg::Lock::Timeout=300)  # wait for another apt/dpkg run instead of failing
+$SUDO apt-get "${APT_OPTS[@]}" update -qq
+$SUDO apt-get "${APT_OPTS[@]}" install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 [ -x /usr/bin/chromium ] || { echo "[setup] apt-get finished but /usr/bin/chromium is missing" >&2; exit 1; }
