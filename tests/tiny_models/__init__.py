@@ -4,7 +4,7 @@ Loaded into live test servers (and the README's smoke demo when no CKPT is given
 the real pack; its node stands in for CheckpointLoaderSimple.
 """
 
-from .factory import FAMILIES, tiny_checkpoint
+from .factory import FAMILIES, tiny_checkpoint, tiny_clip_vision, tiny_unet, tiny_vae
 
 
 class StoryTestTinyCheckpoint:
@@ -26,6 +26,23 @@ class StoryTestTinyCheckpoint:
         return tiny_checkpoint(family, seed)
 
 
-NODE_CLASS_MAPPINGS = {"StoryTestTinyCheckpoint": StoryTestTinyCheckpoint}
-NODE_DISPLAY_NAME_MAPPINGS = {"StoryTestTinyCheckpoint": "Tiny Test Checkpoint (storydiffusion tests)"}
+class StoryTestTinySVD:
+    DESCRIPTION = ("Test/demo only: a tiny random-weight Stable Video Diffusion img2vid model (real SVD block layout, "
+                   "temporal blocks, 1024-d context) with a tiny CLIP vision encoder and VAE; stands in for Image Only "
+                   "Checkpoint Loader. Videos are noise, not art.")
+    CATEGORY = "storydiffusion/testing"
+    FUNCTION = "load"
+    RETURN_TYPES = ("MODEL", "CLIP_VISION", "VAE")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the random weights."})}}
+
+    def load(self, seed):
+        return tiny_unet("svd", seed), tiny_clip_vision(seed), tiny_vae(seed)
+
+
+NODE_CLASS_MAPPINGS = {"StoryTestTinyCheckpoint": StoryTestTinyCheckpoint, "StoryTestTinySVD": StoryTestTinySVD}
+NODE_DISPLAY_NAME_MAPPINGS = {"StoryTestTinyCheckpoint": "Tiny Test Checkpoint (storydiffusion tests)",
+                              "StoryTestTinySVD": "Tiny Test SVD Checkpoint (storydiffusion tests)"}
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "FAMILIES"]

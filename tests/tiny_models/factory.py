@@ -9,8 +9,11 @@ model is identical on every build.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+import comfy.clip_vision
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
@@ -136,6 +139,19 @@ def tiny_vae(seed: int = 0) -> comfy.sd.VAE:
         elif v.ndim > 1:
             sd[k] = torch.randn(v.shape, generator=gen) * (max(1, v[0].numel()) ** -0.5)
     return comfy.sd.VAE(sd=sd)
+
+
+# A ViT with the layout of CLIP ViT-H/14 (class token, patches, pre/post norms, projection) but
+# 2 layers of width 32 at 56x56 input; projection_dim stays 1024 so image_embeds are [B, 1024]
+# exactly as SVD's ViT-H gives them.
+TINY_CLIP_VISION_CONFIG = Path(__file__).with_name("tiny_clip_vision_config.json")
+
+
+def tiny_clip_vision(seed: int = 0) -> comfy.clip_vision.ClipVisionModel:
+    """A CLIP_VISION (comfy.clip_vision.ClipVisionModel) with seeded random weights."""
+    clip_vision = comfy.clip_vision.ClipVisionModel(str(TINY_CLIP_VISION_CONFIG))
+    _seeded_init(clip_vision.model, seed + 3, std=0.2)
+    return clip_vision
 
 
 def tiny_checkpoint(family: str = "sdxl", seed: int = 0):
