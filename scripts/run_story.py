@@ -2,7 +2,8 @@
 
 Starts ComfyUI (the host from scripts/comfy_host.py) on a free loopback port with this pack
 installed, queues example_workflows/api/one_character_story.json through POST /prompt, follows
-progress over the websocket and writes the panels to output/.
+progress over the websocket and writes the panels and the comic page to output/ (the same
+queue/progress/download code as the `scripts/story_client.py` command line).
 
     make demo                                   # tiny random-weight SDXL-shaped model: a smoke run
     make demo CKPT=/path/to/model.safetensors   # your SD1.5 / SDXL checkpoint
