@@ -77,7 +77,8 @@ INFO = {
                                        "steps": ["INT", {"default": 20}], "batch": ["INT", {"default": 1}]},
                           "optional": {"text": ["STRING", {"multiline": True, "default": "hi"}],
                                        "forced": ["FLOAT", {"forceInput": True}],
-                                       "mode": ["COMBO", {"options": ["x", "y"], "control_after_generate": True}]}},
+                                       "mode": ["COMBO", {"options": ["x", "y"]}],
+                                       "noise": ["INT", {"default": 3, "control_after_generate": True}]}},
                 "output": ["LATENT"], "display_name": "Sampler", "python_module": "custom_nodes.comfyui-storydiffusion"},
 }
 
@@ -90,13 +91,20 @@ def test_convert_orders_widgets_adds_seed_controls_and_links_widget_inputs():
     assert loader["widgets_values"] == ["b.ckpt"] and loader["properties"]["cnr_id"] == "comfy-core"
     # required then optional; a seed gets its "control after generate" ("fixed": reproducible);
     # a linked widget keeps its default value; forceInput is no widget; a missing optional takes its default
-    assert sampler["widgets_values"] == [7, "fixed", 3, 1, "hi", "y", "fixed"]
+    assert sampler["widgets_values"] == [7, "fixed", 3, 1, "hi", "y", 3, "fixed"]
     assert [(i["name"], i.get("widget")) for i in sampler["inputs"]] == [("model", None), ("batch", {"name": "batch"})]
     assert ui["links"] == [[1, 1, 0, 2, 0, "MODEL"], [2, 1, 1, 2, 1, "INT"]]
     assert loader["outputs"][1] == {"name": "count", "type": "INT", "links": [2], "slot_index": 1}
     assert sampler["pos"][0] > loader["pos"][0] + loader["size"][0]  # left to right
     assert note["type"] == "MarkdownNote" and note["widgets_values"] == ["hello"]
     assert sampler["properties"]["cnr_id"] == PACK
+
+
+def test_convert_refuses_combo_seed_controls_it_cannot_model():
+    info = {"N": {"input": {"required": {"m": ["COMBO", {"options": ["a"], "control_after_generate": True}]}},
+                  "output": [], "display_name": "N", "python_module": "nodes"}}
+    with pytest.raises(ValueError, match="control_after_generate on a COMBO"):
+        convert({"1": {"class_type": "N", "inputs": {"m": "a"}}}, info)
 
 
 def test_convert_refuses_unknown_nodes_and_cycles():
