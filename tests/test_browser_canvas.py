@@ -152,6 +152,14 @@ def test_browser_parser_agrees_with_the_server_parser(browser):
     for story, js in zip(stories, got):
         parsed = syntax.parse_story(story)
         assert js == [[list(p.characters), p.caption, p.no_character] for p in parsed.panels]
+    # a story the server rejects: the browser flags the same line and tag, and keeps counting
+    bad = "[Bob]: a man\n[Bob] walks\n[Bbo] runs\n[Bob] sits"
+    with pytest.raises(syntax.StorySyntaxError, match="line 3.*\\[Bbo\\]"):
+        syntax.parse_story(bad)
+    problems, count = browser.page.evaluate(
+        """async (s) => { const m = await import('/extensions/comfyui-storydiffusion/js/story_syntax.js');
+            const r = m.readStory(s); return [r.problems, r.panels.length]; }""", bad)
+    assert count == 3 and any("line 3" in p and "[Bbo]" in p for p in problems)
 
 
 def test_queue_from_the_ui_completes_on_the_tiny_model(browser, live_server):
@@ -182,3 +190,5 @@ def test_queue_from_the_ui_completes_on_the_tiny_model(browser, live_server):
     images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
     assert any(img["filename"].startswith("comic_page") for img in images)
     assert sum(img["filename"].startswith("panel") for img in images) == 4
+    for img in images:  # and on the server's disk
+        assert (live_server.base / "output" / img["subfolder"] / img["filename"]).is_file(), img

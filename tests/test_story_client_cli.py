@@ -26,6 +26,8 @@ def test_cli_queues_with_story_and_seed_and_downloads_the_outputs(live_server, t
     assert [p.name.startswith("panel") for p in files].count(True) == 2  # two panels in the typed story
     assert any(p.name.startswith("comic_page") for p in files)
     assert all(str(p) in stdout for p in files)
+    on_server = {p.name for p in (live_server.base / "output" / "story").iterdir()}
+    assert {p.name for p in files} <= on_server  # what was downloaded is what the server wrote
     assert "[" in stderr and "2/2" in stderr  # the progress bar, fed by the websocket
 
 
