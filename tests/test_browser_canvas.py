@@ -133,6 +133,11 @@ def test_story_prompt_shows_the_panel_count_while_typing(browser):
     area.type("\n[Ann] sleeps")
     page.wait_for_timeout(200)
     assert "4 panels" in feedback.inner_text()
+    # a value set by code (loading an API-format workflow, undo) refreshes the box too
+    page.evaluate("() => { app.graph.nodes[0].widgets.find(w => w.name === 'story').value = '[Z]: z\\n[Z] a\\n[Z] b'; }")
+    page.wait_for_timeout(200)
+    assert "2 panels" in feedback.inner_text()
+    page.evaluate("() => { app.graph.nodes[0].widgets.find(w => w.name === 'story').value = '[Ann]: a girl\\n[Ann] jumps #Splash!\\n[NC] clouds\\n[Anne] waves\\n[Ann] sleeps'; }")
     # the feedback box is not a widget value: the prompt holds only the node's real inputs
     values = page.evaluate("() => app.graph.nodes[0].serialize().widgets_values")
     assert len(values) == 3 and values[0].endswith("[Ann] sleeps")
