@@ -1,8 +1,28 @@
 """ComfyUI glue: every node module contributes its NODE_CLASS_MAPPINGS and display names."""
 
-from . import comic_page, frame_embeddings, motion_predictor_loader, story_prompt, story_transition
+from . import (
+    attention_masks,
+    comic_page,
+    consistent_attention,
+    frame_embeddings,
+    identity_bank_nodes,
+    isolated_attention,
+    motion_predictor_loader,
+    story_prompt,
+    story_transition,
+)
 
-_MODULES = (story_prompt, comic_page, story_transition, motion_predictor_loader, frame_embeddings,)
+_MODULES = (
+    story_prompt,
+    comic_page,
+    consistent_attention,
+    identity_bank_nodes,
+    isolated_attention,
+    attention_masks,
+    story_transition,
+    motion_predictor_loader,
+    frame_embeddings,
+)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

@@ -1,0 +1,171 @@
+"""Consistent self-attention by gathering (pure torch).
+
+Each story image's queries attend to its own tokens plus a sampled subset of the tokens of the
+other story images (its window), and optionally to bank tokens. The keys and values of every
+image are built by *gathering* those tokens into one [B, N + extra, C] tensor and handed to an
+SDPA-class kernel: memory and time grow with the tokens actually attended, never with a dense
+(B*N) x (B*N) mask. `dense_masked_attention` is that naive masked formulation, kept only as the
+reference for tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """torch scaled_dot_product_attention on [B, N, heads*d] tensors -> [B, Nq, heads*d]."""
+    b, nq, c = q.shape
+    d = c // heads
+    qh = q.view(b, nq, heads, d).transpose(1, 2)
+    kh = k.reshape(b, -1, heads, d).transpose(1, 2)
+    vh = v.reshape(b, -1, heads, d).transpose(1, 2)
+    out = F.scaled_dot_product_attention(qh, kh, vh)
+    return out.transpose(1, 2).reshape(b, nq, c)
+
+
+def reference_table(num_images: int, window: int = 0, groups: Sequence | None = None) -> list[tuple[int, ...]]:
+    """For each image, the other images whose sampled tokens it attends to (sorted).
+
+    window 0 = every other image; window W = a run of W consecutive story images around the
+    image (itself included), i.e. its W-1 nearest neighbours (ties to the earlier image); at
+    the ends of the story the window slides inwards, so every image keeps W-1 references and
+    its cost stays flat however long the story is. groups: optional label per image; only images with the same label are candidates
+    (None labels take part in nothing).
+    """
+    table = []
+    for i in range(num_images):
+        if groups is not None and groups[i] is None:
+            table.append(())
+            continue
+        cand = [j for j in range(num_images) if j != i and (groups is None or groups[j] == groups[i])]
+        if window and len(cand) > window - 1:
+            cand = sorted(cand, key=lambda j: (abs(j - i), j))[:max(0, window - 1)]
+        table.append(tuple(sorted(cand)))
+    return table
+
+
+def downscale_level(latent_hw: tuple[int, int], hw: tuple[int, int], max_level: int = 6) -> int | None:
+    """How many stride-2 downsamplings (ceil rounding, as the UNet does) turn latent_hw into hw."""
+    h, w = int(latent_hw[0]), int(latent_hw[1])
+    target = (int(hw[0]), int(hw[1]))
+    for level in range(max_level + 1):
+        if (h, w) == target:
+            return level
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return None
+
+
+def gather_tokens(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """x [B, N, C], indices [B, k] -> x[b, indices[b]] as [B, k, C]."""
+    idx = indices.to(x.device).unsqueeze(-1).expand(-1, -1, x.shape[-1])
+    return torch.gather(x, 1, idx)
+
+
+def consistent_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    indices: torch.Tensor,
+    refs: Sequence[Sequence[int]],
+    row_extra: Sequence | None = None,
+    attn_fn: AttnFn = sdpa,
+    index_cache: dict | None = None,
+) -> torch.Tensor:
+    """Consistent self-attention for one chunk of B story images (one guidance half).
+
+    q [B, N, C]; k, v [B, L, C] with L >= N, their first N tokens the images' own (any further
+    tokens, e.g. appended by another patch, stay keys of their row). indices [B, k]: the tokens
+    each image shares; refs[i]: the images whose shared tokens image i sees. row_extra[i]:
+    None or (key, value, tag) extra tokens [E, C] for row i (bank tokens), rows with the same
+    tag sharing them. Rows with the same key layout are batched into one attn_fn call.
+    """
+    b, n, _ = q.shape
+    kk = indices.shape[1] if indices.numel() else 0
+    extra = list(row_extra) if row_extra is not None else [None] * b
+    if all(not refs[i] or kk == 0 for i in range(b)) and all(e is None for e in extra):
+        return attn_fn(q, k, v, heads)
+    buckets: dict = {}
+    for i in range(b):
+        m = len(refs[i]) if kk else 0
+        tag = None if extra[i] is None else extra[i][2]
+        buckets.setdefault((m, tag), []).append(i)
+    if len(buckets) == 1 and (0, None) in buckets:
+        return attn_fn(q, k, v, heads)
+    flat_k, flat_v = k.reshape(-1, k.shape[-1]), v.reshape(-1, v.shape[-1])
+    out = None
+    for (m, tag), rows in buckets.items():
+        row_refs = [tuple(refs[i]) for i in rows] if m else []
+        key = (k.shape[1], n, id(indices), tuple(rows), tuple(row_refs), k.device)
+        index = index_cache.get(key) if index_cache is not None else None
+        if index is None:
+            index = gather_index(k.shape[1], n, indices, row_refs, rows).to(k.device)
+            if index_cache is not None:
+                index_cache[key] = index
+        keys = flat_k.index_select(0, index.view(-1)).view(len(rows), -1, k.shape[-1])
+        values = flat_v.index_select(0, index.view(-1)).view(len(rows), -1, v.shape[-1])
+        if tag is not None:
+            ek, ev, _ = extra[rows[0]]
+            keys = torch.cat([keys, ek.to(k.dtype).unsqueeze(0).expand(len(rows), -1, -1)], 1)
+            values = torch.cat([values, ev.to(v.dtype).unsqueeze(0).expand(len(rows), -1, -1)], 1)
+        res = attn_fn(q[rows] if len(rows) < b else q, keys, values, heads)
+        if len(buckets) == 1:
+            return res
+        if out is None:
+            out = res.new_empty((b,) + tuple(res.shape[1:]))
+        out[rows] = res
+    return out
+
+
+def gather_index(length: int, n: int, indices: torch.Tensor, refs: Sequence[Sequence[int]], rows: Sequence[int]):
+    """Flat row indices into k.reshape(B*length, C) for the given rows: each row's own `length`
+    tokens, then the shared tokens of each of its refs. One index_select builds all keys."""
+    own = torch.tensor(list(rows), dtype=torch.long).unsqueeze(1) * length + torch.arange(length)
+    if not refs or not len(refs[0]) or not indices.numel():
+        return own
+    other = torch.tensor([list(r) for r in refs], dtype=torch.long)  # [R, M]
+    shared = other.unsqueeze(-1) * length + indices.cpu()[other]  # [R, M, k]
+    return torch.cat([own, shared.flatten(1)], 1)
+
+
+def dense_mask(b: int, n: int, indices: torch.Tensor, refs: Sequence[Sequence[int]], dtype, device) -> torch.Tensor:
+    """The naive formulation's additive (B*N)x(B*N) mask: image i's queries see all its own tokens
+    and the shared tokens of its refs."""
+    total = b * n
+    allowed = torch.zeros(total, total, dtype=torch.bool, device=device)
+    shared = torch.zeros(b, n, dtype=torch.bool, device=device)
+    if indices.numel():
+        shared.scatter_(1, indices.to(device), True)
+    for i in range(b):
+        rows = slice(i * n, (i + 1) * n)
+        allowed[rows, i * n:(i + 1) * n] = True
+        for j in refs[i]:
+            allowed[rows, j * n:(j + 1) * n] = shared[j]
+    mask = torch.zeros(total, total, dtype=dtype, device=device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def dense_masked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, indices: torch.Tensor,
+    refs: Sequence[Sequence[int]], mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The naive formulation: all B*N tokens as one sequence under a dense (B*N)x(B*N) mask.
+
+    Reference only (tests, benchmark): its memory grows with the story length squared.
+    """
+    b, n, c = q.shape
+    total = b * n
+    if mask is None:
+        mask = dense_mask(b, n, indices, refs, q.dtype, q.device)
+    d = c // heads
+    qh = q.reshape(1, total, heads, d).transpose(1, 2)
+    kh = k[:, :n].reshape(1, total, heads, d).transpose(1, 2)
+    vh = v[:, :n].reshape(1, total, heads, d).transpose(1, 2)
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
+    return out.transpose(1, 2).reshape(b, n, c)

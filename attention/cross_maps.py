@@ -1,0 +1,142 @@
+"""Cross-attention probability maps of chosen prompt tokens, accumulated over layers and steps.
+
+Pure torch (no ComfyUI import). Used by the Story Attention Masks and Isolated Attention nodes
+to locate each character in each panel from the model's own cross-attention (OIA §III-B).
+
+Decisions (the paper leaves them open; see README "Object Isolated Attention: decided points"):
+
+* **Character tokens**: every sub-token of the character's *name* where it occurs in the panel's
+  prompt (all occurrences); if the name does not occur, every sub-token of its description.
+  BOS/EOS/padding (word id 0 in ComfyUI's tokenizers) never count. The map of a character is the
+  *mean* over its sub-tokens of the head-averaged attention probability.
+* **Long prompts / tiled contexts**: CLIP contexts are 77-token windows concatenated for prompts
+  over 75 tokens, and ComfyUI tiles every context of a batch (panels, positive vs negative) to
+  the LCM of their lengths. The probability of original token j is the *sum* over the tiled
+  copies j + r·L (L = the panel's own context length), so one selection matrix per panel
+  (`selection_matrix`) folds tiling and averages sub-tokens in a single matmul.
+* **Grid**: maps of every captured layer are resized bilinearly to one grid (the latent size)
+  and averaged over layers; per step the mean over calls is kept, and masks use the mean over
+  the steps so far (`MapAccumulator.mean(before_step)`), as the paper averages over steps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def find_phrase(prompt: list[tuple[int, int]], phrase: list[int]) -> list[int]:
+    """Positions (in the flattened context) of every occurrence of `phrase` in `prompt`.
+
+    prompt: (token_id, word_id) per context position, all 77-token windows concatenated;
+    positions whose word_id is 0 (BOS, EOS, padding) are skipped, so a phrase may straddle
+    a window boundary. phrase: the token ids to find (no special tokens).
+    """
+    if not phrase:
+        return []
+    kept = [(pos, tok) for pos, (tok, word) in enumerate(prompt) if word != 0]
+    ids = [tok for _, tok in kept]
+    out: list[int] = []
+    n = len(phrase)
+    for i in range(len(ids) - n + 1):
+        if ids[i:i + n] == phrase:
+            out.extend(kept[i + j][0] for j in range(n))
+    return sorted(set(out))
+
+
+def selection_matrix(positions: list[list[list[int]]], lengths: list[int], context_len: int,
+                     dtype=torch.float32, device=None) -> torch.Tensor:
+    """[P, T, K] weights mapping context columns to per-character map values.
+
+    positions[p][k]: positions of character k's sub-tokens in panel p's own context (length
+    lengths[p]); context_len T must be a multiple of every lengths[p] (ComfyUI tiles to the LCM).
+    Column j + r·L gets 1/len(positions[p][k]) for every repetition r: summing over the copies
+    gives the original token's probability, the 1/n averages over sub-tokens. An empty list
+    (character not in that panel) gives an all-zero column.
+    """
+    P = len(positions)
+    K = max((len(p) for p in positions), default=0)
+    sel = torch.zeros(P, context_len, K, dtype=dtype, device=device)
+    for p, chars in enumerate(positions):
+        L = lengths[p]
+        if context_len % L:
+            raise ValueError(f"context length {context_len} is not a multiple of panel {p}'s prompt length {L}")
+        for k, pos in enumerate(chars):
+            if not pos:
+                continue
+            cols = torch.tensor([j + r * L for j in pos for r in range(context_len // L)], dtype=torch.long)
+            sel[p, cols.to(sel.device), k] = 1.0 / len(pos)
+    return sel
+
+
+def head_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(q·kᵀ/√d) per head, in float32: [b, heads, n, T] from q [b, n, h·d], k [b, T, h·d]."""
+    b, n, hd = q.shape
+    d = hd // heads
+    qh = q.reshape(b, n, heads, d).transpose(1, 2).float()
+    kh = k.reshape(b, -1, heads, d).transpose(1, 2).float()
+    return (qh @ kh.transpose(-1, -2) * d ** -0.5).softmax(-1)
+
+
+def head_mean_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """Head-averaged attention probabilities [b, n, T]."""
+    return head_probs(q, k, heads).mean(1)
+
+
+def attend(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The attention output [b, n, h·d] from per-head probabilities [b, h, n, T] and v [b, T, h·d]."""
+    b, heads, n, T = probs.shape
+    vh = v.reshape(b, T, heads, -1).transpose(1, 2).float()
+    return (probs @ vh).transpose(1, 2).reshape(b, n, -1)
+
+
+def character_maps(q: torch.Tensor, k: torch.Tensor, heads: int, sel: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """[P, K, h, w] head-averaged maps of each panel's characters (sel from `selection_matrix`)."""
+    probs = head_mean_probs(q, k, heads)  # [P, n, T]
+    maps = probs @ sel.to(probs.device, probs.dtype)  # [P, n, K]
+    h, w = hw
+    return maps.transpose(1, 2).reshape(maps.shape[0], maps.shape[2], h, w)
+
+
+def resize_maps(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of [P, K, h, w] maps to the common grid (no-op when already there)."""
+    if tuple(maps.shape[-2:]) == tuple(grid):
+        return maps
+    return F.interpolate(maps, size=tuple(grid), mode="bilinear", align_corners=False)
+
+
+class MapAccumulator:
+    """Per-step sums of resized maps; mean over layers within a step, then over steps.
+
+    Kept per step (not only a running sum) so masks can be read for any prefix of the run
+    (e.g. at 70 % and 100 % of the steps for the stability measurement).
+    """
+
+    def __init__(self, grid: tuple[int, int]):
+        self.grid = tuple(grid)
+        self.sums: dict[int, torch.Tensor] = {}
+        self.counts: dict[int, int] = {}
+
+    def add(self, step: int, maps: torch.Tensor) -> None:
+        maps = resize_maps(maps.float(), self.grid)
+        if step in self.sums and self.sums[step].shape == maps.shape:
+            self.sums[step] = self.sums[step] + maps
+            self.counts[step] += 1
+        else:
+            self.sums[step] = maps.clone()
+            self.counts[step] = 1
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted(self.sums)
+
+    def mean(self, before_step: int | None = None) -> torch.Tensor | None:
+        """Mean over the recorded steps < before_step (all when None) of each step's layer mean."""
+        steps = [s for s in self.steps if before_step is None or s < before_step]
+        if not steps:
+            return None
+        total = None
+        for s in steps:
+            m = self.sums[s] / self.counts[s]
+            total = m if total is None else total + m
+        return total / len(steps)

@@ -1,0 +1,176 @@
+"""Per-run state of the isolated branch: step tracking, map accumulation, masks per step.
+
+Pure torch (no ComfyUI import). One `IsolationRun` lives for one node execution; the ComfyUI
+glue resets it when sampling starts and releases its caches when sampling ends (an OUTER_SAMPLE
+wrapper with try/finally), so an interrupted run leaves nothing stale.
+
+Decisions:
+* Step index = position of the current sigma in the run's schedule (`sample_sigmas`); sigmas
+  between two schedule entries (second-order samplers) belong to the earlier step. Never
+  call counts.
+* Masks used at step s come from the maps of steps < s ("the steps so far", as in the paper:
+  one sampling run, no second generation). No masks exist at step 0, so isolation starts at
+  the first step that has maps and lies in the node's step range.
+* Maps are captured in the capture step window only; masks are recomputed once per step and
+  cached for that step.
+* User-supplied masks replace the online masks of their character for every step; overlaps
+  between user masks go to the earlier character (there is no map to compute a CV from).
+* Characters not tagged in a panel (story tags) have empty masks in that panel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .cross_maps import MapAccumulator
+from .otsu import panel_masks
+
+
+@dataclass
+class CharacterPlan:
+    """Which character is where: fixed for a node execution."""
+
+    names: list[str]
+    present: list[list[bool]]  # [panel][character]
+    positions: list[list[list[int]]]  # [panel][character] -> token positions in the panel's own context
+    lengths: list[int]  # [panel] own context length (77·windows)
+    ref_panel: list[int | None] = field(default_factory=list)  # [character] panel used as reference
+
+    @property
+    def panels(self) -> int:
+        return len(self.present)
+
+
+def first_appearances(present: list[list[bool]]) -> list[int | None]:
+    """Reference panel of each character: the first panel that tags it (None if never tagged)."""
+    K = len(present[0]) if present else 0
+    return [next((p for p, row in enumerate(present) if row[k]), None) for k in range(K)]
+
+
+def step_index(sigma: float, schedule: list[float]) -> int:
+    """Index of the schedule entry at or just above sigma (schedule is decreasing)."""
+    best = 0
+    for i, s in enumerate(schedule[:-1]):
+        if s >= sigma - 1e-6 * max(1.0, abs(s)):
+            best = i
+        else:
+            break
+    return best
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    inter = (a & b).sum().item()
+    union = (a | b).sum().item()
+    return 1.0 if union == 0 else inter / union
+
+
+class IsolationRun:
+    def __init__(self, plan: CharacterPlan, capture_range=(0.0, 1.0), blur: float = 0.0,
+                 dilate: int = 0, min_area: float = 0.0, user_masks: dict[int, torch.Tensor] | None = None):
+        self.plan = plan
+        self.capture_range = capture_range
+        self.blur, self.dilate, self.min_area = blur, dilate, min_area
+        self.user_masks = user_masks or {}  # character -> [1 or P, H, W] float
+        self.reset()
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def reset(self) -> None:
+        self.acc: MapAccumulator | None = None
+        self.schedule: list[float] | None = None
+        self._sig_obj = None
+        self._sig_step = 0
+        self._mask_cache: dict[int, torch.Tensor | None] = {}
+        self.result: dict | None = None
+
+    def release(self) -> None:
+        """End of sampling: keep only the small final summary (maps, masks) for readers."""
+        if self.acc is not None and self.acc.steps:
+            n = self.total_steps
+            self.result = {
+                "maps": self.acc.mean(),
+                "masks": self._masks_from(self.acc.mean()),
+                "masks_70": self.masks_at_fraction(0.7),
+                "steps": n,
+            }
+        self.acc = None
+        self._mask_cache = {}
+        self._sig_obj = None
+
+    # ---- steps ----------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        return max(1, len(self.schedule) - 1) if self.schedule else 1
+
+    def step(self, sigmas: torch.Tensor, sample_sigmas: torch.Tensor | None) -> int:
+        if sigmas is self._sig_obj:
+            return self._sig_step
+        if self.schedule is None and sample_sigmas is not None:
+            self.schedule = [float(s) for s in sample_sigmas.detach().float().cpu()]
+        sigma = float(sigmas.detach().reshape(-1)[0].float().cpu())
+        self._sig_step = step_index(sigma, self.schedule) if self.schedule else 0
+        self._sig_obj = sigmas
+        return self._sig_step
+
+    def fraction(self, step: int) -> float:
+        return step / self.total_steps
+
+    def capturing(self, step: int) -> bool:
+        f = self.fraction(step)
+        return self.capture_range[0] <= f <= self.capture_range[1]
+
+    # ---- maps and masks -------------------------------------------------------------
+    def add_maps(self, step: int, maps: torch.Tensor, grid: tuple[int, int]) -> None:
+        if self.acc is None:
+            self.acc = MapAccumulator(grid)
+        self.acc.add(step, maps)
+
+    def _grid(self):
+        return self.acc.grid if self.acc is not None else None
+
+    def _user_masks(self, grid, device) -> dict[int, torch.Tensor]:
+        out = {}
+        for k, m in self.user_masks.items():
+            m = m.float().to(device)
+            r = F.interpolate(m[:, None], size=tuple(grid), mode="bilinear", align_corners=False)[:, 0] > 0.5
+            out[k] = r.expand(self.plan.panels, *grid) if r.shape[0] == 1 else r
+        return out
+
+    def _masks_from(self, maps: torch.Tensor | None, grid=None, device=None) -> torch.Tensor | None:
+        if maps is None and not self.user_masks:
+            return None
+        P, K = self.plan.panels, len(self.plan.names)
+        grid = grid or (tuple(maps.shape[-2:]) if maps is not None else None)
+        device = device or (maps.device if maps is not None else torch.device("cpu"))
+        if grid is None:
+            return None
+        user = self._user_masks(grid, device)
+        out = torch.zeros(P, K, *grid, dtype=torch.bool, device=device)
+        for p in range(P):
+            present = [self.plan.present[p][k] and k not in user for k in range(K)]
+            if maps is not None and any(present):
+                out[p] = panel_masks(maps[p], present, self.blur, self.dilate, self.min_area)
+            taken = out[p].any(0)
+            for k in sorted(user):
+                if self.plan.present[p][k]:
+                    mk = user[k][p] & ~taken
+                    out[p, k] = mk
+                    taken = taken | mk
+        return out
+
+    def masks(self, step: int, grid=None, device=None) -> torch.Tensor | None:
+        """Boolean masks [P, K, H, W] for use at `step` (from steps < step), cached per step."""
+        if step not in self._mask_cache:
+            maps = self.acc.mean(before_step=step) if self.acc is not None else None
+            self._mask_cache[step] = self._masks_from(maps, grid or self._grid(), device)
+        return self._mask_cache[step]
+
+    def masks_at_fraction(self, fraction: float) -> torch.Tensor | None:
+        """Masks from the maps of the first `fraction` of the steps (stability measurement)."""
+        if self.acc is None or not self.acc.steps:
+            return None
+        bound = math.ceil(fraction * self.total_steps)
+        return self._masks_from(self.acc.mean(before_step=bound))

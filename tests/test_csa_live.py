@@ -1,0 +1,84 @@
+"""CSA and the identity bank in a real headless ComfyUI, through POST /prompt."""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from story_client import PromptFailed, run_prompt
+
+pytestmark = pytest.mark.live
+ROOT = Path(__file__).resolve().parents[1]
+API = ROOT / "example_workflows" / "api"
+
+
+def workflow(name, steps=2, size=64):
+    """An example workflow made quick: 2 steps, 64 px, the tiny SD1.5-shaped model (fewest layers)."""
+    prompt = json.loads((API / name).read_text())
+    for node in prompt.values():
+        if node["class_type"] == "StoryTestTinyCheckpoint":
+            node["inputs"]["family"] = "sd15"
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = steps
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update(width=size, height=size)
+    return prompt
+
+
+def saved_latent(server, entry, node_id) -> torch.Tensor:
+    info = entry["outputs"][node_id]["latents"][0]
+    path = Path(server.base) / "output" / info["subfolder"] / info["filename"]
+    return load_file(str(path))["latent_tensor"]
+
+
+def write_then_read_in_memory():
+    """The write workflow plus the read workflow fed by the write run's bank object (no file)."""
+    prompt = workflow("identity_bank_write.json")
+    shared = {"1": "1", "7": "7"}
+    read = workflow("identity_bank_read.json")
+    rename = {k: shared.get(k, "r" + k) for k in read}
+    for k, node in read.items():
+        if node["class_type"] == "StoryDiffLoadIdentityBank" or k in shared:
+            continue
+        inputs = {n: ([rename[v[0]], v[1]] if isinstance(v, list) else v) for n, v in node["inputs"].items()}
+        if node["class_type"] == "StoryDiffIdentityBankRead":
+            inputs.update(bank=["8", 1], after=["4", 0])
+        prompt[rename[k]] = dict(node, inputs=inputs)
+    return prompt
+
+
+def test_bank_round_trip_write_save_load_in_a_fresh_server(live_server):
+    entry = run_prompt(live_server, write_then_read_in_memory(), timeout=600)
+    assert entry["status"]["status_str"] == "success"
+    in_memory = saved_latent(live_server, entry, "r10")
+    bank_file = Path(live_server.base) / "output" / "identity_banks" / "bob_bank.safetensors"
+    assert bank_file.is_file()
+
+    base = Path(tempfile.mkdtemp(prefix="story-test-fresh-"))
+    try:
+        (base / "output" / "identity_banks").mkdir(parents=True)
+        shutil.copy(bank_file, base / "output" / "identity_banks" / bank_file.name)
+        from comfy_host import ComfyServer
+
+        with ComfyServer(base, with_tiny_models=True) as fresh:
+            entry2 = run_prompt(fresh, workflow("identity_bank_read.json"), timeout=600)
+            assert entry2["status"]["status_str"] == "success"
+            from_file = saved_latent(fresh, entry2, "10")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert from_file.shape == in_memory.shape == (3, 4, 8, 8)
+    assert torch.equal(from_file, in_memory)
+
+
+def test_reading_a_character_the_bank_lacks_fails_with_a_clear_message(live_server):
+    prompt = workflow("identity_bank_read.json")
+    if not (Path(live_server.base) / "output" / "identity_banks" / "bob_bank.safetensors").is_file():
+        run_prompt(live_server, workflow("identity_bank_write.json"), timeout=600)
+    prompt["2"]["inputs"]["story"] = "[Ann]: a woman with red hair\n[Ann] walks along the sea"
+    with pytest.raises(PromptFailed) as e:
+        run_prompt(live_server, prompt, timeout=300)
+    assert "Identity Bank Read" in str(e.value) and "[Ann]" in str(e.value)

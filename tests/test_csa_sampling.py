@@ -1,0 +1,202 @@
+"""Consistent Self-Attention through real ComfyUI sampling on tiny SD1.5/SDXL-shaped models."""
+
+import pytest
+import torch
+
+import comfy.sample
+from pack_loader import submodule
+
+ca = submodule("nodes.consistent_attention")
+hooks = submodule("nodes.csa_hooks")
+
+BASE = dict(keep_rate_1_8=0.5, keep_rate_1_16=0.5, keep_rate_1_32=0.5, keep_rate_1_64=0.5, blocks="up",
+            warmup_steps=1, start_percent=0.0, end_percent=100.0, apply_probability="0.7, 0.9@40", window=0,
+            seed=0, strength=1.0)
+ALWAYS = dict(BASE, warmup_steps=0, apply_probability="1", blocks="all")
+
+
+def csa(model, **kw):
+    return ca.ConsistentSelfAttention().patch(model, **dict(BASE, **kw))[0]
+
+
+def conds(clip, n, text="a man in a red jacket"):
+    out = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True, return_dict=True)
+    return [[out["cond"].repeat(n, 1, 1), {"pooled_output": out["pooled_output"].repeat(n, 1)}]]
+
+
+def sample(model, clip, n=3, steps=2, cfg=5.0, sampler="euler", hw=8, seed=0, callback=None):
+    c = conds(clip, n)
+    latent = torch.zeros(n, 4, hw, hw)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, "normal", c, c, latent, seed=seed, callback=callback)
+
+
+def close(a, b, rel=1e-5):
+    """Equal up to float reordering noise (batched vs split BLAS calls), relative to the latent scale."""
+    return float((a - b).abs().max()) <= rel * float(b.abs().max())
+
+
+@pytest.fixture(scope="module")
+def sd15(tiny):
+    model, clip, _ = tiny("sd15")
+    return model, clip, sample(model, clip)
+
+
+def test_parity_strength_zero_keep_rate_zero_disabled_range_and_batch_of_one(sd15):
+    model, clip, vanilla = sd15
+    assert torch.equal(sample(csa(model, strength=0.0), clip), vanilla)
+    zero = {f"keep_rate_1_{d}": 0.0 for d in (8, 16, 32, 64)}
+    assert torch.equal(sample(csa(model, **dict(ALWAYS, **zero)), clip), vanilla)
+    assert torch.equal(sample(csa(model, **dict(ALWAYS, start_percent=100.0)), clip), vanilla)
+    single = sample(model, clip, n=1)
+    assert torch.equal(sample(csa(model, **ALWAYS), clip, n=1), single)
+    assert not torch.equal(sample(csa(model), clip), vanilla)  # and the patch does act on a story batch
+
+
+def test_same_seed_same_output_and_seed_matters(sd15):
+    model, clip, _ = sd15
+    m = csa(model, seed=7)
+    a = sample(m, clip)
+    assert torch.equal(a, sample(csa(model, seed=7), clip))
+    assert not torch.equal(a, sample(csa(model, seed=8), clip))
+
+
+def test_interrupted_run_leaves_nothing_stale(sd15):
+    model, clip, _ = sd15
+    m = csa(model, **dict(ALWAYS, keep_rate_1_8=0.3))
+    patch = hooks.installed_patch(m)
+
+    def stop(step, *args):
+        if step == 1:
+            raise KeyboardInterrupt("user pressed cancel")
+
+    with pytest.raises(KeyboardInterrupt):
+        sample(m, clip, callback=stop)
+    assert patch.state.indices == {}
+    assert torch.equal(sample(m, clip), sample(csa(model, **dict(ALWAYS, keep_rate_1_8=0.3)), clip))
+
+
+def test_cfg1_split_cfg_and_multi_call_samplers(sd15):
+    model, clip, _ = sd15
+    m = csa(model)
+    for kw in (dict(cfg=1.0), dict(sampler="heun")):
+        a = sample(m, clip, steps=2, **kw)
+        assert torch.isfinite(a).all() and torch.equal(a, sample(csa(model), clip, steps=2, **kw))
+    assert not torch.equal(a, sample(model, clip, steps=2, sampler="heun"))
+    # low-memory split: cond and uncond in separate model calls gives the same result as batched
+    import comfy.samplers
+
+    def separately(args):
+        return [comfy.samplers.calc_cond_batch(args["model"], [c], args["input"], args["sigma"], args["model_options"])[0]
+                for c in args["conds"]]
+
+    split = m.clone()
+    split.set_model_sampler_calc_cond_batch_function(separately)
+    assert close(sample(split, clip, steps=2), sample(m, clip, steps=2))
+
+
+def _module_path(block, index):
+    name, bid = block
+    prefix = {"input": f"input_blocks.{bid}", "output": f"output_blocks.{bid}", "middle": "middle_block"}[name]
+    return f"diffusion_model.{prefix}.1.transformer_blocks.{index}.attn1"
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_keep_rate_one_equals_dense_attention_over_all_story_images(tiny, family):
+    model, clip, _ = tiny(family)
+    rates = {f"keep_rate_1_{d}": 1.0 for d in (8, 16, 32, 64)}
+    m = csa(model, **dict(ALWAYS, **rates))
+    checked = []
+
+    def grab(n, context, value, extra):
+        extra["probe_n"] = n
+        return n, context, value
+
+    def compare(out, extra):
+        n = extra["probe_n"]
+        attn = m.get_model_object(_module_path(extra["block"], extra["block_index"]))
+        heads, b = extra["n_heads"], len(extra["cond_or_uncond"])
+        with torch.no_grad():
+            q, k, v = attn.to_q(n).double(), attn.to_k(n).double(), attn.to_v(n).double()
+            ref = []
+            for qc, kc, vc in zip(q.chunk(b), k.chunk(b), v.chunk(b)):
+                allk = kc.reshape(1, -1, kc.shape[-1]).expand(qc.shape[0], -1, -1)
+                allv = vc.reshape(1, -1, vc.shape[-1]).expand(qc.shape[0], -1, -1)
+                d = qc.shape[-1] // heads
+                qh, kh, vh = (t.reshape(t.shape[0], t.shape[1], heads, d).transpose(1, 2) for t in (qc, allk, allv))
+                p = (qh @ kh.transpose(-1, -2) * d ** -0.5).softmax(-1)
+                ref.append((p @ vh).transpose(1, 2).reshape(qc.shape))
+            ref = attn.to_out(torch.cat(ref).float())
+        checked.append((out - ref).abs().max().item())
+        return out
+
+    probe = m.clone()
+    probe.model_options["transformer_options"]["patches"]["attn1_patch"].insert(0, grab)
+    probe.set_model_attn1_output_patch(compare)
+    sample(probe, clip, n=3, steps=1, hw=8)
+    assert len(checked) == (16 if family == "sd15" else 70) * 1
+    assert max(checked) < 1e-5
+
+
+def test_composes_with_other_attn1_patches_and_attn2_replaces(sd15):
+    model, clip, _ = sd15
+    calls = {"p1": 0, "r2": 0, "r1": 0, "extended": 0}
+
+    def p1(n, context, value, extra):
+        calls["p1"] += 1
+        return n * 0.9, context, value
+
+    def r2(q, k, v, extra):
+        import comfy.ldm.modules.attention as A
+
+        calls["r2"] += 1
+        return A.optimized_attention(q, k * 1.1, v, extra["n_heads"])
+
+    def r1(q, k, v, extra):
+        import comfy.ldm.modules.attention as A
+
+        calls["r1"] += 1
+        calls["extended"] += k.shape[1] > q.shape[1]
+        return A.optimized_attention(q, k, v, extra["n_heads"])
+
+    def add_others(m):
+        m = m.clone()
+        m.set_model_attn1_patch(p1)
+        for key in hooks.transformer_layers(m, "all"):
+            m.set_model_attn2_replace(r2, *key)
+        return m
+
+    before = csa(add_others(model), **ALWAYS)
+    after = add_others(csa(model, **ALWAYS))
+    a, b = sample(before, clip, steps=2), sample(after, clip, steps=2)
+    assert calls["p1"] > 0 and calls["r2"] > 0
+    assert close(a, b)
+    assert not close(a, sample(add_others(model), clip, steps=2), 1e-3)  # CSA still acts
+
+    wrapped = model.clone()
+    for key in hooks.transformer_layers(wrapped, "all"):
+        wrapped.set_model_attn1_replace(r1, *key)
+    out = sample(csa(wrapped, **ALWAYS), clip, steps=2)
+    assert calls["r1"] > 0 and calls["extended"] > 0  # the earlier replace runs, on the gathered keys
+    assert close(out, sample(csa(model, **ALWAYS), clip, steps=2))
+    # re-patching replaces our own patch instead of stacking it
+    twice = csa(csa(model, **dict(ALWAYS, seed=3)), **ALWAYS)
+    assert torch.equal(sample(twice, clip, steps=2), sample(csa(model, **ALWAYS), clip, steps=2))
+
+
+def test_bad_schedule_is_a_validation_error():
+    msg = ca.ConsistentSelfAttention.VALIDATE_INPUTS("0.7, 0.9", 0.0, 100.0)
+    assert "Consistent Self-Attention" in msg and "apply_probability" in msg and "@percent" in msg
+    assert "swap" in ca.ConsistentSelfAttention.VALIDATE_INPUTS("1", 80.0, 20.0)
+    assert ca.ConsistentSelfAttention.VALIDATE_INPUTS("0.7, 0.9@40", 0.0, 100.0) is True
+
+
+def test_plan_skips_svd_temporal_calls_and_blocks_not_chosen():
+    patch = hooks.CSAPatch(hooks.CSAConfig(warmup_steps=0))
+    extra = {"block": ("output", 3), "block_index": 0, "activations_shape": (4, 8, 4, 4), "original_shape": (4, 4, 8, 8),
+             "cond_or_uncond": [1, 0], "sigmas": torch.tensor([1.0, 1.0]), "sample_sigmas": torch.tensor([2.0, 1.0, 0.0])}
+    plan = patch.plan(4, 16, dict(extra))
+    assert plan is not None and plan.images == 2 and plan.layer == ("output", 3, 0) and plan.sigma == 1.0
+    assert plan.indices is None or plan.indices.shape == (2, 8)  # keep-rate 0.5 at 1/16 (latent/2)
+    assert patch.plan(32, 2, dict(extra)) is None  # SVD temporal call: rows = chunks*h*w, tokens = frames
+    assert patch.plan(4, 16, dict(extra, block=("input", 4))) is None  # 'up' blocks only by default

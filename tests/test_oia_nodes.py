@@ -1,0 +1,286 @@
+"""Isolated Attention and Story Attention Masks through real ComfyUI sampling on tiny models."""
+
+import pytest
+import torch
+
+from oia_helpers import TWO_CHARACTERS, encode_story, isolated, sample, state_of
+from pack_loader import pure, submodule
+
+iso_self = pure("attention.isolated_self")
+patch_mod = submodule("nodes.isolation_patch")
+StoryError = submodule("nodes.common").StoryError
+
+
+@pytest.fixture(scope="module")
+def sd15(tiny):
+    model, clip, _ = tiny("sd15")
+    positive, negative, story, panels = encode_story(clip)
+    return model, clip, positive, negative, story, panels
+
+
+def halves(panels=1, size=(16, 16)):
+    """Bob = left half, Alice = right half."""
+    left = torch.zeros(panels, *size)
+    left[..., : size[1] // 2] = 1.0
+    return left, 1.0 - left
+
+
+# ---- parity -------------------------------------------------------------------------
+def test_lambda_zero_and_inactive_branch_are_bit_identical(sd15):
+    model, clip, pos, neg, story, P = sd15
+    vanilla = sample(model.clone(), pos, neg, P, steps=3)
+    assert isolated(model, clip, story, strength=0.0) is model  # λ = 0: the node does not patch
+    # patched, maps captured every step, isolation window never reached: replaces must not change a bit
+    idle = isolated(model, clip, story, start_percent=1.0, end_percent=1.0)
+    assert torch.equal(sample(idle, pos, neg, P, steps=3), vanilla)
+    assert state_of(idle).run.result["maps"] is not None  # it did capture
+    active = isolated(model, clip, story)
+    assert not torch.equal(sample(active, pos, neg, P, steps=3), vanilla)
+
+
+def test_capture_only_patch_is_bit_identical(sd15):
+    model, clip, pos, neg, story, P = sd15
+    plan = submodule("nodes.character_plan").build_plan("test", clip, story)
+    state = patch_mod.IsolationState(patch_mod.IsolationConfig(isolate=False, capture="all blocks"),
+                                     pure("attention.isolation_run").IsolationRun(plan))
+    m = patch_mod.install(model, state)
+    assert torch.equal(sample(m, pos, neg, P, steps=3), sample(model.clone(), pos, neg, P, steps=3))
+    assert state.run.result["maps"].shape == (P, 2, 8, 8)
+
+
+# ---- isolation exactness, measured on the real calls --------------------------------
+def _record_replace(m, key):
+    slot = m.model_options["transformer_options"]["patches_replace"]["attn2"]
+    inner, seen = slot[key], []
+
+    def rec(q, k, v, extra):
+        out = inner(q, k, v, extra)
+        seen.append((q, k, v, dict(extra), out))
+        return out
+
+    slot[key] = rec
+    return seen
+
+
+@pytest.fixture(scope="module")
+def exact_run(sd15):
+    """One real sampling run with given masks, recording the isolated self-attention calls
+    (through the attention function) and one attn2 replace call per step."""
+    model, clip, pos, neg, story, P = sd15
+    bob, alice = halves()
+    calls = []
+
+    def recorder(q, k, v, heads, mask=None, **kw):
+        if mask is not None:
+            calls.append((q, k, mask))
+        return iso_self.sdpa_attention(q, k, v, heads, mask=mask)
+
+    m = isolated(model, clip, story, strength=1.0, reweight=2.0, mask_1=bob, mask_2=alice)
+    state_of(m).config.attn_fn = recorder
+    key = ("output", 3, 0)
+    seen = _record_replace(m, key)
+    sample(m, pos, neg, P, steps=3, size=(16, 16))
+    module = dict(patch_mod.transformer_blocks(m.get_model_object("diffusion_model")))[key].attn2
+    return calls, seen, module, state_of(m).config.characters[0]
+
+
+def test_self_attention_never_reaches_the_other_characters_references(exact_run):
+    calls = exact_run[0]
+    assert calls, "the isolated self-attention must have run"
+    for q, k, mask in calls:
+        n = q.shape[1]
+        side = int(round(n ** 0.5))
+        cols = torch.arange(n) % side
+        bob_rows, alice_rows = cols < side // 2, cols >= side // 2
+        n_ref = k.shape[1] - n  # only panel 3 (Bob and Alice) has references: Bob's (panel 1) then Alice's (panel 2)
+        assert n_ref == n  # half of panel 1's tokens + half of panel 2's tokens
+        heads = 8
+        w = iso_self.attention_weights(q, k, heads, mask)[0]  # [heads, n, n + refs]
+        bob_refs, alice_refs = slice(n, n + n // 2), slice(n + n // 2, n + n_ref)
+        assert torch.all(w[:, bob_rows][:, :, alice_refs] == 0)
+        assert torch.all(w[:, alice_rows][:, :, bob_refs] == 0)
+        assert torch.all(w[:, bob_rows][:, :, bob_refs] > 0) and torch.all(w[:, alice_rows][:, :, alice_refs] > 0)
+
+
+def test_cross_attention_inside_a_region_is_that_characters_prompt_alone(sd15, exact_run):
+    P = sd15[-1]
+    _, seen, module, ctx_bob = exact_run
+    checked = 0
+    for q, k, v, extra, out in seen[1:]:  # from step 1 on (masks exist)
+        h, w = extra["activations_shape"][-2:]
+        cols = torch.arange(h * w) % w
+        bob_rows = cols < w // 2
+        for c, label in enumerate(extra["cond_or_uncond"]):
+            for panel in (0, 2):  # Bob is in panels 1 and 3
+                r = c * P + panel
+                alone = iso_self.sdpa_attention(q[r:r + 1], module.to_k(ctx_bob), module.to_v(ctx_bob), 8)[0]
+                plain = iso_self.sdpa_attention(q[r:r + 1], k[r:r + 1], v[r:r + 1], 8)[0]
+                if label == 0:
+                    assert torch.allclose(out[r][bob_rows], alone[bob_rows], atol=1e-5)
+                    checked += 1
+                else:  # uncond rows untouched
+                    assert torch.allclose(out[r], plain, atol=1e-5)
+                    assert not torch.allclose(out[r][bob_rows], alone[bob_rows], atol=1e-3)
+    assert checked >= 4
+
+
+def test_wraps_an_existing_attn2_replace_and_keeps_its_contribution(sd15):
+    model, clip, pos, neg, story, P = sd15
+    base = model.clone()
+    calls = {"n": 0}
+    extra_k = torch.randn(1, 4, 320, generator=torch.Generator().manual_seed(0))
+
+    def ip_like(q, k, v, extra):  # text attention + an image-prompt-like term on every row
+        calls["n"] += 1
+        text = iso_self.sdpa_attention(q, k, v, extra["n_heads"])
+        kk = extra_k[..., : q.shape[-1]].expand(q.shape[0], -1, -1)
+        return text + 0.5 * iso_self.sdpa_attention(q, kk, kk, extra["n_heads"])
+
+    keys = [k for k, _ in patch_mod.transformer_blocks(base.get_model_object("diffusion_model")) if k[0] == "output"]
+    for key in keys:
+        base.set_model_attn2_replace(ip_like, *key)
+    bob, alice = halves()
+    m = isolated(base, clip, story, strength=1.0, mask_1=bob, mask_2=alice)
+    seen = _record_replace(m, ("output", 3, 0))
+    sample(m, pos, neg, P, steps=3, size=(16, 16))
+    assert calls["n"] >= 3 * len(keys)
+    for q, k, v, extra, out in seen[1:]:
+        prev = ip_like(q, k, v, extra)
+        w = extra["activations_shape"][-1]
+        right = (torch.arange(q.shape[1]) % w) >= w // 2
+        for c, label in enumerate(extra["cond_or_uncond"]):
+            rows = slice(c * P, (c + 1) * P)
+            if label == 1:
+                assert torch.equal(out[rows], prev[rows])
+            else:  # panel 1 has only Bob: its right half is background and keeps the wrapped output
+                assert torch.allclose(out[c * P][right], prev[c * P][right], atol=1e-5)
+                assert not torch.allclose(out[c * P][~right], prev[c * P][~right], atol=1e-4)
+
+
+# ---- online masks -------------------------------------------------------------------
+def test_online_masks_are_nonempty_disjoint_and_stable(sd15, capsys):
+    model, clip, pos, neg, story, P = sd15
+    m = isolated(model, clip, story)
+    sample(m, pos, neg, P, steps=8, size=(16, 16))
+    result = state_of(m).run.result
+    masks, masks70 = result["masks"], result["masks_70"]
+    assert masks.shape == (P, 2, 16, 16)
+    present = [[True, False], [False, True], [True, True]]
+    for p in range(P):
+        for c in range(2):
+            assert bool(masks[p, c].any()) == present[p][c], (p, c)
+        assert not (masks[p, 0] & masks[p, 1]).any()
+    iou = pure("attention.isolation_run").mask_iou(masks70, masks)
+    with capsys.disabled():
+        print(f"\n[OIA] mask IoU between 70% and 100% of 8 steps (tiny SD1.5, 2 characters): {iou:.3f}")
+    assert 0.0 <= iou <= 1.0 and iou > 0.5
+
+
+def test_identity_bank_references_are_used_by_contract(sd15):
+    model, clip, pos, neg, story, P = sd15
+
+    widths = {key: tb.attn1.to_k.in_features for key, tb in
+              patch_mod.transformer_blocks(model.get_model_object("diffusion_model"))}
+
+    class Bank:  # a stand-in with only the IDENTITY_BANK contract
+        characters = ["Bob"]
+
+        def __init__(self):
+            self.asked = []
+
+        def tokens(self, character, sigma, layer):
+            self.asked.append((character, sigma, layer))
+            return torch.randn(5, widths[layer], generator=torch.Generator().manual_seed(1)).half()
+
+    bank = Bank()
+    calls = []
+
+    def recorder(q, k, v, heads, mask=None, **kw):
+        if mask is not None:
+            calls.append((q.shape[1], k.shape[1]))
+        return iso_self.sdpa_attention(q, k, v, heads, mask=mask)
+
+    bob, alice = halves()
+    m = isolated(model, clip, story, identity_bank=bank, mask_1=bob, mask_2=alice)
+    state_of(m).config.attn_fn = recorder
+    # Bob now has references in panel 1 too (from the bank), not only in panel 3
+    sample(m, pos, neg, P, steps=3, size=(16, 16))
+    assert bank.asked and all(c == "Bob" and isinstance(s, float) and l[0] == "output" and len(l) == 3
+                              for c, s, l in bank.asked)
+    assert any(kn == n + 5 for n, kn in calls)  # panel 1: own tokens + 5 bank tokens
+    assert any(kn == n + 5 + n // 2 for n, kn in calls)  # panel 3: + Alice's half of panel 2
+
+
+def test_three_characters_in_a_panel_and_panels_without_any(tiny):
+    model, clip, _ = tiny("sd15")
+    text = ("[Bob]: a man in red\n[Alice]: a woman in green\n[Carl]: a boy in blue\n"
+            "[Bob], [Alice] and [Carl] at a table\n[NC] an empty kitchen\n[Carl] runs outside")
+    pos, neg, story, P = encode_story(clip, text)
+    m = isolated(model, clip, story)
+    sample(m, pos, neg, P, steps=4, size=(16, 16))
+    masks = state_of(m).run.result["masks"]
+    assert masks.shape == (3, 3, 16, 16)
+    assert masks[0].any(0).any() and not masks[1].any() and not masks[2, :2].any()
+    assert (masks[0].sum(0) <= 1).all()
+
+
+def test_odd_latent_size(sd15):
+    model, clip, pos, neg, story, P = sd15
+    m = isolated(model, clip, story)
+    out = sample(m, pos, neg, P, steps=3, size=(10, 14))
+    assert out.shape == (P, 4, 10, 14) and torch.isfinite(out).all()
+    assert state_of(m).run.result["masks"].shape[-2:] == (10, 14)
+
+
+# ---- bad inputs ---------------------------------------------------------------------
+def test_mask_batch_must_be_one_or_the_panel_count(sd15):
+    model, clip, pos, neg, story, P = sd15
+    with pytest.raises(StoryError, match="mask_2.*batch of 2.*3 panels"):
+        isolated(model, clip, story, mask_2=torch.ones(2, 16, 16))
+
+
+def test_tag_without_description_and_tokens_not_found(sd15):
+    model, clip, *_ = sd15
+    syntax = pure("story.syntax")
+    story = syntax.Story(characters={"Bob": "a man"}, panels=[
+        syntax.Panel(0, 1, "Eve, a woman", ("Eve",), "", False)])
+    with pytest.raises(StoryError, match=r"\[Eve\].*no description"):
+        isolated(model, clip, story)
+    story = syntax.Story(characters={"Bob": "a man with a hat"}, panels=[
+        syntax.Panel(0, 1, "an empty street", ("Bob",), "", False)])
+    with pytest.raises(StoryError, match=r"\[Bob\].*not found|\[Bob\].*neither"):
+        isolated(model, clip, story)
+
+
+def test_latent_batch_must_match_the_panels(sd15):
+    model, clip, pos, neg, story, P = sd15
+    m = isolated(model, clip, story)
+    with pytest.raises(StoryError, match="latent batch has 2 images but the story has 3 panels"):
+        sample(m, pos, neg, 2, steps=2)
+
+
+# ---- the masks node -----------------------------------------------------------------
+def test_story_attention_masks_node(sd15):
+    model, clip, pos, neg, story, P = sd15
+    node = submodule("nodes.attention_masks").StoryAttentionMasks()
+    latent = {"samples": torch.zeros(P, 4, 16, 16)}
+    args = dict(seed=0, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal", layers="up, lowest resolution",
+                start_percent=0.0, end_percent=1.0, blur=0.5, dilate=0, min_area=0.0)
+    out, masks, preview = node.sample(model, clip, story, pos, neg, latent, **args)
+    assert out["samples"].shape == (P, 4, 16, 16)
+    assert masks.shape == (P * 2, 128, 128) and preview.shape == (P, 128, 128, 3)
+    assert masks[0].any() and not masks[1].any() and masks[3].any() and not masks[2].any()
+    # on an Isolated Attention model it reads that node's own masks from the same run
+    m = isolated(model, clip, story)
+    _, masks2, _ = node.sample(m, clip, story, pos, neg, latent, **args)
+    assert masks2.shape == masks.shape and masks2[0].any()
+    with pytest.raises(StoryError, match="latent_image has 2 images"):
+        node.sample(model, clip, story, pos, neg, {"samples": torch.zeros(2, 4, 8, 8)}, **args)
+
+
+def test_step_window_is_validated_before_queueing():
+    for mod, cls in (("nodes.isolated_attention", "IsolatedAttention"), ("nodes.attention_masks", "StoryAttentionMasks")):
+        node = getattr(submodule(mod), cls)
+        assert node.VALIDATE_INPUTS(start_percent=0.2, end_percent=0.8) is True
+        assert "start_percent" in node.VALIDATE_INPUTS(start_percent=0.8, end_percent=0.2)
+        assert "end_percent" in node.VALIDATE_INPUTS(start_percent=0.0, end_percent=1.5)
