@@ -2,6 +2,7 @@
 
 from . import (
     attention_masks,
+    comic_page,
     consistent_attention,
     frame_embeddings,
     identity_bank_nodes,
@@ -13,6 +14,7 @@ from . import (
 
 _MODULES = (
     story_prompt,
+    comic_page,
     consistent_attention,
     identity_bank_nodes,
     isolated_attention,

@@ -2,7 +2,8 @@
 
 Starts ComfyUI (the host from scripts/comfy_host.py) on a free loopback port with this pack
 installed, queues example_workflows/api/one_character_story.json through POST /prompt, follows
-progress over the websocket and writes the panels to output/.
+progress over the websocket and writes the panels and the comic page to output/ (the same
+queue/progress/download code as the `scripts/story_client.py` command line).
 
     make demo                                   # tiny random-weight SDXL-shaped model: a smoke run
     make demo CKPT=/path/to/model.safetensors   # your SD1.5 / SDXL checkpoint
@@ -21,32 +22,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from comfy_host import ROOT, ComfyServer  # noqa: E402
-from story_client import PromptFailed, PromptRejected, download_images, run_prompt, text_progress  # noqa: E402
+from story_client import (  # noqa: E402 - the CLI's own code: queue, progress, download
+    PromptFailed, PromptRejected, apply_parameters, download_outputs, run_prompt, text_progress)
 
 DEFAULT_WORKFLOW = ROOT / "example_workflows" / "api" / "one_character_story.json"
 
 
 def build_prompt(workflow: dict, args) -> dict:
-    prompt = json.loads(json.dumps(workflow))
-    for node in prompt.values():
-        ct, inputs = node["class_type"], node["inputs"]
-        if ct == "StoryTestTinyCheckpoint" and args.ckpt:
-            node["class_type"] = "CheckpointLoaderSimple"
-            node["inputs"] = {"ckpt_name": Path(args.ckpt).name}
-        elif ct == "StoryDiffPrompt" and args.story:
-            inputs["story"] = Path(args.story).read_text() if Path(args.story).is_file() else args.story
-        elif ct in ("KSampler", "KSamplerAdvanced"):
-            if args.seed is not None:
-                inputs["seed" if ct == "KSampler" else "noise_seed"] = args.seed
-            if args.steps:
-                inputs["steps"] = args.steps
-            elif args.ckpt:
-                inputs["steps"] = 30
-        elif ct == "EmptyLatentImage":
-            width = args.width or (1024 if args.ckpt else inputs["width"])
-            height = args.height or (1024 if args.ckpt else inputs["height"])
-            inputs["width"], inputs["height"] = width, height
-    return prompt
+    """The workflow with the command's story, seed, steps, size and checkpoint (the CLI's code)."""
+    return apply_parameters(workflow, args.story, args.seed, args.ckpt, args.steps, args.width, args.height)
 
 
 def main(argv=None) -> int:
@@ -98,7 +82,7 @@ def _run(base, args, prompt, checkpoints, out_dir, t0) -> int:
         except PromptFailed as e:
             print(f"[demo] the run failed: {e}\n--- server log ---\n{server.log_tail()}", file=sys.stderr)
             return 1
-        saved = download_images(server, entry, out_dir)
+        saved = download_outputs(server, entry, out_dir)
     if not saved:
         print("[demo] the workflow finished but saved no image", file=sys.stderr)
         return 1

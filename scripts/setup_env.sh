@@ -69,4 +69,7 @@ else
   echo "$want" > "$stamp"
 fi
 echo "$HOST" > "$VENV/comfyui-host-path"
+
+# ---- 3. the browser tests' Chromium (Debian package; a no-op when /usr/bin/chromium exists) ----
+bash "$ROOT/scripts/install_browser.sh"
 log "ready: python $VENV/bin/python, ComfyUI host $HOST"

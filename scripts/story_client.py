@@ -1,17 +1,28 @@
 """Queue API-format workflows on a ComfyUI server and collect what they produce.
 
-The same code serves the README's main job (scripts/run_story.py) and the live-server tests:
+The same code serves the README's main job (scripts/run_story.py), the live-server tests and
+this command line:
+
+    python scripts/story_client.py WORKFLOW.json --server http://127.0.0.1:8188 \
+        --story "[Bob]: a man in a red jacket\n[Bob] at the station #Late again" \
+        --seed 7 --ckpt sd_xl_base_1.0.safetensors --out comic/
+
 POST /prompt, follow progress over the websocket (falling back to polling /history), then
-download every image the output nodes saved. A rejected prompt raises PromptRejected with the
-server's own validation text; a failed run raises PromptFailed with the node and exception.
+download every file the output nodes saved. A rejected prompt raises PromptRejected with the
+server's own validation text (the command prints it and exits 1); a failed run raises
+PromptFailed with the node and exception. WORKFLOW.json is API format (the front end's
+"Export (API)"), e.g. example_workflows/api/one_character_story.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -70,7 +81,9 @@ def open_progress_socket(server, client_id: str):
     if websocket is None:
         return None
     try:
-        return websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws?clientId={client_id}", timeout=5)
+        base = urllib.parse.urlsplit(server.url)
+        scheme = "wss" if base.scheme == "https" else "ws"
+        return websocket.create_connection(f"{scheme}://{base.netloc}{base.path.rstrip('/')}/ws?clientId={client_id}", timeout=5)
     except Exception:  # noqa: BLE001 - fall back to polling
         return None
 
@@ -139,9 +152,26 @@ def download_images(server, entry: dict, dest: Path, prefix: str = "") -> list[P
     return saved
 
 
-def text_progress(node, value, maximum, stream=sys.stderr) -> None:
+def download_outputs(server, entry: dict, dest: Path, prefix: str = "") -> list[Path]:
+    """Every file the output nodes saved (images, animated images, videos, ...), into dest."""
+    dest.mkdir(parents=True, exist_ok=True)
+    saved = []
+    for output in entry.get("outputs", {}).values():
+        for items in output.values():
+            for item in items if isinstance(items, list) else []:
+                if not (isinstance(item, dict) and item.get("filename") and item.get("type") == "output"):
+                    continue
+                query = urllib.parse.urlencode({k: item.get(k, "") for k in ("filename", "subfolder", "type")})
+                target = dest / f"{prefix}{item['filename']}"
+                target.write_bytes(server.get_bytes(f"/view?{query}"))
+                saved.append(target)
+    return saved
+
+
+def text_progress(node, value, maximum, stream=None) -> None:
     if not maximum:
         return
+    stream = stream or sys.stderr
     width = 30
     done = int(width * value / maximum)
     stream.write(f"\r  node {node}: [{'#' * done}{'.' * (width - done)}] {value}/{maximum}")
@@ -160,3 +190,121 @@ def run_prompt(server, prompt: dict, timeout: float = 1800, on_progress=None) ->
             ws.close()
         raise
     return wait_for(server, prompt_id, ws, timeout=timeout, on_progress=on_progress)
+
+
+# ---- parameters and the command line ------------------------------------------------------
+class RemoteServer:
+    """A running ComfyUI reached by URL, with the interface of comfy_host.ComfyServer."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def get(self, path: str, timeout: float = 30):
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def get_bytes(self, path: str, timeout: float = 60) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            return r.read()
+
+    def post(self, path: str, payload: dict, timeout: float = 30):
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            try:
+                return e.code, json.loads(body)
+            except ValueError:
+                return e.code, {"error": {"message": body.decode(errors="replace")}}
+
+
+def load_workflow(path: Path) -> dict:
+    """An API-format workflow; a UI-format one (front-end "Save") is refused with the fix."""
+    data = json.loads(Path(path).read_text())
+    if isinstance(data, dict) and "nodes" in data and "links" in data:
+        raise ValueError(f"{path} is a UI-format workflow (the front end's Save); queue its API twin instead: "
+                         "example_workflows/api/<name>.json, or use the front end's 'Export (API)'")
+    if not isinstance(data, dict) or not data or not all(isinstance(n, dict) and "class_type" in n for n in data.values()):
+        raise ValueError(f"{path} is not an API-format workflow (an object of nodes with class_type and inputs)")
+    return data
+
+
+def apply_parameters(workflow: dict, story: str = "", seed=None, ckpt: str = "", steps: int = 0,
+                     width: int = 0, height: int = 0) -> dict:
+    """A copy of `workflow` with the story text, seed, checkpoint, steps and size applied.
+
+    story: text, or the path of a file holding it. ckpt: a checkpoint file name as the server
+    lists it (a path keeps only its name); it replaces the test-only tiny loader, and then steps
+    and size default to 30 and 1024 when not given.
+    """
+    prompt = json.loads(json.dumps(workflow))
+    if story and Path(story).is_file():
+        story = Path(story).read_text()
+    for node in prompt.values():
+        ct, inputs = node["class_type"], node["inputs"]
+        if ct == "StoryTestTinyCheckpoint" and ckpt:
+            node["class_type"] = "CheckpointLoaderSimple"
+            node["inputs"] = {"ckpt_name": Path(ckpt).name}
+        elif ct == "CheckpointLoaderSimple" and ckpt:
+            inputs["ckpt_name"] = Path(ckpt).name
+        elif ct == "StoryDiffPrompt" and story:
+            inputs["story"] = story
+        elif ct in ("KSampler", "KSamplerAdvanced"):
+            key = "seed" if ct == "KSampler" else "noise_seed"
+            if seed is not None and not isinstance(inputs.get(key), list):
+                inputs[key] = seed
+            if steps or ckpt:
+                inputs["steps"] = steps or 30
+        elif ct == "EmptyLatentImage":
+            for k, v in (("width", width), ("height", height)):
+                if not isinstance(inputs.get(k), list) and (v or ckpt):
+                    inputs[k] = v or 1024
+    return prompt
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="story_client.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("workflow", help="API-format workflow JSON")
+    p.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI URL (default %(default)s)")
+    p.add_argument("--story", default="", help="story text, or a file holding it (default: the workflow's)")
+    p.add_argument("--seed", type=int, default=None, help="sampler seed (default: the workflow's)")
+    p.add_argument("--ckpt", default="", help="checkpoint name as the server lists it (default: the workflow's loader)")
+    p.add_argument("--steps", type=int, default=0)
+    p.add_argument("--width", type=int, default=0)
+    p.add_argument("--height", type=int, default=0)
+    p.add_argument("--out", default="output", help="folder for the downloaded outputs (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the run")
+    args = p.parse_args(argv)
+    try:
+        prompt = apply_parameters(load_workflow(Path(args.workflow)), args.story, args.seed, args.ckpt,
+                                  args.steps, args.width, args.height)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    server = RemoteServer(args.server)
+    try:
+        server.get("/system_stats", timeout=10)
+    except (OSError, ValueError) as e:
+        print(f"error: no ComfyUI answers at {args.server} ({e}); start it (make serve) or pass --server URL", file=sys.stderr)
+        return 3
+    try:
+        entry = run_prompt(server, prompt, timeout=args.timeout, on_progress=text_progress)
+    except PromptRejected as e:
+        print(f"the server rejected the workflow:\n{e}", file=sys.stderr)
+        return 1
+    except (PromptFailed, TimeoutError) as e:
+        print(f"the run failed: {e}", file=sys.stderr)
+        return 1
+    saved = download_outputs(server, entry, Path(args.out))
+    if not saved:
+        print("the workflow finished but saved nothing (add a Save Image node)", file=sys.stderr)
+        return 1
+    for path in saved:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

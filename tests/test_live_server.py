@@ -40,7 +40,9 @@ def test_example_story_runs_through_the_queue(live_server, tmp_path):
     entry = run_prompt(live_server, prompt, timeout=300)
     assert entry["status"]["status_str"] == "success"
     saved = download_images(live_server, entry, tmp_path)
-    assert len(saved) == 4  # one image per panel
+    panels = [p for p in saved if p.name.startswith("panel")]
+    pages = [p for p in saved if p.name.startswith("comic_page")]
+    assert len(panels) == 4 and len(pages) == 1  # one image per panel, one four-panel page
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in saved)
 
 
