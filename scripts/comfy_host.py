@@ -64,14 +64,41 @@ def make_base_directory(base: Path, with_tiny_models: bool, checkpoints: list[Pa
     return base
 
 
-class ComfyServer:
+class HttpClient:
+    """JSON over HTTP to a ComfyUI server at `self.url` (standard library only)."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def get(self, path: str, timeout: float = 30) -> object:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def get_bytes(self, path: str, timeout: float = 60) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            return r.read()
+
+    def post(self, path: str, payload: dict, timeout: float = 30) -> tuple[int, dict]:
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            try:
+                return e.code, json.loads(body)
+            except ValueError:
+                return e.code, {"error": {"message": body.decode(errors="replace")}}
+
+
+class ComfyServer(HttpClient):
     """A headless ComfyUI child process on a free loopback port; always stopped on exit."""
 
     def __init__(self, base: Path, port: int | None = None, with_tiny_models: bool = True,
                  checkpoints: list[Path] = (), log_path: Path | None = None, extra_args: list[str] = ()):
         self.base = make_base_directory(Path(base), with_tiny_models, list(checkpoints))
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(f"http://127.0.0.1:{self.port}")
         self.log_path = Path(log_path) if log_path else self.base / "comfyui.log"
         whitelist = [PACK_FOLDER] + ([TINY_PACK_FOLDER] if with_tiny_models else [])
         self.cmd = [
@@ -122,27 +149,6 @@ class ComfyServer:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
-
-    # ---- HTTP -------------------------------------------------------------------
-    def get(self, path: str, timeout: float = 30) -> object:
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
-            return json.loads(r.read())
-
-    def get_bytes(self, path: str, timeout: float = 60) -> bytes:
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
-            return r.read()
-
-    def post(self, path: str, payload: dict, timeout: float = 30) -> tuple[int, dict]:
-        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, json.loads(r.read() or b"{}")
-        except urllib.error.HTTPError as e:
-            body = e.read()
-            try:
-                return e.code, json.loads(body)
-            except ValueError:
-                return e.code, {"error": {"message": body.decode(errors="replace")}}
 
 
 @contextlib.contextmanager

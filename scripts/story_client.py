@@ -20,11 +20,12 @@ import argparse
 import json
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfy_host import HttpClient  # noqa: E402
 
 try:  # progress over the websocket when websocket-client is installed
     import websocket  # type: ignore
@@ -193,31 +194,8 @@ def run_prompt(server, prompt: dict, timeout: float = 1800, on_progress=None) ->
 
 
 # ---- parameters and the command line ------------------------------------------------------
-class RemoteServer:
-    """A running ComfyUI reached by URL, with the interface of comfy_host.ComfyServer."""
-
-    def __init__(self, url: str):
-        self.url = url.rstrip("/")
-
-    def get(self, path: str, timeout: float = 30):
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
-            return json.loads(r.read())
-
-    def get_bytes(self, path: str, timeout: float = 60) -> bytes:
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
-            return r.read()
-
-    def post(self, path: str, payload: dict, timeout: float = 30):
-        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, json.loads(r.read() or b"{}")
-        except urllib.error.HTTPError as e:
-            body = e.read()
-            try:
-                return e.code, json.loads(body)
-            except ValueError:
-                return e.code, {"error": {"message": body.decode(errors="replace")}}
+class RemoteServer(HttpClient):
+    """A running ComfyUI reached by URL, with the HTTP interface of comfy_host.ComfyServer."""
 
 
 def load_workflow(path: Path) -> dict:
