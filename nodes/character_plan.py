@@ -14,8 +14,7 @@ from .common import StoryError
 
 def story_prompts(story) -> list[str]:
     """The exact texts the Story Prompt encoded (styled); the unstyled panel prompts otherwise."""
-    encoded = getattr(story, "encoded_prompts", None)
-    return list(encoded) if encoded else [p.prompt for p in story.panels]
+    return list(story.encoded_prompts) if story.encoded_prompts else [p.prompt for p in story.panels]
 
 
 def _flat_tokens(clip, text: str) -> list[tuple[int, int]]:

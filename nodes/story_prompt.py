@@ -102,7 +102,7 @@ class StoryPrompt:
         styled = [apply_style(style, p.prompt, negative) for p in parsed.panels]
         positive = encode_batch(clip, [s[0] for s in styled])
         negative_cond = encode_batch(clip, [styled[0][1]])
-        parsed.encoded_prompts = [s[0] for s in styled]  # exact texts encoded (token positions for attention nodes)
+        parsed.encoded_prompts = [s[0] for s in styled]
         captions = "\n".join(parsed.captions)
         return (positive, negative_cond, parsed, captions, len(parsed.panels))
 

@@ -48,6 +48,9 @@ class Panel:
 class Story:
     characters: dict[str, str] = field(default_factory=dict)  # name -> description
     panels: list[Panel] = field(default_factory=list)
+    # The exact (styled) texts the Story Prompt node encoded, one per panel; attention nodes
+    # find character tokens in these. Empty for a story that was only parsed.
+    encoded_prompts: list[str] = field(default_factory=list)
 
     @property
     def tags(self) -> list[list[str]]:
