@@ -26,7 +26,8 @@ def conds(clip, n, text="a man in a red jacket"):
 
 def sample(model, clip, n=3, steps=2, cfg=5.0, sampler="euler", hw=8, seed=0, callback=None):
     c = conds(clip, n)
-    latent = torch.zeros(n, 4, hw, hw)
+    h, w = (hw, hw) if isinstance(hw, int) else hw  # an int for square latents, or (h, w)
+    latent = torch.zeros(n, 4, h, w)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
     return comfy.sample.sample(model, noise, steps, cfg, sampler, "normal", c, c, latent, seed=seed, callback=callback)
 
@@ -101,8 +102,9 @@ def _module_path(block, index):
     return f"diffusion_model.{prefix}.1.transformer_blocks.{index}.attn1"
 
 
+@pytest.mark.parametrize("hw", [8, (10, 14)], ids=["square", "odd-non-square"])
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
-def test_keep_rate_one_equals_dense_attention_over_all_story_images(tiny, family):
+def test_keep_rate_one_equals_dense_attention_over_all_story_images(tiny, family, hw):
     model, clip, _ = tiny(family)
     rates = {f"keep_rate_1_{d}": 1.0 for d in (8, 16, 32, 64)}
     m = csa(model, **dict(ALWAYS, **rates))
@@ -133,7 +135,7 @@ def test_keep_rate_one_equals_dense_attention_over_all_story_images(tiny, family
     probe = m.clone()
     probe.model_options["transformer_options"]["patches"]["attn1_patch"].insert(0, grab)
     probe.set_model_attn1_output_patch(compare)
-    sample(probe, clip, n=3, steps=1, hw=8)
+    sample(probe, clip, n=3, steps=1, hw=hw)  # (10, 14): blocks at 10x14, 5x7, 3x4, 2x2 tokens
     assert len(checked) == (16 if family == "sd15" else 70) * 1
     assert max(checked) < 1e-5
 
