@@ -23,8 +23,9 @@ def test_root_init_only_exports_the_mappings():
 def test_pyproject_registry_metadata_mirrors_requirements():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     project, comfy = meta["project"], meta["tool"]["comfy"]
-    for key in ("name", "version", "description", "license", "dependencies"):
+    for key in ("name", "version", "description", "license"):
         assert project.get(key), key
+    assert isinstance(project.get("dependencies"), list), "dependencies must be declared (even when empty)"
     assert comfy["PublisherId"] and comfy["DisplayName"]
     assert comfy["requires-comfyui"].startswith(">=")
     reqs = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
