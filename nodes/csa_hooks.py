@@ -13,6 +13,7 @@ Steps are recognised by sigma (extra_options["sigmas"] within "sample_sigmas"), 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -70,6 +71,9 @@ class Plan:
     base_len: int = 0  # context length before the bank tokens
     bank_len: int = 0
     segments: dict | None = None  # character -> (start, end) inside the bank part
+    step: int = 0  # step index in the sampler's schedule, and the schedule's number of steps
+    steps: int = 0
+    rate: float = 0.0  # CSA keep-rate at this layer's resolution
 
 
 class RunState:
@@ -84,7 +88,7 @@ class RunState:
 
     def reset(self, mode: Mode):
         self.indices, self.gather, self.repeated, self.steps = {}, {}, {}, {}
-        self.staging = IdentityBank(dtype=mode.bank.dtype) if mode.kind == "write" else None
+        self.staging = mode.bank.empty_like() if mode.kind == "write" else None
 
 
 class CSAPatch:
@@ -109,6 +113,9 @@ class CSAPatch:
         finally:
             if ok and self.mode.kind == "write" and self.state.staging is not None:
                 self.mode.bank.update_from(self.state.staging)
+                logging.info("%s: %s", self.mode.node, self.mode.bank.summary())
+            if self.mode.kind == "read":
+                self.mode.bank.release()
             self.state = RunState()
 
     def _check_batch(self, batch):
@@ -163,7 +170,8 @@ class CSAPatch:
         original = extra.get("original_shape")
         level = downscale_level(tuple(original[-2:]), (h, w)) if original is not None else None
         rate = cfg.keep_rate(level)
-        plan = Plan(sigma=sigma, layer=layer, chunks=chunks, images=images, active=active)
+        plan = Plan(sigma=sigma, layer=layer, chunks=chunks, images=images, active=active, step=t,
+                    steps=len(sample_sigmas) - 1 if sample_sigmas is not None else 0, rate=rate)
         if rate > 0 and ((active and self.mode.kind == "plain") or self.mode.kind == "write"):
             key = (sigma, tokens, images, rate)
             if key not in self.state.indices:
@@ -192,14 +200,21 @@ class CSAPatch:
         return n, context, value
 
     def _record(self, n, plan: Plan):
+        staging = self.state.staging  # what is stored (steps, positions, halves) is the bank's choice
+        idx = staging.record_positions(plan.images, n.shape[1], plan.rate, self.config.seed, plan.sigma,
+                                       plan.step, plan.steps, self.config.warmup_steps)
+        if idx is None:
+            return
         labels = self._labels(plan.images)
-        idx = plan.indices.to(n.device)
+        idx = idx.to(n.device)
         for c, half in enumerate(plan.chunks):
+            if not staging.records_half(half):
+                continue
             chunk = n[c * plan.images:(c + 1) * plan.images]
             for name in sorted({lab for lab in labels if lab is not None}):
                 rows = [i for i, lab in enumerate(labels) if lab == name]
                 toks = torch.cat([chunk[i, idx[i]] for i in rows], 0)
-                self.state.staging.record(name, plan.sigma, plan.layer, toks, half=int(half))
+                staging.record(name, plan.sigma, plan.layer, toks, half=int(half), images=len(rows))
 
     def _append_bank(self, n, context, value, plan: Plan):
         if context is not value and not torch.equal(context, value):
@@ -215,7 +230,12 @@ class CSAPatch:
                 toks = bank.tokens(name, plan.sigma, plan.layer, half=int(half) if int(half) in (0, 1) else 0)
                 if toks is None:
                     toks = bank.tokens(name, plan.sigma, plan.layer, half=0)
-                if toks is None or toks.shape[-1] != n.shape[-1]:
+                if toks is not None and toks.shape[-1] != n.shape[-1]:
+                    raise StoryError(
+                        f"{self.mode.node}: identity bank {bank.name} holds [{name}] tokens of width {toks.shape[-1]} "
+                        f"for layer {plan.layer}, but this model's layer takes {n.shape[-1]}: the bank was written "
+                        f"with another model ({bank.family or 'unknown family'}). Write it again with this model.")
+                if toks is None:
                     continue
                 parts.append(toks)
                 segments[name] = (pos, pos + toks.shape[0])

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import folder_paths
 
+from ..attention.bank_storage import BETWEEN, DEFAULT, HALVES, PRECISIONS, BankSettings
 from ..attention.identity_bank import IdentityBank, sanitize_name
 from .common import CATEGORY_ROOT, StoryError
 from .csa_hooks import CSAConfig, CSAPatch, Mode, install, installed_patch
+from .model_signature import check_bank_fits, model_family, self_attention_widths
 
 FOLDER = "identity_banks"  # models/identity_banks and output/identity_banks
 EXT = ".safetensors"
@@ -68,12 +71,22 @@ def read_labels(story, names: str, node: str) -> tuple:
 _STORY_TIP = "The Story Prompt's story: the character tags of each panel."
 
 
+SIZE_FORMULA = (
+    "Size per identity image = recorded steps x guidance halves (2 with CFG, 1 with 'cond only') x the sum over "
+    "the patched self-attention layers of round(keep-rate x tokens) x bytes per token (2 x width in fp16, width + 4 "
+    "in int8). SDXL at 1024x1024, 30 steps, CFG, CSA keep-rate 0.5: the full bank (every step, CSA's keep-rate, "
+    "fp16) is 3.08 GiB per identity image (105 MiB per step); the defaults (10 steps, keep-rate 0.25, int8, both "
+    "halves) store 264 MiB.")
+
+
 class IdentityBankWrite:
     DESCRIPTION = (
         "Write run of the identity bank: sample the characters' identity images (solo panels, one batch) with this "
-        "model and it records their shared self-attention tokens per step and layer into an IDENTITY_BANK (CPU, "
-        "fp16). Uses the settings of a Consistent Self-Attention node upstream (else its defaults); images of the "
-        "same character share tokens while they are drawn.")
+        "model and it records their self-attention tokens per step and layer into an IDENTITY_BANK (CPU). Uses the "
+        "settings of a Consistent Self-Attention node upstream (else its defaults); images of the same character "
+        "share tokens while they are drawn. The bank remembers the model family and widths and only works with "
+        "them. The last five inputs trade size for fidelity. " + SIZE_FORMULA + " The size is logged and shown by "
+        "Save Identity Bank after the run.")
     CATEGORY = CATEGORY
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL", "IDENTITY_BANK")
@@ -89,13 +102,35 @@ class IdentityBankWrite:
                     "names": ("STRING", {"default": "", "tooltip": "Without a story: the character name for the whole "
                                          "batch, or one name per image separated by commas."}),
                     "bank": ("IDENTITY_BANK", {"tooltip": "An existing bank to extend: its other characters are kept."}),
+                    "bank_steps": ("INT", {"default": DEFAULT.steps, "min": 0, "max": 1000, "tooltip":
+                                   "Steps recorded, spread evenly over the steps after CSA's warm-up; a read between "
+                                   "them takes the nearest (or interpolates). 0 = every step (largest bank)."}),
+                    "bank_keep_rate": ("FLOAT", {"default": DEFAULT.keep_rate, "min": 0.0, "max": 1.0, "step": 0.05,
+                                       "tooltip": "Share of each identity image's tokens stored per layer (at the "
+                                       "resolutions where CSA shares tokens). 0 = CSA's keep-rates (largest)."}),
+                    "precision": (list(PRECISIONS), {"default": DEFAULT.precision, "tooltip": "int8: 8-bit tokens with "
+                                  "one scale per token (half the size of fp16, close to it)."}),
+                    "guidance_halves": (list(HALVES), {"default": DEFAULT.halves, "tooltip": "both: tokens of the "
+                                        "positive and negative CFG halves; cond only: half the size, the negative "
+                                        "half of a read attends to the positive half's tokens."}),
+                    "between_steps": (list(BETWEEN), {"default": DEFAULT.between, "tooltip": "A read step between "
+                                      "two recorded steps takes the nearest one, or interpolates them in sigma "
+                                      "(then the same token positions are stored at every step)."}),
                 }}
 
-    def patch(self, model, story=None, names="", bank=None):
+    def patch(self, model, story=None, names="", bank=None, bank_steps=DEFAULT.steps,
+              bank_keep_rate=DEFAULT.keep_rate, precision=DEFAULT.precision, guidance_halves=DEFAULT.halves,
+              between_steps=DEFAULT.between):
         node = "Identity Bank Write"
         labels = write_labels(story, names, node)
-        out_bank = IdentityBank()
+        try:
+            settings = BankSettings(steps=int(bank_steps), keep_rate=float(bank_keep_rate), precision=precision,
+                                    halves=guidance_halves, between=between_steps)
+        except ValueError as e:
+            raise StoryError(f"{node}: {e}") from None
+        out_bank = IdentityBank(settings=settings, family=model_family(model), widths=self_attention_widths(model))
         if bank is not None:
+            check_bank_fits(node, bank, model)
             out_bank.update_from(bank)
         mode = Mode(kind="write", bank=out_bank, labels=labels, node=node)
         return (install(model, CSAPatch(_settings_of(model), mode)), out_bank)
@@ -126,6 +161,7 @@ class IdentityBankRead:
     def patch(self, model, bank, story=None, names="", after=None):
         node = "Identity Bank Read"
         labels = read_labels(story, names, node)
+        check_bank_fits(node, bank, model)
         mode = Mode(kind="read", bank=bank, labels=labels, node=node)
         return (install(model, CSAPatch(_settings_of(model), mode)),)
 
@@ -156,7 +192,9 @@ class SaveIdentityBank:
                              "with the Identity Bank Write model so the write run happens first.")
         path = Path(folder_paths.get_output_directory()) / FOLDER / (sanitize_name(name) + EXT)
         bank.save(path)
-        return {"ui": {"text": [f"{path.name}: {bank.summary()}"]}, "result": (str(path),)}
+        text = f"{path.name} ({path.stat().st_size / 2**20:.1f} MiB on disk): {bank.summary()}"
+        logging.info("Save Identity Bank: %s", text)
+        return {"ui": {"text": [text]}, "result": (str(path),)}
 
 
 class LoadIdentityBank:
@@ -184,8 +222,10 @@ class LoadIdentityBank:
             raise StoryError(f"Load Identity Bank: {bank_file!r} is not in output/{FOLDER} or models/{FOLDER}.")
         try:
             return (IdentityBank.load(path),)
-        except (ValueError, OSError) as e:
-            raise StoryError(f"Load Identity Bank: cannot read {bank_file}: {e}") from None
+        except Exception as e:  # a damaged file must name the node and the file, never fail raw
+            raise StoryError(f"Load Identity Bank: bank_file {bank_file!r} cannot be read: {e}. Save the bank again "
+                             f"(Save Identity Bank) or copy the file again; files in output/{FOLDER} and "
+                             f"models/{FOLDER} are listed.") from None
 
 
 NODE_CLASS_MAPPINGS = {

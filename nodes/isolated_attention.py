@@ -7,6 +7,7 @@ from ..attention.isolation_run import IsolationRun
 from .character_plan import build_plan, character_contexts, conditioning_tensor, user_masks
 from .common import CATEGORY_ROOT, StoryError, check_step_window
 from .isolation_patch import CAPTURE_LAYERS, IsolationConfig, IsolationState, install
+from .model_signature import check_bank_fits
 
 NODE = "Isolated Attention"
 SLOTS = 4
@@ -89,6 +90,8 @@ class IsolatedAttention:
             scene=conditioning_tensor(NODE, "scene", scene, P) if scene is not None else None,
             identity_bank=check_identity_bank(identity_bank),
         )
+        if identity_bank is not None:
+            check_bank_fits(NODE, identity_bank, model)
         state = IsolationState(config, IsolationRun(plan, user_masks=masks))
         return (install(model, state),)
 

@@ -367,6 +367,9 @@ def install(model, state: IsolationState):
         finally:
             state.run.release()
             state._act, state._proj, state._tok = {}, {}, {}
+            release = getattr(state.config.identity_bank, "release", None)
+            if release is not None:  # tokens the run read from the bank
+                release()
 
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample)
     return m
