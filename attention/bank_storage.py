@@ -217,6 +217,12 @@ class SafetensorsFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
+            self._open()
+        except BankFileError as e:
+            raise BankFileError(f"{self.path.name} is damaged or incomplete: {e}") from None
+
+    def _open(self):
+        try:
             stat = self.path.stat()
             with open(self.path, "rb") as f:
                 head = f.read(8)

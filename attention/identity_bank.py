@@ -103,9 +103,13 @@ class IdentityBank:
         """[N_ref, C] tokens of `character` for `layer` = (block_name, block_id, block_index) at `sigma`:
         the recorded step nearest in sigma, or (settings.between == "interpolate") the linear blend
         of the two recorded steps around it. `half` 0 = positive (cond), 1 = negative (uncond)
-        guidance half. None when nothing is recorded for that character, layer and half."""
+        guidance half (a "cond only" bank answers the negative half with the positive half's tokens).
+        None when nothing is recorded for that character, layer and half."""
         key = (character, int(half), _layer_key(layer))
         by_sigma = self._store.get(key)
+        if not by_sigma and int(half) != 0 and self.settings_of(character).halves == "cond only":
+            key = (character, 0, key[2])  # stored once: the negative half reads the positive half's tokens
+            by_sigma = self._store.get(key)
         if not by_sigma:
             return None
         sigma = float(sigma)
@@ -323,13 +327,14 @@ class IdentityBank:
                     bank.recorded_with[c] = BankSettings.from_json(json.dumps(info.get("settings", {})))
             for entry in json.loads(meta["index"]):
                 if entry["tensor"] not in f.entries or (entry.get("scale") and entry["scale"] not in f.entries):
-                    raise BankFileError(f"tensor {entry['tensor']!r} of the index is missing")
+                    raise BankFileError(f"{path.name} is damaged: tensor {entry['tensor']!r} of its index is missing")
                 key = (entry["character"], int(entry["half"]), _layer_key(entry["layer"]))
                 bank._store.setdefault(key, {})[float(entry["sigma"])] = (entry["tensor"], entry.get("scale"))
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
             if isinstance(e, BankFileError):
                 raise
-            raise BankFileError(f"its identity bank metadata is damaged ({type(e).__name__}: {e})") from None
+            raise BankFileError(f"{path.name} is damaged: its identity bank metadata cannot be read "
+                                f"({type(e).__name__}: {e})") from None
         if not lazy:
             bank._store = {k: {s: bank._materialised(d) for s, d in v.items()} for k, v in bank._store.items()}
             bank._file = None
