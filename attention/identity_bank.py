@@ -3,7 +3,7 @@
 A *write* run records, per (character, step sigma, layer, guidance half), tokens of the
 character's identity images: the attn1 input after norm1, before the key/value projections,
 so a later *read* run lets the same layer project them. What is stored is set by
-`BankSettings` (attention/bank_storage.py): by default 10 steps, a quarter of the tokens,
+`BankSettings` (attention/bank_storage.py): by default 5 steps, CSA's share of the tokens,
 int8 with a per-token scale. A bank knows the model family and the self-attention widths it
 was written with, and refuses a model that differs (`check_model`).
 
