@@ -133,7 +133,7 @@ def test_every_write_option_round_trips_write_save_load_in_a_fresh_server_read(l
         with safe_open(str(files[o]), framework="pt") as f:
             meta = f.metadata()
         assert meta["family"] == "SD15" and json.loads(meta["settings"])["precision"] == OPTIONS[o].get("precision", "int8")
-    assert len({files[o].stat().st_size for o in OPTIONS}) == len(OPTIONS)  # each option stores something else
+    assert len({files[o].read_bytes() for o in OPTIONS}) == len(OPTIONS)  # each option stores something else
     base = Path(tempfile.mkdtemp(prefix="story-test-fresh-"))
     try:
         (base / "output" / "identity_banks").mkdir(parents=True)
