@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
+from ..attention.consistent_run import ConsistentConfig
+from ..attention.steps import is_legacy_percent, window_error, window_from_inputs
 from ..attention.token_sampling import parse_probability_schedule
 from .common import CATEGORY_ROOT, StoryError
-from .csa_hooks import CSAConfig, CSAPatch, install
+from .patch_consistent import ConsistentPatch
+from .patch_core import install
 
 NODE = "Consistent Self-Attention"
 BLOCKS = ["up", "all"]
@@ -26,10 +31,11 @@ def csa_inputs() -> dict:
                             "(output) blocks, as the official StoryDiffusion; 'all' = down, middle and up blocks."}),
         "warmup_steps": ("INT", {"default": 1, "min": 0, "max": 1000, "tooltip": "Plain steps at the start before "
                                  "sharing begins (official: 1, the layout forms first)."}),
-        "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 1.0, "tooltip":
-                                    "Sharing starts at this percent of the steps (after the warm-up steps)."}),
-        "end_percent": ("FLOAT", {"default": 100.0, "min": 0.0, "max": 100.0, "step": 1.0, "tooltip":
-                                  "Sharing stops at this percent of the steps (100 = until the end)."}),
+        "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                    "Sharing starts at this fraction of the steps (after the warm-up steps), as "
+                                    "core's start_percent."}),
+        "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                  "Sharing stops after this fraction of the steps (1 = until the end)."}),
         "apply_probability": ("STRING", {"default": "0.7, 0.9@40", "tooltip": "Chance that a layer shares at a "
                                          "step, drawn per layer and step from the seed: 'p' or 'p@percent' entries, e.g. "
                                          "'0.7, 0.9@40' = 0.7, then 0.9 from 40 % of the steps (official); '1' = always."}),
@@ -50,26 +56,27 @@ def validate_settings(node: str, apply_probability, start_percent=None, end_perc
         parse_probability_schedule(apply_probability)
     except ValueError as e:
         return f"{node}: apply_probability: {e}"
-    for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
-        if value is not None and not 0.0 <= float(value) <= 100.0:
-            return f"{node}: {name} must be within 0..100, got {value}."
-    if start_percent is not None and end_percent is not None and float(start_percent) > float(end_percent):
-        return f"{node}: start_percent ({start_percent}) is after end_percent ({end_percent}); swap them."
+    if start_percent is not None and end_percent is not None:
+        return window_error(node, start_percent, end_percent, legacy_ok=True) or True
     return True
 
 
-def config_from(settings: dict, node: str = NODE) -> CSAConfig:
+def config_from(settings: dict, node: str = NODE) -> ConsistentConfig:
     try:
         schedule = parse_probability_schedule(settings["apply_probability"])
     except ValueError as e:
         raise StoryError(f"{node}: apply_probability: {e}") from None
     if settings["blocks"] not in BLOCKS:
         raise StoryError(f"{node}: blocks must be one of {BLOCKS}, got {settings['blocks']!r}.")
-    return CSAConfig(
+    start, end = settings["start_percent"], settings["end_percent"]
+    if is_legacy_percent(start, end):
+        logging.warning("%s: start_percent %s / end_percent %s read as percents of the old 0-100 scale (%g..%g "
+                        "of the steps); step windows are fractions 0-1 now, as in core nodes: re-save the workflow "
+                        "with the fractions.", node, start, end, float(start) / 100, float(end) / 100)
+    return ConsistentConfig(
         keep_rates=tuple(float(settings[name]) for name, _ in LEVELS), blocks=settings["blocks"],
-        warmup_steps=int(settings["warmup_steps"]), start_percent=float(settings["start_percent"]),
-        end_percent=float(settings["end_percent"]), schedule=schedule, window=int(settings["window"]),
-        seed=int(settings["seed"]), strength=float(settings["strength"]))
+        warmup_steps=int(settings["warmup_steps"]), steps=window_from_inputs(start, end), schedule=schedule,
+        window=int(settings["window"]), seed=int(settings["seed"]), strength=float(settings["strength"]))
 
 
 class ConsistentSelfAttention:
@@ -93,7 +100,7 @@ class ConsistentSelfAttention:
         return validate_settings(NODE, apply_probability, start_percent, end_percent)
 
     def patch(self, model, **settings):
-        return (install(model, CSAPatch(config_from(settings))),)
+        return (install(model, ConsistentPatch(config_from(settings))),)
 
 
 NODE_CLASS_MAPPINGS = {"StoryDiffConsistentSelfAttention": ConsistentSelfAttention}

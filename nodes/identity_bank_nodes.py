@@ -9,7 +9,9 @@ import folder_paths
 
 from ..attention.identity_bank import IdentityBank, sanitize_name
 from .common import CATEGORY_ROOT, StoryError
-from .csa_hooks import CSAConfig, CSAPatch, Mode, install, installed_patch
+from ..attention.consistent_run import ConsistentConfig, Mode
+from .patch_consistent import FEATURE, ConsistentPatch
+from .patch_core import install, installed
 
 FOLDER = "identity_banks"  # models/identity_banks and output/identity_banks
 EXT = ".safetensors"
@@ -29,10 +31,10 @@ def _register_folder():
 _register_folder()
 
 
-def _settings_of(model) -> CSAConfig:
+def _settings_of(model) -> ConsistentConfig:
     """CSA settings from a Consistent Self-Attention node upstream, else the defaults."""
-    patch = installed_patch(model)
-    return patch.config if patch is not None else CSAConfig()
+    patch = installed(model, FEATURE) if hasattr(model, "model_options") else None
+    return patch.config if patch is not None else ConsistentConfig()
 
 
 def _split_entries(names: str) -> list[str]:
@@ -98,7 +100,7 @@ class IdentityBankWrite:
         if bank is not None:
             out_bank.update_from(bank)
         mode = Mode(kind="write", bank=out_bank, labels=labels, node=node)
-        return (install(model, CSAPatch(_settings_of(model), mode)), out_bank)
+        return (install(model, ConsistentPatch(_settings_of(model), mode)), out_bank)
 
 
 class IdentityBankRead:
@@ -127,7 +129,7 @@ class IdentityBankRead:
         node = "Identity Bank Read"
         labels = read_labels(story, names, node)
         mode = Mode(kind="read", bank=bank, labels=labels, node=node)
-        return (install(model, CSAPatch(_settings_of(model), mode)),)
+        return (install(model, ConsistentPatch(_settings_of(model), mode)),)
 
 
 class SaveIdentityBank:
