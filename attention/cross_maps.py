@@ -90,10 +90,15 @@ def attend(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (probs @ vh).transpose(1, 2).reshape(b, n, -1)
 
 
-def character_maps(q: torch.Tensor, k: torch.Tensor, heads: int, sel: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """[P, K, h, w] head-averaged maps of each panel's characters (sel from `selection_matrix`)."""
-    probs = head_mean_probs(q, k, heads)  # [P, n, T]
-    maps = probs @ sel.to(probs.device, probs.dtype)  # [P, n, K]
+def character_maps(q: torch.Tensor, k: torch.Tensor, heads: int, sel: torch.Tensor, hw: tuple[int, int],
+                   probs: torch.Tensor | None = None) -> torch.Tensor:
+    """[b, K, h, w] head-averaged maps of each row's characters (sel [P, T, K] from `selection_matrix`;
+    b = a multiple of P: guidance chunks of P panels each). `probs` [b, n, T]: head-averaged
+    probabilities already computed for q, k (else computed here)."""
+    probs = head_mean_probs(q, k, heads) if probs is None else probs  # [b, n, T]
+    if sel.shape[0] != probs.shape[0]:
+        sel = sel.repeat(probs.shape[0] // sel.shape[0], 1, 1)
+    maps = probs @ sel.to(probs.device, probs.dtype)  # [b, n, K]
     h, w = hw
     return maps.transpose(1, 2).reshape(maps.shape[0], maps.shape[2], h, w)
 

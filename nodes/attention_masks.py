@@ -8,10 +8,13 @@ import torch
 
 import comfy.samplers
 
-from ..attention.isolation_run import IsolationRun, mask_iou
+from ..attention.isolated_branch import CAPTURE_LAYERS, IsolatedBranch, IsolationConfig
+from ..attention.isolation_run import IsolationRun, mask_iou, masks_from_maps
+from ..attention.steps import StepWindow
 from .character_plan import build_plan
 from .common import CATEGORY_ROOT, StoryError, check_step_window
-from .isolation_patch import CAPTURE_LAYERS, IsolationConfig, IsolationState, find_state, install
+from .patch_core import install, require_family
+from .patch_isolated import IsolatedPatch, installed_branch
 
 NODE = "Story Attention Masks"
 PALETTE = torch.tensor([[0.95, 0.26, 0.21], [0.13, 0.59, 0.95], [0.30, 0.69, 0.31], [1.0, 0.76, 0.03],
@@ -97,26 +100,27 @@ class StoryAttentionMasks:
         if samples.shape[0] != plan.panels:
             raise StoryError(f"{NODE}: latent_image has {samples.shape[0]} images but the story has {plan.panels} panels; "
                              f"connect the Story Prompt's panel_count to the latent's batch_size.")
-        state = find_state(model)
-        if state is None:
+        require_family(model, NODE, IsolatedPatch.families)
+        branch = installed_branch(model)
+        if branch is None:
             config = IsolationConfig(node=NODE, isolate=False, capture=layers)
-            state = IsolationState(config, IsolationRun(plan, capture_range=(start_percent, end_percent)))
-            model = install(model, state)
-        elif state.run.plan.names != plan.names or state.run.plan.panels != plan.panels:
+            branch = IsolatedBranch(config, IsolationRun(plan, capture=StepWindow(start_percent, end_percent)))
+            model = install(model, IsolatedPatch(branch))
+        elif branch.run.plan.names != plan.names or branch.run.plan.panels != plan.panels:
             raise StoryError(f"{NODE}: the model was patched by Isolated Attention for another story; connect the same "
                              f"story to both nodes.")
         (latent,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                                 latent_image, denoise=denoise)
-        result = state.run.result or {}
-        post = IsolationRun(state.run.plan, blur=blur, dilate=dilate, min_area=min_area, user_masks=state.run.user_masks)
-        maps = result.get("maps")
-        masks = post._masks_from(maps, grid=tuple(samples.shape[-2:]), device=torch.device("cpu"))
+        summary = branch.run.result
+        masks = masks_from_maps(plan, summary.maps if summary is not None else None, branch.run.user_masks,
+                                grid=tuple(samples.shape[-2:]), device=torch.device("cpu"), blur=blur, dilate=dilate,
+                                min_area=min_area)
         if masks is None:
             masks = torch.zeros(plan.panels, len(plan.names), *samples.shape[-2:], dtype=torch.bool)
         masks = masks.cpu()
-        if result.get("masks_70") is not None and result.get("masks") is not None:
+        if summary is not None and summary.masks_at_70 is not None and summary.masks is not None:
             logging.info("%s: mask IoU between 70%% and 100%% of the steps: %.3f", NODE,
-                         mask_iou(result["masks_70"].cpu(), result["masks"].cpu()))
+                         mask_iou(summary.masks_at_70.cpu(), summary.masks.cpu()))
         factor = 8
         full = upscale(masks, factor)
         P, K = masks.shape[:2]

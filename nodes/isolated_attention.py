@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from ..attention.branch_merge import DEFAULT_LAMBDA
+from ..attention.isolated_branch import CAPTURE_LAYERS, IsolatedBranch, IsolationConfig
 from ..attention.isolation_run import IsolationRun
+from ..attention.steps import StepWindow
 from .character_plan import build_plan, character_contexts, conditioning_tensor, user_masks
 from .common import CATEGORY_ROOT, StoryError, check_step_window
-from .isolation_patch import CAPTURE_LAYERS, IsolationConfig, IsolationState, install
+from .patch_core import install, require_family
+from .patch_isolated import IsolatedPatch
+from .patch_unet import UNET
 
 NODE = "Isolated Attention"
 SLOTS = 4
@@ -53,7 +57,7 @@ class IsolatedAttention:
                            f"from the model's cross-attention during sampling."})
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The model to patch (SD1.5- or SDXL-style UNet)."}),
+                "model": ("MODEL", {"tooltip": f"The model to patch ({UNET.name})."}),
                 "clip": ("CLIP", {"tooltip": "The checkpoint's CLIP: tokenizes the panel prompts to find each character's tokens."}),
                 "story": ("STORY", {"tooltip": "The Story Prompt's story output: who is in which panel."}),
                 "strength": ("FLOAT", {"default": DEFAULT_LAMBDA, "min": 0.0, "max": 2.0, "step": 0.05,
@@ -75,6 +79,7 @@ class IsolatedAttention:
 
     def patch(self, model, clip, story, strength, reweight, start_percent, end_percent, scene=None,
               identity_bank=None, **slots):
+        require_family(model, NODE, IsolatedPatch.families)
         if strength == 0:
             return (model,)
         plan = build_plan(NODE, clip, story)
@@ -84,13 +89,12 @@ class IsolatedAttention:
         overrides = {i - 1: slots.get(f"character_{i}") for i in range(1, SLOTS + 1) if slots.get(f"character_{i}") is not None}
         masks = user_masks(NODE, {i - 1: slots.get(f"mask_{i}") for i in range(1, SLOTS + 1)}, story)
         config = IsolationConfig(
-            node=NODE, isolate=True, lam=float(strength), gamma=float(reweight), iso_range=(start_percent, end_percent),
+            node=NODE, isolate=True, lam=float(strength), gamma=float(reweight), steps=StepWindow(start_percent, end_percent),
             capture=CAPTURE_LAYERS[0], characters=character_contexts(NODE, clip, story, overrides),
             scene=conditioning_tensor(NODE, "scene", scene, P) if scene is not None else None,
             identity_bank=check_identity_bank(identity_bank),
         )
-        state = IsolationState(config, IsolationRun(plan, user_masks=masks))
-        return (install(model, state),)
+        return (install(model, IsolatedPatch(IsolatedBranch(config, IsolationRun(plan, user_masks=masks)))),)
 
 
 NODE_CLASS_MAPPINGS = {"StoryDiffIsolatedAttention": IsolatedAttention}

@@ -35,4 +35,18 @@ def isolated(model, clip, story, **kw):
 
 
 def state_of(model):
-    return submodule("nodes.isolation_patch").find_state(model)
+    """The Isolated Attention branch (config + run) installed on a MODEL."""
+    return submodule("nodes.patch_isolated").installed_branch(model)
+
+
+def with_attention_override(model, record):
+    """A clone whose attention calls are seen by `record(q, k, v, heads, mask)` before the kernel runs,
+    installed the way another pack would: transformer_options["optimized_attention_override"]."""
+    m = model.clone()
+
+    def override(func, q, k, v, heads, mask=None, **kwargs):
+        record(q, k, v, heads, mask)
+        return func(q, k, v, heads, mask=mask, **kwargs)
+
+    m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = override
+    return m

@@ -6,6 +6,7 @@ import torch
 from pack_loader import pure
 
 ts = pure("attention.token_sampling")
+steps = pure("attention.steps")
 cs = pure("attention.consistent")
 
 
@@ -38,11 +39,11 @@ def test_probability_schedule_and_gate():
 
 def test_steps_are_recognised_by_sigma():
     sigmas = [14.6, 7.0, 3.0, 1.0, 0.0]
-    assert [ts.step_index(s, sigmas) for s in sigmas[:-1]] == [0, 1, 2, 3]
-    assert ts.step_index(5.0, sigmas) == 1  # a Heun/DPM-2 midpoint belongs to its step
-    assert ts.step_progress(3.0, sigmas) == (2, 0.5)
-    assert ts.step_sigma(5.0, sigmas) == 7.0
-    assert ts.step_index(3.0, None) == 0
+    assert [steps.step_index(s, sigmas) for s in sigmas[:-1]] == [0, 1, 2, 3]
+    assert steps.step_index(5.0, sigmas) == 1  # a Heun/DPM-2 midpoint belongs to its step
+    assert steps.step_progress(3.0, sigmas) == (2, 0.5)
+    assert steps.step_sigma(5.0, sigmas) == 7.0
+    assert steps.step_index(3.0, None) == 0
 
 
 def test_reference_table_windows_slide_and_stay_flat():

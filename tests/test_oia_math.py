@@ -158,10 +158,11 @@ def test_accumulator_averages_layers_then_steps_on_one_grid():
 
 
 def test_step_index_from_sigmas():
+    steps = pure("attention.steps")
     sched = [14.6, 7.0, 3.0, 1.0, 0.0]
-    assert run_mod.step_index(14.6, sched) == 0
-    assert run_mod.step_index(3.0, sched) == 2
-    assert run_mod.step_index(2.0, sched) == 2  # second-order midpoint belongs to the earlier step
+    assert steps.step_index(14.6, sched) == 0
+    assert steps.step_index(3.0, sched) == 2
+    assert steps.step_index(2.0, sched) == 2  # second-order midpoint belongs to the earlier step
     assert run_mod.first_appearances([[True, False], [False, False], [True, True]]) == [0, 2]
 
 
@@ -206,7 +207,9 @@ def test_isolated_cross_attention_is_each_characters_prompt_inside_its_region():
     scene = (torch.randn(1, 77, heads * d, generator=g), torch.randn(1, 77, heads * d, generator=g))
     chars = [(torch.randn(1, 77, heads * d, generator=g), torch.randn(1, 77, heads * d, generator=g)) for _ in range(3)]
     masks = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0]], dtype=torch.float32)
-    out = iso_cross.isolated_cross_attention(q, *scene, chars, masks, heads, iso_self.sdpa_attention)
+    attn = iso_self.sdpa_attention
+    out = iso_cross.regional_blend(attn(q, *scene, heads), torch.stack([attn(q, *kv, heads) for kv in chars]),
+                                   masks[:, None])  # [K, panels=1, N]
     for c, cols in enumerate(([0, 1], [2], [3])):
         alone = iso_self.sdpa_attention(q, *chars[c], heads)
         assert torch.allclose(out[0, cols], alone[0, cols], atol=1e-5)
@@ -235,7 +238,7 @@ def test_run_masks_use_only_the_steps_so_far():
     assert m1[0, 0, :, :4].all() and not m1[0, 0, :, 4:].any()
     assert not (m1[0, 0] & m1[0, 1]).any()
     run.release()
-    assert run.result["steps"] == 3 and run.acc is None
+    assert run.result.steps == 3 and run.acc is None
 
 
 def test_attention_from_captured_probabilities_matches_sdpa():
