@@ -25,11 +25,11 @@ from typing import Callable
 
 import torch
 
-from .branch_merge import is_isolation_block, merge
+from .isolated_merge import is_isolation_block, merge
 from .cross_maps import attend, character_maps, head_probs, selection_matrix
 from .isolated_cross import regional_blend
 from .isolated_self import isolated_self_attention
-from .isolation_run import IsolationRun
+from .isolated_run import IsolationRun
 from .otsu import masks_to_tokens, normalise
 from .steps import StepWindow
 

@@ -127,7 +127,7 @@ def main():
           f"{'OK' if ratio <= 1.8 else 'OVER TARGET'}; ratio of medians {med:.2f}x")
     print(f"  extra peak memory: {mi - mv:+.1f} MiB")
     result = submodule("nodes.patch_isolated").installed_branch(iso).run.result
-    iou = submodule("attention.isolation_run").mask_iou(result.masks_at_70, result.masks)
+    iou = submodule("attention.isolated_run").mask_iou(result.masks_at_70, result.masks)
     print(f"  online mask stability: IoU(masks at 70% of the steps, at 100%) = {iou:.3f}; "
           f"mask area per panel x character: {result['masks'].float().mean((-1, -2)).tolist()}")
 

@@ -9,7 +9,7 @@ import torch
 import comfy.samplers
 
 from ..attention.isolated_branch import CAPTURE_LAYERS, IsolatedBranch, IsolationConfig
-from ..attention.isolation_run import IsolationRun, mask_iou, masks_from_maps
+from ..attention.isolated_run import IsolationRun, mask_iou, masks_from_maps
 from ..attention.steps import StepWindow
 from .character_plan import build_plan
 from .common import CATEGORY_ROOT, StoryError, check_step_window

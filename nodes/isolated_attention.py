@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..attention.branch_merge import DEFAULT_LAMBDA
+from ..attention.isolated_merge import DEFAULT_LAMBDA
 from ..attention.isolated_branch import CAPTURE_LAYERS, IsolatedBranch, IsolationConfig
-from ..attention.isolation_run import IsolationRun
+from ..attention.isolated_run import IsolationRun
 from ..attention.steps import StepWindow
 from .character_plan import build_plan, character_contexts, conditioning_tensor, user_masks
 from .common import CATEGORY_ROOT, StoryError, check_step_window

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pack_loader import pure, submodule
-from test_csa_sampling import ALWAYS, close, csa, sample
+from test_consistent_sampling import ALWAYS, close, csa, sample
 
 bank_nodes = submodule("nodes.identity_bank_nodes")
 common = submodule("nodes.common")

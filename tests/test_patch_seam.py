@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import comfy.ldm.modules.attention as comfy_attention
-from oia_helpers import encode_story, isolated, sample, with_attention_override
+from isolated_helpers import encode_story, isolated, sample, with_attention_override
 from pack_loader import submodule
 from tiny_models import factory
 

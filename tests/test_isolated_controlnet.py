@@ -6,7 +6,7 @@ import torch
 import comfy.cldm.cldm
 import comfy.controlnet
 import comfy.ops
-from oia_helpers import encode_story, isolated, sample, state_of
+from isolated_helpers import encode_story, isolated, sample, state_of
 from tiny_models import factory
 
 

@@ -11,8 +11,8 @@ cross_maps = pure("attention.cross_maps")
 otsu = pure("attention.otsu")
 iso_self = pure("attention.isolated_self")
 iso_cross = pure("attention.isolated_cross")
-branch = pure("attention.branch_merge")
-run_mod = pure("attention.isolation_run")
+branch = pure("attention.isolated_merge")
+run_mod = pure("attention.isolated_run")
 
 
 # ---- Otsu ---------------------------------------------------------------------------
@@ -216,7 +216,7 @@ def test_isolated_cross_attention_is_each_characters_prompt_inside_its_region():
     assert torch.allclose(out[0, 4:], iso_self.sdpa_attention(q, *scene, heads)[0, 4:], atol=1e-6)
 
 
-def test_branch_merge():
+def test_isolated_merge():
     iso, orig = torch.full((2,), 3.0), torch.full((2,), 1.0)
     assert torch.allclose(branch.merge(iso, orig, 1.1), torch.full((2,), 3.2))
     assert torch.equal(branch.merge(iso, orig, 0.0), orig)

@@ -9,7 +9,7 @@
 3. Whole-sampling overhead of the Consistent Self-Attention node on the tiny SDXL-shaped model
    (patched vs unpatched comfy.sample.sample, same seed; CPU).
 
-    .venv/bin/python bench/bench_csa.py [--device cuda|cpu] [--width-scale 0.25] [--skip-sampling]
+    .venv/bin/python bench/bench_consistent.py [--device cuda|cpu] [--width-scale 0.25] [--skip-sampling]
 
 On a CPU the attention widths are scaled down by --width-scale (default 0.25 on CPU, 1 on CUDA);
 the script prints what it used. Peak memory: torch.cuda.max_memory_allocated on CUDA; on a Linux CPU

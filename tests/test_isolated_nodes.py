@@ -5,7 +5,7 @@ import torch
 
 import dataclasses
 
-from oia_helpers import TWO_CHARACTERS, encode_story, isolated, sample, state_of, with_attention_override
+from isolated_helpers import TWO_CHARACTERS, encode_story, isolated, sample, state_of, with_attention_override
 from pack_loader import pure, submodule
 
 iso_self = pure("attention.isolated_self")
@@ -47,7 +47,7 @@ def test_capture_only_patch_is_bit_identical(sd15):
     model, clip, pos, neg, story, P = sd15
     plan = submodule("nodes.character_plan").build_plan("test", clip, story)
     state = branch_mod.IsolatedBranch(branch_mod.IsolationConfig(isolate=False, capture="all blocks"),
-                                      pure("attention.isolation_run").IsolationRun(plan))
+                                      pure("attention.isolated_run").IsolationRun(plan))
     m = core.install(model, patch_mod.IsolatedPatch(state))
     assert torch.equal(sample(m, pos, neg, P, steps=3), sample(model.clone(), pos, neg, P, steps=3))
     assert state.run.result.maps.shape == (P, 2, 8, 8)
@@ -184,7 +184,7 @@ def test_online_masks_are_nonempty_disjoint_and_stable(sd15, capsys):
         for c in range(2):
             assert bool(masks[p, c].any()) == present[p][c], (p, c)
         assert not (masks[p, 0] & masks[p, 1]).any()
-    iou = pure("attention.isolation_run").mask_iou(masks70, masks)
+    iou = pure("attention.isolated_run").mask_iou(masks70, masks)
     with capsys.disabled():
         print(f"\n[OIA] mask IoU between 70% and 100% of 8 steps (tiny SD1.5, 2 characters): {iou:.3f}")
     assert 0.0 <= iou <= 1.0 and iou > 0.5

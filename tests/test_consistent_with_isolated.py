@@ -9,7 +9,7 @@
 import pytest
 import torch
 
-from oia_helpers import encode_story, isolated, sample
+from isolated_helpers import encode_story, isolated, sample
 from pack_loader import pure, submodule
 
 bank_nodes = submodule("nodes.identity_bank_nodes")
