@@ -145,7 +145,9 @@ def test_unsupported_family_is_a_clear_error(flux, sd15):
     _, clip, _, _, story, _ = sd15
     calls = {
         "Consistent Self-Attention": lambda: ca.ConsistentSelfAttention().patch(flux, **CSA_ALWAYS),
-        "Identity Bank Write": lambda: bank_nodes.IdentityBankWrite().patch(flux, names="Bob"),
+        "Identity Bank Write": lambda: bank_nodes.IdentityBankWrite().sample(
+            flux, [], [], {"samples": torch.zeros(1, 16, 8, 8)}, 0, 1, 1.0, "euler", "normal", names="Bob"),
+        "Identity Bank Write (deprecated)": lambda: bank_nodes.IdentityBankWritePatch().patch(flux, names="Bob"),
         "Identity Bank Read": lambda: bank_nodes.IdentityBankRead().patch(flux, bank_nodes.IdentityBank(),
                                                                           names="Bob"),
         "Isolated Attention": lambda: isolated(flux, clip, story),
