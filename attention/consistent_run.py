@@ -16,8 +16,8 @@ the step window is a `steps.StepWindow` of fractions 0..1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -122,8 +122,12 @@ class ConsistentRun:
             self.steps[sigma_now] = (t, progress, step_sigma(sigma_now, sample_sigmas))
         t, progress, sigma = self.steps[sigma_now]
         layer = (block[0], int(block[1]), int(extra.get("block_index", 0)))
-        active = (cfg.strength > 0 and t >= cfg.warmup_steps and cfg.steps.contains(progress)
-                  and gate_draw(cfg.seed, sigma, layer) < cfg.schedule.at(progress))
+        active = (
+            cfg.strength > 0
+            and t >= cfg.warmup_steps
+            and cfg.steps.contains(progress)
+            and gate_draw(cfg.seed, sigma, layer) < cfg.schedule.at(progress)
+        )
         original = extra.get("original_shape")
         level = downscale_level(tuple(original[-2:]), (h, w)) if original is not None else None
         rate = cfg.keep_rate(level)
@@ -160,7 +164,7 @@ class ConsistentRun:
         labels = self.labels(plan.images)
         idx = plan.indices.to(n.device)
         for c, half in enumerate(plan.chunks):
-            chunk = n[c * plan.images:(c + 1) * plan.images]
+            chunk = n[c * plan.images : (c + 1) * plan.images]
             for name in sorted({lab for lab in labels if lab is not None}):
                 rows = [i for i, lab in enumerate(labels) if lab == name]
                 toks = torch.cat([chunk[i, idx[i]] for i in rows], 0)
@@ -187,12 +191,19 @@ class ConsistentRun:
         if not names:
             return n, context, value
         segments: dict = {}
-        per_half = {half: self._bank_rows(plan, names, half, n.shape[-1], segments) for half in set(plan.chunks)}
+        per_half = {
+            half: self._bank_rows(plan, names, half, n.shape[-1], segments) for half in set(plan.chunks)
+        }
         lengths = {t.shape[0] if t is not None else 0 for t in per_half.values()}
         if len(lengths) != 1 or 0 in lengths:
             return n, context, value
-        rows = torch.cat([per_half[h].to(device=n.device, dtype=n.dtype).unsqueeze(0).expand(plan.images, -1, -1)
-                          for h in plan.chunks], 0)
+        rows = torch.cat(
+            [
+                per_half[h].to(device=n.device, dtype=n.dtype).unsqueeze(0).expand(plan.images, -1, -1)
+                for h in plan.chunks
+            ],
+            0,
+        )
         plan.base_len, plan.bank_len, plan.segments = context.shape[1], rows.shape[1], segments
         ctx = torch.cat([context, rows], 1)
         return n, ctx, ctx
@@ -218,8 +229,11 @@ class ConsistentRun:
         row_extra = None
         if bank_part:
             labels = self.labels(b)
-            row_extra = [_row_bank(bank_k[c * b], bank_v[c * b], plan, labels[i], c)
-                         for c in range(chunks) for i in range(b)]
+            row_extra = [
+                _row_bank(bank_k[c * b], bank_v[c * b], plan, labels[i], c)
+                for c in range(chunks)
+                for i in range(b)
+            ]
         out = consistent_attention(q, k, v, heads, indices, refs, row_extra, attn, index_cache=self.gather)
         s = self.config.strength
         if s < 1.0:

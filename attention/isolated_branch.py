@@ -20,16 +20,16 @@ and the replace it wraps (`original(q, k, v)`, the original branch).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
-from .isolated_merge import is_isolation_block, merge
 from .cross_maps import attend, character_maps, head_probs, selection_matrix
 from .isolated_cross import regional_blend
-from .isolated_self import isolated_self_attention
+from .isolated_merge import is_isolation_block, merge
 from .isolated_run import IsolationRun
+from .isolated_self import isolated_self_attention
 from .otsu import masks_to_tokens, normalise
 from .steps import StepWindow
 
@@ -124,9 +124,12 @@ class IsolatedBranch:
                 self._sel[key] = selection_matrix(plan.positions, plan.lengths, T, device=device)
             except ValueError:
                 raise IsolationInputError(
-                    f"{self.config.node}: the positive conditioning does not come from the story's prompts (context "
-                    f"length {T} does not fit their token counts); connect the Story Prompt's positive output to the "
-                    "sampler.") from None
+                    f"{self.config.node}: the positive conditioning does not come from the story's prompts "
+                    f"(context "
+                    f"length {T} does not fit their token counts); connect the Story Prompt's positive "
+                    f"output to the "
+                    "sampler."
+                ) from None
         return self._sel[key]
 
     def tokens(self, step: int, masks: torch.Tensor, hw) -> torch.Tensor:
@@ -149,7 +152,9 @@ class IsolatedBranch:
             if maps is None:
                 self._act[key] = None
             else:
-                small = torch.nn.functional.interpolate(maps, size=tuple(hw), mode="bilinear", align_corners=False)
+                small = torch.nn.functional.interpolate(
+                    maps, size=tuple(hw), mode="bilinear", align_corners=False
+                )
                 P, K = small.shape[:2]
                 out = torch.ones(P, K, hw[0] * hw[1], device=device)
                 for p in range(P):
@@ -166,8 +171,10 @@ class IsolatedBranch:
         per = q.shape[0] // len(cou)
         if per != P:
             raise IsolationInputError(
-                f"{self.config.node}: the latent batch has {per} images but the story has {P} panels; connect the "
-                "Story Prompt's panel_count to the latent's batch_size.")
+                f"{self.config.node}: the latent batch has {per} images but the story has {P} panels; "
+                f"connect the "
+                "Story Prompt's panel_count to the latent's batch_size."
+            )
         return [i for i, c in enumerate(cou) if c == 0], P
 
     def _isolating(self, step: int) -> bool:
@@ -191,7 +198,7 @@ class IsolatedBranch:
             o = attn(qs, torch.cat([i[2] for i in items]), torch.cat([i[3] for i in items]), heads)
             at = 0
             for ch, panels, _, _ in items:
-                out[ch, panels] = o[at:at + len(panels)]
+                out[ch, panels] = o[at : at + len(panels)]
                 at += len(panels)
         return out
 
@@ -261,14 +268,19 @@ class IsolatedBranch:
         for ch, name in enumerate(plan.names):
             if not bool(tok[p, ch].any()):
                 continue
-            toks = bank.tokens(name, sigma, key) if bank is not None and name in list(bank.characters) else None
+            toks = (
+                bank.tokens(name, sigma, key) if bank is not None and name in list(bank.characters) else None
+            )
             if toks is not None and toks.shape[0] > 0:
                 width = getattr(module.to_k, "in_features", toks.shape[-1])
                 if toks.ndim != 2 or toks.shape[-1] != width:
                     raise IsolationInputError(
-                        f"{self.config.node}: identity_bank gives [{name}] tokens of shape {tuple(toks.shape)} for "
-                        f"layer {key}, but this model's layer takes [N, {width}]; build the identity bank with the "
-                        "same model.")
+                        f"{self.config.node}: identity_bank gives [{name}] tokens of shape "
+                        f"{tuple(toks.shape)} for "
+                        f"layer {key}, but this model's layer takes [N, {width}]; build the identity bank "
+                        f"with the "
+                        "same model."
+                    )
                 x = toks.to(device=k.device, dtype=k.dtype)
                 ks.append(module.to_k(x))
                 vs.append(module.to_v(x))
@@ -283,7 +295,9 @@ class IsolatedBranch:
                 ks.append(k[c * P + rp, :n][sel])
                 vs.append(v[c * P + rp, :n][sel])
                 act = self.activation(step, hw, k.device)
-                acts.append(act[rp, ch][sel] if act is not None else torch.ones(int(sel.sum()), device=k.device))
+                acts.append(
+                    act[rp, ch][sel] if act is not None else torch.ones(int(sel.sum()), device=k.device)
+                )
             owner.append(torch.full((ks[-1].shape[0],), ch, dtype=torch.long, device=k.device))
         if not ks:
             return None
@@ -311,7 +325,18 @@ class IsolatedBranch:
                     continue
                 rk, rv, owner, act = refs
                 r = c * P + p
-                iso = isolated_self_attention(q[r:r + 1], k[r:r + 1], v[r:r + 1], rk, rv, owner, tok[p],
-                                              extra["n_heads"], attn_fn=attn, activation=act, gamma=self.config.gamma)
+                iso = isolated_self_attention(
+                    q[r : r + 1],
+                    k[r : r + 1],
+                    v[r : r + 1],
+                    rk,
+                    rv,
+                    owner,
+                    tok[p],
+                    extra["n_heads"],
+                    attn_fn=attn,
+                    activation=act,
+                    gamma=self.config.gamma,
+                )
                 out[r] = merge(iso[0], orig[r], self.config.lam)
         return out

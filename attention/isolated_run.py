@@ -69,10 +69,17 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class IsolationRun:
-    def __init__(self, plan: CharacterPlan, capture: StepWindow = StepWindow(), blur: float = 0.0,
-                 dilate: int = 0, min_area: float = 0.0, user_masks: dict[int, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        plan: CharacterPlan,
+        capture: StepWindow | None = None,
+        blur: float = 0.0,
+        dilate: int = 0,
+        min_area: float = 0.0,
+        user_masks: dict[int, torch.Tensor] | None = None,
+    ):
         self.plan = plan
-        self.capture = capture
+        self.capture = capture or StepWindow()
         self.blur, self.dilate, self.min_area = blur, dilate, min_area
         self.user_masks = user_masks or {}  # character -> [1 or P, H, W] float
         self.reset()
@@ -90,8 +97,12 @@ class IsolationRun:
         """End of sampling: keep only the small final summary (maps, masks) for readers."""
         if self.acc is not None and self.acc.steps:
             maps = self.acc.mean()
-            self.result = RunSummary(maps=maps, masks=self.masks_from(maps), masks_at_70=self.masks_at_fraction(0.7),
-                                     steps=self.total_steps)
+            self.result = RunSummary(
+                maps=maps,
+                masks=self.masks_from(maps),
+                masks_at_70=self.masks_at_fraction(0.7),
+                steps=self.total_steps,
+            )
         self.acc = None
         self._mask_cache = {}
         self._sig_obj = None
@@ -127,7 +138,9 @@ class IsolationRun:
         return self.acc.grid if self.acc is not None else None
 
     def masks_from(self, maps: torch.Tensor | None, grid=None, device=None) -> torch.Tensor | None:
-        return masks_from_maps(self.plan, maps, self.user_masks, grid, device, self.blur, self.dilate, self.min_area)
+        return masks_from_maps(
+            self.plan, maps, self.user_masks, grid, device, self.blur, self.dilate, self.min_area
+        )
 
     def masks(self, step: int, grid=None, device=None) -> torch.Tensor | None:
         """Boolean masks [P, K, H, W] for use at `step` (from steps < step), cached per step."""
@@ -153,8 +166,16 @@ def _scaled_user_masks(user_masks: dict, panels: int, grid, device) -> dict[int,
     return out
 
 
-def masks_from_maps(plan: CharacterPlan, maps: torch.Tensor | None, user_masks: dict | None = None, grid=None,
-                    device=None, blur: float = 0.0, dilate: int = 0, min_area: float = 0.0) -> torch.Tensor | None:
+def masks_from_maps(
+    plan: CharacterPlan,
+    maps: torch.Tensor | None,
+    user_masks: dict | None = None,
+    grid=None,
+    device=None,
+    blur: float = 0.0,
+    dilate: int = 0,
+    min_area: float = 0.0,
+) -> torch.Tensor | None:
     """Boolean masks [P, K, H, W] from maps [P, K, h, w] (Otsu + CV rule per panel), user masks
     replacing their character's online mask; None when there is neither."""
     user_masks = user_masks or {}

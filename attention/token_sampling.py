@@ -38,7 +38,9 @@ def tokens_to_keep(num_tokens: int, keep_rate: float) -> int:
     return max(0, min(num_tokens, int(round(keep_rate * num_tokens))))
 
 
-def sample_token_indices(num_images: int, num_tokens: int, keep_rate: float, seed: int, sigma: float) -> torch.Tensor:
+def sample_token_indices(
+    num_images: int, num_tokens: int, keep_rate: float, seed: int, sigma: float
+) -> torch.Tensor:
     """Per image, a uniform random subset of round(keep_rate*N) token indices, sorted: LongTensor [B, k].
 
     Drawn on the CPU from a generator seeded by (seed, sigma, N), so every layer of a step at

@@ -17,5 +17,7 @@ def check_step_window(node: str, start_percent: float, end_percent: float):
         if not 0.0 <= value <= 1.0:
             return f"{node}: {name} is {value}; use a fraction of the steps between 0 and 1."
     if start_percent > end_percent:
-        return f"{node}: start_percent ({start_percent}) is after end_percent ({end_percent}); make start ≤ end."
+        return (
+            f"{node}: start_percent ({start_percent}) is after end_percent ({end_percent}); make start ≤ end."
+        )
     return True

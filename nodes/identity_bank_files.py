@@ -16,7 +16,10 @@ CATEGORY = f"{CATEGORY_ROOT}/identity bank"
 
 
 def bank_folders() -> list[str]:
-    return [os.path.join(folder_paths.models_dir, FOLDER), os.path.join(folder_paths.get_output_directory(), FOLDER)]
+    return [
+        os.path.join(folder_paths.models_dir, FOLDER),
+        os.path.join(folder_paths.get_output_directory(), FOLDER),
+    ]
 
 
 def _register_folder() -> None:
@@ -29,9 +32,11 @@ _register_folder()
 
 
 class SaveIdentityBank:
-    DESCRIPTION = ("Saves an identity bank as a .safetensors file in ComfyUI's output folder "
-                   f"(output/{FOLDER}/), so a story can continue later or on another ComfyUI server "
-                   f"(copy it into output/{FOLDER} or models/{FOLDER} there).")
+    DESCRIPTION = (
+        "Saves an identity bank as a .safetensors file in ComfyUI's output folder "
+        f"(output/{FOLDER}/), so a story can continue later or on another ComfyUI server "
+        f"(copy it into output/{FOLDER} or models/{FOLDER} there)."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "save"
     OUTPUT_NODE = True
@@ -41,27 +46,46 @@ class SaveIdentityBank:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "bank": ("IDENTITY_BANK", {"tooltip": "The bank to save."}),
-            "name": ("STRING", {"default": "story_bank", "tooltip": "File name (letters, digits, - _ . kept; an existing "
-                                "file of that name is replaced)."}),
-        }, "optional": {
-            "latent": ("LATENT", {"tooltip": "Only for workflows of the deprecated write node: the LATENT of its KSampler, "
-                                  "so saving waits for that run. Identity Bank Write's bank output needs nothing."}),
-        }}
+        return {
+            "required": {
+                "bank": ("IDENTITY_BANK", {"tooltip": "The bank to save."}),
+                "name": (
+                    "STRING",
+                    {
+                        "default": "story_bank",
+                        "tooltip": "File name (letters, digits, - _ . kept; an existing "
+                        "file of that name is replaced).",
+                    },
+                ),
+            },
+            "optional": {
+                "latent": (
+                    "LATENT",
+                    {
+                        "tooltip": "Only for workflows of the deprecated write node: the LATENT of its "
+                        "KSampler, "
+                        "so saving waits for that run. Identity Bank Write's bank output needs nothing."
+                    },
+                ),
+            },
+        }
 
     def save(self, bank, name, latent=None):
         if len(bank) == 0:
-            raise StoryError("Save Identity Bank: the bank is empty; connect the bank output of Identity Bank Write "
-                             "(it samples and fills the bank before this node runs).")
+            raise StoryError(
+                "Save Identity Bank: the bank is empty; connect the bank output of Identity Bank Write "
+                "(it samples and fills the bank before this node runs)."
+            )
         path = Path(folder_paths.get_output_directory()) / FOLDER / (sanitize_name(name) + EXT)
         bank.save(path)
         return {"ui": {"text": [f"{path.name}: {bank.summary()}"]}, "result": (str(path),)}
 
 
 class LoadIdentityBank:
-    DESCRIPTION = (f"Loads an identity bank saved by Save Identity Bank, from output/{FOLDER}/ or models/{FOLDER}/, "
-                   "to continue a story with Identity Bank Read.")
+    DESCRIPTION = (
+        f"Loads an identity bank saved by Save Identity Bank, from output/{FOLDER}/ or models/{FOLDER}/, "
+        "to continue a story with Identity Bank Read."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = ("IDENTITY_BANK",)
@@ -71,7 +95,11 @@ class LoadIdentityBank:
     @classmethod
     def INPUT_TYPES(cls):
         files = sorted(folder_paths.get_filename_list(FOLDER))
-        return {"required": {"bank_file": (files, {"tooltip": f"A bank file in output/{FOLDER} or models/{FOLDER}."})}}
+        return {
+            "required": {
+                "bank_file": (files, {"tooltip": f"A bank file in output/{FOLDER} or models/{FOLDER}."})
+            }
+        }
 
     @classmethod
     def IS_CHANGED(cls, bank_file):
@@ -81,7 +109,9 @@ class LoadIdentityBank:
     def load(self, bank_file):
         path = folder_paths.get_full_path(FOLDER, bank_file)
         if path is None:
-            raise StoryError(f"Load Identity Bank: {bank_file!r} is not in output/{FOLDER} or models/{FOLDER}.")
+            raise StoryError(
+                f"Load Identity Bank: {bank_file!r} is not in output/{FOLDER} or models/{FOLDER}."
+            )
         try:
             return (IdentityBank.load(path),)
         except (ValueError, OSError) as e:

@@ -33,13 +33,17 @@ def write_labels(story, names: str, node: str) -> tuple:
     if story is not None:
         labels = tuple(p.characters[0] if len(p.characters) == 1 else None for p in story.panels)
         if not any(labels):
-            raise StoryError(f"{node}: no panel of the story shows exactly one character; identity images are solo "
-                             "panels, e.g. '[Bob] portrait, front view'.")
+            raise StoryError(
+                f"{node}: no panel of the story shows exactly one character; identity images are solo "
+                "panels, e.g. '[Bob] portrait, front view'."
+            )
         return labels
     entries = [e for e in _split_entries(names)]
     if not any(entries):
-        raise StoryError(f"{node}: connect a Story Prompt's story or type the character name(s) in 'names' "
-                         "(one name for the whole batch, or one per image separated by commas).")
+        raise StoryError(
+            f"{node}: connect a Story Prompt's story or type the character name(s) in 'names' "
+            "(one name for the whole batch, or one per image separated by commas)."
+        )
     return tuple(e or None for e in entries)
 
 
@@ -49,9 +53,13 @@ def read_labels(story, names: str, node: str) -> tuple:
         return tuple(tuple(p.characters) for p in story.panels)
     entries = _split_entries(names)
     if not any(entries):
-        raise StoryError(f"{node}: connect a Story Prompt's story or type the character name(s) in 'names' "
-                         "(one entry per frame, several characters joined with '+', e.g. 'Bob, Bob+Alice').")
-    return tuple(tuple(n.strip() for n in e.split("+") if n.strip() and n.strip().upper() != "NC") for e in entries)
+        raise StoryError(
+            f"{node}: connect a Story Prompt's story or type the character name(s) in 'names' "
+            "(one entry per frame, several characters joined with '+', e.g. 'Bob, Bob+Alice')."
+        )
+    return tuple(
+        tuple(n.strip() for n in e.split("+") if n.strip() and n.strip().upper() != "NC") for e in entries
+    )
 
 
 _STORY_TIP = "The Story Prompt's story: the character tags of each panel."
@@ -72,11 +80,27 @@ def _sampler_inputs() -> dict:
         "positive": ("CONDITIONING", {"tooltip": "The identity images' prompts (Story Prompt positive)."}),
         "negative": ("CONDITIONING", {"tooltip": "The negative conditioning."}),
         "latent_image": ("LATENT", {"tooltip": "One latent per identity image (batch = panel_count)."}),
-        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                         "tooltip": "Noise seed."}),
+        "seed": (
+            "INT",
+            {
+                "default": 0,
+                "min": 0,
+                "max": 0xFFFFFFFFFFFFFFFF,
+                "control_after_generate": True,
+                "tooltip": "Noise seed.",
+            },
+        ),
         "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "Denoising steps."}),
-        "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                          "tooltip": "Classifier-free guidance scale."}),
+        "cfg": (
+            "FLOAT",
+            {
+                "default": 7.0,
+                "min": 0.0,
+                "max": 100.0,
+                "step": 0.1,
+                "tooltip": "Classifier-free guidance scale.",
+            },
+        ),
         "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"tooltip": "Sampler."}),
         "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "Scheduler."}),
     }
@@ -84,37 +108,85 @@ def _sampler_inputs() -> dict:
 
 class IdentityBankWrite:
     DESCRIPTION = (
-        "Write run of the identity bank: samples the characters' identity images (solo panels, one batch) like a "
-        "KSampler and records their shared self-attention tokens per step and layer into the IDENTITY_BANK it "
-        "returns (CPU, fp16). Uses the settings of a Consistent Self-Attention node upstream (else its defaults); "
-        "images of the same character share tokens while they are drawn.")
+        "Write run of the identity bank: samples the characters' identity images (solo panels, one batch) "
+        "like a "
+        "KSampler and records their shared self-attention tokens per step and layer into the IDENTITY_BANK "
+        "it "
+        "returns (CPU, fp16). Uses the settings of a Consistent Self-Attention node upstream (else its "
+        "defaults); "
+        "images of the same character share tokens while they are drawn."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT", "IDENTITY_BANK")
     RETURN_NAMES = ("latent", "bank")
-    OUTPUT_TOOLTIPS = ("The identity images (decode them as usual).",
-                       "The recorded bank: connect it to Identity Bank Read or Save Identity Bank.")
+    OUTPUT_TOOLTIPS = (
+        "The identity images (decode them as usual).",
+        "The recorded bank: connect it to Identity Bank Read or Save Identity Bank.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL", {"tooltip": "The model (ideally after Consistent Self-Attention)."}),
-                             **_sampler_inputs()},
-                "optional": {
-                    "story": ("STORY", {"tooltip": _STORY_TIP + " Each solo panel is an identity image of its character."}),
-                    "names": ("STRING", {"default": "", "tooltip": "Without a story: the character name for the whole "
-                                         "batch, or one name per image separated by commas."}),
-                    "bank": ("IDENTITY_BANK", {"tooltip": "An existing bank to extend: its other characters are kept."}),
-                    "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                          "tooltip": "Denoise strength."}),
-                }}
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model (ideally after Consistent Self-Attention)."}),
+                **_sampler_inputs(),
+            },
+            "optional": {
+                "story": (
+                    "STORY",
+                    {"tooltip": _STORY_TIP + " Each solo panel is an identity image of its character."},
+                ),
+                "names": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "tooltip": "Without a story: the character name for the whole "
+                        "batch, or one name per image separated by commas.",
+                    },
+                ),
+                "bank": (
+                    "IDENTITY_BANK",
+                    {"tooltip": "An existing bank to extend: its other characters are kept."},
+                ),
+                "denoise": (
+                    "FLOAT",
+                    {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Denoise strength."},
+                ),
+            },
+        }
 
-    def sample(self, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, story=None,
-               names="", bank=None, denoise=1.0):
+    def sample(
+        self,
+        model,
+        positive,
+        negative,
+        latent_image,
+        seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        story=None,
+        names="",
+        bank=None,
+        denoise=1.0,
+    ):
         import nodes as comfy_nodes  # ComfyUI's nodes.py (common_ksampler), never our package
 
         patched, out_bank = write_model(model, story, names, bank, "Identity Bank Write")
-        (latent,) = comfy_nodes.common_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                                                latent_image, denoise=denoise)
+        (latent,) = comfy_nodes.common_ksampler(
+            patched,
+            seed,
+            steps,
+            cfg,
+            sampler_name,
+            scheduler,
+            positive,
+            negative,
+            latent_image,
+            denoise=denoise,
+        )
         return (latent, out_bank)
 
 
@@ -123,23 +195,34 @@ class IdentityBankWritePatch:
 
     DEPRECATED = True
     DESCRIPTION = (
-        "Deprecated (use Identity Bank Write, which samples and returns the bank). Patches the model for a write run; "
-        "the bank output is filled only when a KSampler has sampled with that model.")
+        "Deprecated (use Identity Bank Write, which samples and returns the bank). Patches the model for a "
+        "write run; "
+        "the bank output is filled only when a KSampler has sampled with that model."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL", "IDENTITY_BANK")
     RETURN_NAMES = ("model", "bank")
-    OUTPUT_TOOLTIPS = ("Sample the identity images with this model (KSampler).",
-                       "Filled when that KSampler has run.")
+    OUTPUT_TOOLTIPS = (
+        "Sample the identity images with this model (KSampler).",
+        "Filled when that KSampler has run.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL", {"tooltip": "The model (ideally after Consistent Self-Attention)."})},
-                "optional": {
-                    "story": ("STORY", {"tooltip": _STORY_TIP}),
-                    "names": ("STRING", {"default": "", "tooltip": "Without a story: one name, or one per image."}),
-                    "bank": ("IDENTITY_BANK", {"tooltip": "An existing bank to extend."}),
-                }}
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model (ideally after Consistent Self-Attention)."})
+            },
+            "optional": {
+                "story": ("STORY", {"tooltip": _STORY_TIP}),
+                "names": (
+                    "STRING",
+                    {"default": "", "tooltip": "Without a story: one name, or one per image."},
+                ),
+                "bank": ("IDENTITY_BANK", {"tooltip": "An existing bank to extend."}),
+            },
+        }
 
     def patch(self, model, story=None, names="", bank=None):
         return write_model(model, story, names, bank, "Identity Bank Write (deprecated)")
@@ -147,9 +230,13 @@ class IdentityBankWritePatch:
 
 class IdentityBankRead:
     DESCRIPTION = (
-        "Read run of the identity bank: every frame attends to its own tokens plus the recorded tokens of the "
-        "characters tagged in its panel, so any number of later frames keep the characters of the bank. Frames "
-        "tagged [NC] or with no character are unchanged. Uses the CSA settings upstream (steps, layers, seed).")
+        "Read run of the identity bank: every frame attends to its own tokens plus the recorded tokens of "
+        "the "
+        "characters tagged in its panel, so any number of later frames keep the characters of the bank. "
+        "Frames "
+        "tagged [NC] or with no character are unchanged. Uses the CSA settings upstream (steps, layers, "
+        "seed)."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL",)
@@ -157,15 +244,30 @@ class IdentityBankRead:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL", {"tooltip": "The model (ideally after Consistent Self-Attention)."}),
-                             "bank": ("IDENTITY_BANK", {"tooltip": "From Identity Bank Write or Load Identity Bank."})},
-                "optional": {
-                    "story": ("STORY", {"tooltip": _STORY_TIP}),
-                    "names": ("STRING", {"default": "", "tooltip": "Without a story: per frame the characters, comma "
-                                         "separated, several joined with '+' (e.g. 'Bob, Bob+Alice'); one entry = all frames."}),
-                    "after": ("LATENT", {"tooltip": "Only for workflows of the deprecated write node: its KSampler's "
-                                         "LATENT, so that run fills the bank first. Not needed with Identity Bank Write."}),
-                }}
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model (ideally after Consistent Self-Attention)."}),
+                "bank": ("IDENTITY_BANK", {"tooltip": "From Identity Bank Write or Load Identity Bank."}),
+            },
+            "optional": {
+                "story": ("STORY", {"tooltip": _STORY_TIP}),
+                "names": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "tooltip": "Without a story: per frame the characters, comma "
+                        "separated, several joined with '+' (e.g. 'Bob, Bob+Alice'); one entry = all frames.",
+                    },
+                ),
+                "after": (
+                    "LATENT",
+                    {
+                        "tooltip": "Only for workflows of the deprecated write node: its KSampler's "
+                        "LATENT, so that run fills the bank first. Not needed with Identity Bank Write."
+                    },
+                ),
+            },
+        }
 
     def patch(self, model, bank, story=None, names="", after=None):
         node = "Identity Bank Read"

@@ -13,7 +13,7 @@ import torch
 
 from ..attention.consistent_run import ConsistentConfig, ConsistentRun, Mode
 from .common import StoryError
-from .patch_core import FeaturePatch, Family, LayerHook, Replace, default_attention
+from .patch_core import Family, FeaturePatch, LayerHook, Replace, default_attention
 from .patch_unet import UNET, attention_layers
 
 FEATURE = "consistent"
@@ -44,12 +44,18 @@ class ConsistentPatch(FeaturePatch):
 
     def layer_hooks(self, model, family: Family) -> list[LayerHook]:
         blocks = ("input", "middle", "output") if self.config.blocks == "all" else ("output",)
-        return [LayerHook("attn1", layer.key, self._replace_around) for layer in attention_layers(model, blocks)]
+        return [
+            LayerHook("attn1", layer.key, self._replace_around) for layer in attention_layers(model, blocks)
+        ]
 
     def _replace_around(self, previous: Replace | None) -> Replace:
         def replace(q, k, v, extra):
             def kernel(q_, k_, v_, heads):
-                return previous(q_, k_, v_, extra) if previous is not None else default_attention(q_, k_, v_, extra)
+                return (
+                    previous(q_, k_, v_, extra)
+                    if previous is not None
+                    else default_attention(q_, k_, v_, extra)
+                )
 
             return self.state.attention(q, k, v, extra, kernel)
 
@@ -70,13 +76,18 @@ class ConsistentPatch(FeaturePatch):
             return
         if len(mode.labels) not in (1, batch):
             raise StoryError(
-                f"{mode.node}: {len(mode.labels)} panels/characters are given but the latent batch is {batch}; "
-                "connect the Story Prompt's panel_count to the latent's batch_size (or give one name per image).")
+                f"{mode.node}: {len(mode.labels)} panels/characters are given but the latent batch is "
+                f"{batch}; "
+                "connect the Story Prompt's panel_count to the latent's batch_size (or give one name per "
+                "image)."
+            )
         if mode.kind == "read":
             missing = sorted({c for names in mode.labels for c in names} - set(mode.bank.characters))
             if missing:
                 have = ", ".join(f"[{c}]" for c in mode.bank.characters) or "nothing yet"
+                lacking = ", ".join(f"[{c}]" for c in missing)
                 raise StoryError(
-                    f"{mode.node}: the identity bank has no tokens for {', '.join(f'[{c}]' for c in missing)} "
-                    f"(it holds {have}). Write them first (Identity Bank Write samples and returns the bank), "
-                    "load a bank that has them, or untag them.")
+                    f"{mode.node}: the identity bank has no tokens for {lacking} (it holds {have}). "
+                    "Write them first (Identity Bank Write samples and returns the bank), "
+                    "load a bank that has them, or untag them."
+                )

@@ -33,8 +33,9 @@ MODEL with `installed(model, feature)`. No global state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -69,11 +70,19 @@ class LayerHook:
     make: Callable[[Replace | None], Replace]  # previous replace (or None) -> this feature's replace
 
 
-def default_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict,
-                      mask: torch.Tensor | None = None) -> torch.Tensor:
+def default_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """ComfyUI's attention with the block's options (precision, a kernel override of another pack)."""
     return comfy_attention.optimized_attention(
-        q, k, v, extra["n_heads"], mask=mask, attn_precision=extra.get("attn_precision"), transformer_options=extra)
+        q,
+        k,
+        v,
+        extra["n_heads"],
+        mask=mask,
+        attn_precision=extra.get("attn_precision"),
+        transformer_options=extra,
+    )
 
 
 def model_family_name(model) -> str:
@@ -89,14 +98,18 @@ def model_family_name(model) -> str:
 def require_family(model, node: str, families: tuple[Family, ...]) -> Family:
     """The first supported family the MODEL belongs to, else a StoryError naming got and supported."""
     if not hasattr(model, "get_model_object"):
-        raise StoryError(f"{node}: the model input is not a MODEL; connect a checkpoint loader's MODEL output.")
+        raise StoryError(
+            f"{node}: the model input is not a MODEL; connect a checkpoint loader's MODEL output."
+        )
     dm = model.get_model_object("diffusion_model")
     for family in families:
         if family.matches(dm):
             return family
     supported = "; ".join(f.name for f in families)
-    raise StoryError(f"{node}: this MODEL is a {model_family_name(model)} model, which {node} does not support "
-                     f"(supported: {supported}). Connect the MODEL of a supported checkpoint.")
+    raise StoryError(
+        f"{node}: this MODEL is a {model_family_name(model)} model, which {node} does not support "
+        f"(supported: {supported}). Connect the MODEL of a supported checkpoint."
+    )
 
 
 class FeaturePatch:
@@ -179,8 +192,10 @@ def install(model, patch: FeaturePatch):
     ours[patch.feature] = patch
     topts[PATCHES_KEY] = ours
     key = f"storydiff_{patch.feature}"
-    for kind, fn in ((comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, patch.outer_sample),
-                     (comfy.patcher_extension.WrappersMP.APPLY_MODEL, patch.apply_model)):
+    for kind, fn in (
+        (comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, patch.outer_sample),
+        (comfy.patcher_extension.WrappersMP.APPLY_MODEL, patch.apply_model),
+    ):
         m.remove_wrappers_with_key(kind, key)
         m.add_wrapper_with_key(kind, key, fn)
     return m

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..attention.isolated_branch import IsolatedBranch, IsolationInputError, wants_attn1, wants_attn2
 from .common import StoryError
-from .patch_core import FeaturePatch, Family, LayerHook, Replace, default_attention, installed
+from .patch_core import Family, FeaturePatch, LayerHook, Replace, default_attention, installed
 from .patch_unet import UNET, attention_layers
 
 FEATURE = "isolated"
@@ -44,10 +44,24 @@ class IsolatedPatch(FeaturePatch):
         def make(previous: Replace | None) -> Replace:
             def replace(q, k, v, extra):
                 def original(q_, k_, v_):
-                    return previous(q_, k_, v_, extra) if previous is not None else default_attention(q_, k_, v_, extra)
+                    return (
+                        previous(q_, k_, v_, extra)
+                        if previous is not None
+                        else default_attention(q_, k_, v_, extra)
+                    )
 
-                return _user_errors(self.branch.attn2, key, module, q, k, v, extra, original, _kernel(extra),
-                                    previous is not None)
+                return _user_errors(
+                    self.branch.attn2,
+                    key,
+                    module,
+                    q,
+                    k,
+                    v,
+                    extra,
+                    original,
+                    _kernel(extra),
+                    previous is not None,
+                )
 
             return replace
 

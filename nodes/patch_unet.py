@@ -9,8 +9,8 @@ their temporal twins receive the same key and are told apart by shape at call ti
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -46,8 +46,11 @@ def attention_layers(model, blocks: tuple[str, ...] = BLOCKS) -> list[UNetLayer]
 
 
 def _layers(dm, blocks) -> Iterator[UNetLayer]:
-    groups = {"input": list(dm.input_blocks), "middle": [dm.middle_block] if dm.middle_block is not None else [],
-              "output": list(dm.output_blocks)}
+    groups = {
+        "input": list(dm.input_blocks),
+        "middle": [dm.middle_block] if dm.middle_block is not None else [],
+        "output": list(dm.output_blocks),
+    }
     for name in BLOCKS:
         if name not in blocks:
             continue

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import comfy.ldm.modules.attention as comfy_attention
+
 from isolated_helpers import encode_story, isolated, sample, with_attention_override
 from pack_loader import submodule
 from tiny_models import factory
@@ -16,9 +17,20 @@ ca = submodule("nodes.consistent_attention")
 bank_nodes = submodule("nodes.identity_bank_nodes")
 StoryError = submodule("nodes.common").StoryError
 
-CSA_ALWAYS = dict(keep_rate_1_8=0.5, keep_rate_1_16=0.5, keep_rate_1_32=0.5, keep_rate_1_64=0.5, blocks="all",
-                  warmup_steps=0, start_percent=0.0, end_percent=1.0, apply_probability="1", window=0, seed=0,
-                  strength=1.0)
+CSA_ALWAYS = dict(
+    keep_rate_1_8=0.5,
+    keep_rate_1_16=0.5,
+    keep_rate_1_32=0.5,
+    keep_rate_1_64=0.5,
+    blocks="all",
+    warmup_steps=0,
+    start_percent=0.0,
+    end_percent=1.0,
+    apply_probability="1",
+    window=0,
+    seed=0,
+    strength=1.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +50,12 @@ def transformer_blocks(model) -> set:
     """(block_name, block_id) of every UNet block holding a transformer (the 2-part replace keys)."""
     dm = model.get_model_object("diffusion_model")
     groups = (("input", dm.input_blocks), ("middle", [dm.middle_block]), ("output", dm.output_blocks))
-    return {(name, i) for name, blocks in groups for i, block in enumerate(blocks)
-            if any(getattr(m, "transformer_blocks", None) for m in block)}
+    return {
+        (name, i)
+        for name, blocks in groups
+        for i, block in enumerate(blocks)
+        if any(getattr(m, "transformer_blocks", None) for m in block)
+    }
 
 
 class Foreign:
@@ -92,17 +108,22 @@ def test_foreign_two_part_replaces_run_on_every_block_in_any_order(sd15, feature
     out = sample(m, pos, neg, P, steps=3, size=(16, 16))
     blocks = transformer_blocks(model)
     for which in ("attn1", "attn2"):
-        assert set(foreign.calls[which]) == blocks, f"{which} foreign replace missed {blocks - set(foreign.calls[which])}"
+        assert set(foreign.calls[which]) == blocks, (
+            f"{which} foreign replace missed {blocks - set(foreign.calls[which])}"
+        )
     only_foreign = foreign.apply(foreign.apply(model, "attn1"), "attn2")
-    assert not torch.allclose(out, sample(only_foreign, pos, neg, P, steps=3, size=(16, 16)), atol=1e-4), \
+    assert not torch.allclose(out, sample(only_foreign, pos, neg, P, steps=3, size=(16, 16)), atol=1e-4), (
         "the pack's patch must still act"
+    )
 
 
 def test_isolated_attention_twice_equals_once(sd15):
     model, clip, pos, neg, story, P = sd15
     once = isolated_patch(model, clip, story)
     twice = isolated_patch(isolated_patch(model, clip, story), clip, story)
-    assert torch.equal(sample(twice, pos, neg, P, steps=3, size=(16, 16)), sample(once, pos, neg, P, steps=3, size=(16, 16)))
+    assert torch.equal(
+        sample(twice, pos, neg, P, steps=3, size=(16, 16)), sample(once, pos, neg, P, steps=3, size=(16, 16))
+    )
 
 
 def test_kernel_override_reaches_the_isolated_branch(sd15):
@@ -110,8 +131,11 @@ def test_kernel_override_reaches_the_isolated_branch(sd15):
     branch's masked self-attention calls: the branch passes transformer_options to the kernel."""
     model, clip, pos, neg, story, P = sd15
     masked = []
-    m = isolated_patch(with_attention_override(model, lambda q, k, v, heads, mask: masked.append(mask is not None)),
-                       clip, story)
+    m = isolated_patch(
+        with_attention_override(model, lambda q, k, v, heads, mask: masked.append(mask is not None)),
+        clip,
+        story,
+    )
     sample(m, pos, neg, P, steps=3, size=(16, 16))
     assert sum(masked) > 0
 
@@ -120,7 +144,9 @@ def test_old_csa_percent_window_runs_as_the_fraction_window(sd15):
     model, clip, pos, neg, story, P = sd15
     assert ca.ConsistentSelfAttention.VALIDATE_INPUTS("1", 0.0, 100.0) is True  # saved before fractions
     assert "end_percent" in ca.ConsistentSelfAttention.VALIDATE_INPUTS("1", 0.0, 150.0)
-    old = ca.ConsistentSelfAttention().patch(model, **dict(CSA_ALWAYS, start_percent=50.0, end_percent=100.0))[0]
+    old = ca.ConsistentSelfAttention().patch(
+        model, **dict(CSA_ALWAYS, start_percent=50.0, end_percent=100.0)
+    )[0]
     new = ca.ConsistentSelfAttention().patch(model, **dict(CSA_ALWAYS, start_percent=0.5, end_percent=1.0))[0]
     plain = sample(model, pos, neg, P, steps=4)
     assert torch.equal(sample(old, pos, neg, P, steps=4), sample(new, pos, neg, P, steps=4))
@@ -146,10 +172,14 @@ def test_unsupported_family_is_a_clear_error(flux, sd15):
     calls = {
         "Consistent Self-Attention": lambda: ca.ConsistentSelfAttention().patch(flux, **CSA_ALWAYS),
         "Identity Bank Write": lambda: bank_nodes.IdentityBankWrite().sample(
-            flux, [], [], {"samples": torch.zeros(1, 16, 8, 8)}, 0, 1, 1.0, "euler", "normal", names="Bob"),
-        "Identity Bank Write (deprecated)": lambda: bank_nodes.IdentityBankWritePatch().patch(flux, names="Bob"),
-        "Identity Bank Read": lambda: bank_nodes.IdentityBankRead().patch(flux, bank_nodes.IdentityBank(),
-                                                                          names="Bob"),
+            flux, [], [], {"samples": torch.zeros(1, 16, 8, 8)}, 0, 1, 1.0, "euler", "normal", names="Bob"
+        ),
+        "Identity Bank Write (deprecated)": lambda: bank_nodes.IdentityBankWritePatch().patch(
+            flux, names="Bob"
+        ),
+        "Identity Bank Read": lambda: bank_nodes.IdentityBankRead().patch(
+            flux, bank_nodes.IdentityBank(), names="Bob"
+        ),
         "Isolated Attention": lambda: isolated(flux, clip, story),
     }
     for node, call in calls.items():
