@@ -150,7 +150,7 @@ class ConsistentRun:
         return plan
 
     # ---- attn1 patch: record (write) or append bank tokens (read) ---------------------
-    def attn1_patch(self, n, context, value, extra):
+    def attn1_patch(self, n, context, value, extra) -> tuple:
         plan = self.plan(n.shape[0], n.shape[1], extra)
         if plan is None:
             return n, context, value
@@ -184,7 +184,7 @@ class ConsistentRun:
             pos += toks.shape[0]
         return torch.cat(parts, 0) if parts else None
 
-    def _append_bank(self, n, context, value, plan: Plan):
+    def _append_bank(self, n, context, value, plan: Plan) -> tuple:
         if context is not value and not torch.equal(context, value):
             return n, context, value  # another patch set distinct values: leave the bank out
         names = sorted({c for row in self.labels(plan.images) for c in row})
@@ -250,7 +250,7 @@ class ConsistentRun:
         return self.repeated[key]
 
 
-def _row_bank(bank_k, bank_v, plan: Plan, names, chunk: int):
+def _row_bank(bank_k, bank_v, plan: Plan, names, chunk: int) -> tuple | None:
     spans = [plan.segments[n] for n in names if n in plan.segments]
     if not spans:
         return None

@@ -108,7 +108,7 @@ class IsolatedBranch:
         self._clear()
 
     # ---- per-run caches ----------------------------------------------------------------
-    def project(self, key, which, module, ctx, P, device, dtype):
+    def project(self, key, which, module, ctx, P, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """to_k/to_v of a constant context (scene or character), cached per layer for the run."""
         ck = (key, which, device, dtype)
         if ck not in self._proj:
@@ -125,10 +125,8 @@ class IsolatedBranch:
             except ValueError:
                 raise IsolationInputError(
                     f"{self.config.node}: the positive conditioning does not come from the story's prompts "
-                    f"(context "
-                    f"length {T} does not fit their token counts); connect the Story Prompt's positive "
-                    f"output to the "
-                    "sampler."
+                    f"(context length {T} does not fit their token counts); connect the Story Prompt's "
+                    "positive output to the sampler."
                 ) from None
         return self._sel[key]
 
@@ -172,8 +170,7 @@ class IsolatedBranch:
         if per != P:
             raise IsolationInputError(
                 f"{self.config.node}: the latent batch has {per} images but the story has {P} panels; "
-                f"connect the "
-                "Story Prompt's panel_count to the latent's batch_size."
+                "connect the Story Prompt's panel_count to the latent's batch_size."
             )
         return [i for i, c in enumerate(cou) if c == 0], P
 
@@ -202,7 +199,9 @@ class IsolatedBranch:
                 at += len(panels)
         return out
 
-    def attn2(self, key, module, q, k, v, extra: dict, original: Original, attn: Kernel, wraps: bool):
+    def attn2(
+        self, key, module, q, k, v, extra: dict, original: Original, attn: Kernel, wraps: bool
+    ) -> torch.Tensor:
         hw = tuple(extra["activations_shape"][-2:])
         if q.shape[1] != hw[0] * hw[1]:
             return original(q, k, v)
@@ -260,7 +259,7 @@ class IsolatedBranch:
         return out
 
     # ---- attn1: isolated self-attention -------------------------------------------------
-    def _references(self, key, module, k, v, tok, c, P, p, step, sigma, hw):
+    def _references(self, key, module, k, v, tok, c, P, p, step, sigma, hw) -> tuple | None:
         """Reference keys/values of the characters present in panel p (bank first, else earlier panel)."""
         plan, bank = self.run.plan, self.config.identity_bank
         n = hw[0] * hw[1]
@@ -276,10 +275,8 @@ class IsolatedBranch:
                 if toks.ndim != 2 or toks.shape[-1] != width:
                     raise IsolationInputError(
                         f"{self.config.node}: identity_bank gives [{name}] tokens of shape "
-                        f"{tuple(toks.shape)} for "
-                        f"layer {key}, but this model's layer takes [N, {width}]; build the identity bank "
-                        f"with the "
-                        "same model."
+                        f"{tuple(toks.shape)} for layer {key}, but this model's layer takes [N, {width}]; "
+                        "build the identity bank with the same model."
                     )
                 x = toks.to(device=k.device, dtype=k.dtype)
                 ks.append(module.to_k(x))

@@ -134,7 +134,7 @@ class IsolationRun:
             self.acc = MapAccumulator(grid)
         self.acc.add(step, maps)
 
-    def _grid(self):
+    def _grid(self) -> tuple | None:
         return self.acc.grid if self.acc is not None else None
 
     def masks_from(self, maps: torch.Tensor | None, grid=None, device=None) -> torch.Tensor | None:

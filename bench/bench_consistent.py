@@ -42,6 +42,7 @@ def pure(name):
 
 cs = pure("attention.consistent")
 ts = pure("attention.token_sampling")
+reference = pure("tests.reference_attention")  # the naive dense-masked formulation
 
 
 def sync(device):
@@ -114,7 +115,7 @@ def attention_case(tokens, channels, heads, images, keep, device, dtype, repeats
         return cs.consistent_attention(q, k, v, heads, idx, refs)
 
     def dense():  # the mask is part of that formulation: built per call, as a step would
-        return cs.dense_masked_attention(q, k, v, heads, idx, refs)
+        return reference.dense_masked_attention(q, k, v, heads, idx, refs)
 
     return {"q": q, "vanilla": vanilla, "ours": ours, "dense": dense}
 

@@ -6,13 +6,19 @@ import logging
 
 import torch
 
-import comfy.samplers
-
 from ..attention.isolated_branch import CAPTURE_LAYERS, IsolatedBranch, IsolationConfig
 from ..attention.isolated_run import IsolationRun, mask_iou, masks_from_maps
 from ..attention.steps import StepWindow
 from .character_plan import build_plan
-from .common import CATEGORY_ROOT, StoryError, check_step_window
+from .common import (
+    CATEGORY_ROOT,
+    DENOISE_INPUT,
+    StoryError,
+    check_step_window,
+    ksample,
+    sampler_inputs,
+    step_window_inputs,
+)
 from .patch_core import install, require_family
 from .patch_isolated import IsolatedPatch, installed_branch
 
@@ -48,11 +54,10 @@ def upscale(masks: torch.Tensor, factor: int) -> torch.Tensor:
 class StoryAttentionMasks:
     DESCRIPTION = (
         "Samples like a KSampler and returns, for every panel and character of the story, a mask of where "
-        "the "
-        "character is: the model's own cross-attention on the character's tokens, averaged over heads, "
-        "layers "
-        "and steps, Otsu-thresholded, overlaps given to the map with the lower coefficient of variation. "
-        "On a model patched by Isolated Attention it shows the masks that node computed in the same run."
+        "the character is: the model's own cross-attention on the character's tokens, averaged over heads, "
+        "layers and steps, Otsu-thresholded, overlaps given to the map with the lower coefficient of "
+        "variation. On a model patched by Isolated Attention it shows the masks that node computed in the "
+        "same run."
     )
     CATEGORY = f"{CATEGORY_ROOT}/attention"
     FUNCTION = "sample"
@@ -61,13 +66,12 @@ class StoryAttentionMasks:
     OUTPUT_TOOLTIPS = (
         "The sampled latent (decode it as usual).",
         "One mask per panel and character, panel-major: index = panel × characters + character (story "
-        "declaration "
-        "order); a character absent from a panel has an empty mask.",
+        "declaration order); a character absent from a panel has an empty mask.",
         "One image per panel, each character in its own colour.",
     )
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model (plain, or patched by Isolated Attention)."}),
@@ -79,63 +83,18 @@ class StoryAttentionMasks:
                     },
                 ),
                 "story": ("STORY", {"tooltip": "The Story Prompt's story output."}),
-                "positive": ("CONDITIONING", {"tooltip": "The Story Prompt's positive output."}),
-                "negative": ("CONDITIONING", {"tooltip": "The negative conditioning."}),
-                "latent_image": (
-                    "LATENT",
-                    {"tooltip": "Latent with one image per panel (batch = panel_count)."},
-                ),
-                "seed": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 0xFFFFFFFFFFFFFFFF,
-                        "control_after_generate": True,
-                        "tooltip": "Noise seed.",
-                    },
-                ),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "Denoising steps."}),
-                "cfg": (
-                    "FLOAT",
-                    {
-                        "default": 7.0,
-                        "min": 0.0,
-                        "max": 100.0,
-                        "step": 0.1,
-                        "tooltip": "Classifier-free guidance scale.",
-                    },
-                ),
-                "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"tooltip": "Sampler."}),
-                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "Scheduler."}),
+                **sampler_inputs("Latent with one image per panel (batch = panel_count)."),
                 "layers": (
                     list(CAPTURE_LAYERS),
                     {
                         "default": CAPTURE_LAYERS[0],
                         "tooltip": "Cross-attention layers averaged: the lowest-resolution up blocks (SDXL "
-                        "output 0-2, SD1.5 output "
-                        "3-5), all up blocks, or every block.",
+                        "output 0-2, SD1.5 output 3-5), all up blocks, or every block.",
                     },
                 ),
-                "start_percent": (
-                    "FLOAT",
-                    {
-                        "default": 0.0,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.01,
-                        "tooltip": "Average the maps from this fraction of the steps.",
-                    },
-                ),
-                "end_percent": (
-                    "FLOAT",
-                    {
-                        "default": 1.0,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.01,
-                        "tooltip": "Average the maps until this fraction of the steps.",
-                    },
+                **step_window_inputs(
+                    "Average the maps from this fraction of the steps.",
+                    "Average the maps until this fraction of the steps.",
                 ),
                 "blur": (
                     "FLOAT",
@@ -168,15 +127,12 @@ class StoryAttentionMasks:
                 ),
             },
             "optional": {
-                "denoise": (
-                    "FLOAT",
-                    {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Denoise strength."},
-                ),
+                "denoise": DENOISE_INPUT,
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, start_percent=0.0, end_percent=1.0):
+    def VALIDATE_INPUTS(cls, start_percent=0.0, end_percent=1.0) -> bool | str:
         return check_step_window(NODE, start_percent, end_percent)
 
     def sample(
@@ -199,15 +155,13 @@ class StoryAttentionMasks:
         dilate,
         min_area,
         denoise=1.0,
-    ):
-        import nodes as comfy_nodes  # ComfyUI's nodes.py (common_ksampler), never our package
-
+    ) -> tuple:
         plan = build_plan(NODE, clip, story)
         samples = latent_image["samples"]
         if samples.shape[0] != plan.panels:
             raise StoryError(
                 f"{NODE}: latent_image has {samples.shape[0]} images but the story has {plan.panels} panels; "
-                f"connect the Story Prompt's panel_count to the latent's batch_size."
+                "connect the Story Prompt's panel_count to the latent's batch_size."
             )
         require_family(model, NODE, IsolatedPatch.families)
         branch = installed_branch(model)
@@ -220,19 +174,10 @@ class StoryAttentionMasks:
         elif branch.run.plan.names != plan.names or branch.run.plan.panels != plan.panels:
             raise StoryError(
                 f"{NODE}: the model was patched by Isolated Attention for another story; connect the same "
-                f"story to both nodes."
+                "story to both nodes."
             )
-        (latent,) = comfy_nodes.common_ksampler(
-            model,
-            seed,
-            steps,
-            cfg,
-            sampler_name,
-            scheduler,
-            positive,
-            negative,
-            latent_image,
-            denoise=denoise,
+        latent = ksample(
+            model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise
         )
         summary = branch.run.result
         masks = masks_from_maps(

@@ -7,7 +7,7 @@ import logging
 from ..attention.consistent_run import ConsistentConfig
 from ..attention.steps import is_legacy_percent, window_error, window_from_inputs
 from ..attention.token_sampling import parse_probability_schedule
-from .common import CATEGORY_ROOT, StoryError
+from .common import CATEGORY_ROOT, StoryError, step_window_inputs
 from .patch_consistent import ConsistentPatch
 from .patch_core import install
 
@@ -21,7 +21,7 @@ LEVELS = (
 )
 
 
-def _rate_input(label: str):
+def _rate_input(label: str) -> tuple:
     return (
         "FLOAT",
         {
@@ -30,9 +30,8 @@ def _rate_input(label: str):
             "max": 1.0,
             "step": 0.05,
             "tooltip": "Share of each image's tokens the other story images see at attention layers of "
-            f"{label} of "
-            "the image size (official: 0.5 at 1/16 and 1/32). 0 = no sharing at that resolution; 1 = all "
-            "tokens.",
+            f"{label} of the image size (official: 0.5 at 1/16 and 1/32). 0 = no sharing at that "
+            "resolution; 1 = all tokens.",
         },
     )
 
@@ -46,8 +45,8 @@ def csa_inputs() -> dict:
                 BLOCKS,
                 {
                     "default": "up",
-                    "tooltip": "Which self-attention layers are shared: 'up' = the decoder "
-                    "(output) blocks, as the official StoryDiffusion; 'all' = down, middle and up blocks.",
+                    "tooltip": "Which self-attention layers are shared: 'up' = the decoder (output) "
+                    "blocks, as the official StoryDiffusion; 'all' = down, middle and up blocks.",
                 },
             ),
             "warmup_steps": (
@@ -56,38 +55,22 @@ def csa_inputs() -> dict:
                     "default": 1,
                     "min": 0,
                     "max": 1000,
-                    "tooltip": "Plain steps at the start before "
-                    "sharing begins (official: 1, the layout forms first).",
+                    "tooltip": "Plain steps at the start before sharing begins (official: 1, the layout "
+                    "forms first).",
                 },
             ),
-            "start_percent": (
-                "FLOAT",
-                {
-                    "default": 0.0,
-                    "min": 0.0,
-                    "max": 1.0,
-                    "step": 0.01,
-                    "tooltip": "Sharing starts at this fraction of the steps (after the warm-up steps), as "
-                    "core's start_percent.",
-                },
-            ),
-            "end_percent": (
-                "FLOAT",
-                {
-                    "default": 1.0,
-                    "min": 0.0,
-                    "max": 1.0,
-                    "step": 0.01,
-                    "tooltip": "Sharing stops after this fraction of the steps (1 = until the end).",
-                },
+            **step_window_inputs(
+                "Sharing starts at this fraction of the steps (after the warm-up steps), as core's "
+                "start_percent.",
+                "Sharing stops after this fraction of the steps (1 = until the end).",
             ),
             "apply_probability": (
                 "STRING",
                 {
                     "default": "0.7, 0.9@40",
-                    "tooltip": "Chance that a layer shares at a "
-                    "step, drawn per layer and step from the seed: 'p' or 'p@percent' entries, e.g. "
-                    "'0.7, 0.9@40' = 0.7, then 0.9 from 40 % of the steps (official); '1' = always.",
+                    "tooltip": "Chance that a layer shares at a step, drawn per layer and step from the "
+                    "seed: 'p' or 'p@percent' entries, e.g. '0.7, 0.9@40' = 0.7, then 0.9 from 40 % of the "
+                    "steps (official); '1' = always.",
                 },
             ),
             "window": (
@@ -96,9 +79,9 @@ def csa_inputs() -> dict:
                     "default": 0,
                     "min": 0,
                     "max": 1024,
-                    "tooltip": "Sliding window for long stories: each "
-                    "image shares tokens only within a run of this many consecutive story images (itself "
-                    "included), so the cost per image stays flat. 0 = all images of the batch.",
+                    "tooltip": "Sliding window for long stories: each image shares tokens only within a "
+                    "run of this many consecutive story images (itself included), so the cost per image "
+                    "stays flat. 0 = all images of the batch.",
                 },
             ),
             "seed": (
@@ -118,8 +101,7 @@ def csa_inputs() -> dict:
                     "max": 1.0,
                     "step": 0.05,
                     "tooltip": "Blend of consistent attention into plain self-attention: 1 = full, 0 = off "
-                    "(identical to "
-                    "the unpatched model).",
+                    "(identical to the unpatched model).",
                 },
             ),
         }
@@ -127,7 +109,7 @@ def csa_inputs() -> dict:
     return req
 
 
-def validate_settings(node: str, apply_probability, start_percent=None, end_percent=None):
+def validate_settings(node: str, apply_probability, start_percent=None, end_percent=None) -> bool | str:
     try:
         parse_probability_schedule(apply_probability)
     except ValueError as e:
@@ -147,9 +129,9 @@ def config_from(settings: dict, node: str = NODE) -> ConsistentConfig:
     start, end = settings["start_percent"], settings["end_percent"]
     if is_legacy_percent(start, end):
         logging.warning(
-            "%s: start_percent %s / end_percent %s read as percents of the old 0-100 scale (%g..%g "
-            "of the steps); step windows are fractions 0-1 now, as in core nodes: re-save the workflow "
-            "with the fractions.",
+            "%s: start_percent %s / end_percent %s read as percents of the old 0-100 scale (%g..%g of the "
+            "steps); step windows are fractions 0-1 now, as in core nodes: re-save the workflow with the "
+            "fractions.",
             node,
             start,
             end,
@@ -171,12 +153,9 @@ def config_from(settings: dict, node: str = NODE) -> ConsistentConfig:
 class ConsistentSelfAttention:
     DESCRIPTION = (
         "StoryDiffusion's Consistent Self-Attention on your MODEL: every image of the batch (one per story "
-        "panel) "
-        "also attends to a seeded random share of the other images' self-attention tokens, so characters "
-        "keep "
-        "their face and clothes across panels. Works on SD1.5 and SDXL UNets at any size and with LoRA, "
-        "ControlNet "
-        "and other attention patches. Batch of one = unchanged model."
+        "panel) also attends to a seeded random share of the other images' self-attention tokens, so "
+        "characters keep their face and clothes across panels. Works on SD1.5 and SDXL UNets at any size "
+        "and with LoRA, ControlNet and other attention patches. Batch of one = unchanged model."
     )
     CATEGORY = f"{CATEGORY_ROOT}/attention"
     FUNCTION = "patch"
@@ -184,7 +163,7 @@ class ConsistentSelfAttention:
     OUTPUT_TOOLTIPS = ("The model with consistent self-attention; sample the whole story as one batch.",)
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model to patch (it is cloned, never changed)."}),
@@ -193,10 +172,10 @@ class ConsistentSelfAttention:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, apply_probability, start_percent, end_percent):
+    def VALIDATE_INPUTS(cls, apply_probability, start_percent, end_percent) -> bool | str:
         return validate_settings(NODE, apply_probability, start_percent, end_percent)
 
-    def patch(self, model, **settings):
+    def patch(self, model, **settings) -> tuple:
         return (install(model, ConsistentPatch(config_from(settings))),)
 
 

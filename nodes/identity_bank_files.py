@@ -33,9 +33,9 @@ _register_folder()
 
 class SaveIdentityBank:
     DESCRIPTION = (
-        "Saves an identity bank as a .safetensors file in ComfyUI's output folder "
-        f"(output/{FOLDER}/), so a story can continue later or on another ComfyUI server "
-        f"(copy it into output/{FOLDER} or models/{FOLDER} there)."
+        f"Saves an identity bank as a .safetensors file in ComfyUI's output folder (output/{FOLDER}/), so a "
+        f"story can continue later or on another ComfyUI server (copy it into output/{FOLDER} or "
+        f"models/{FOLDER} there)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "save"
@@ -45,7 +45,7 @@ class SaveIdentityBank:
     OUTPUT_TOOLTIPS = ("Where the bank was written.",)
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
                 "bank": ("IDENTITY_BANK", {"tooltip": "The bank to save."}),
@@ -53,8 +53,8 @@ class SaveIdentityBank:
                     "STRING",
                     {
                         "default": "story_bank",
-                        "tooltip": "File name (letters, digits, - _ . kept; an existing "
-                        "file of that name is replaced).",
+                        "tooltip": "File name (letters, digits, - _ . kept; an existing file of that name "
+                        "is replaced).",
                     },
                 ),
             },
@@ -63,18 +63,18 @@ class SaveIdentityBank:
                     "LATENT",
                     {
                         "tooltip": "Only for workflows of the deprecated write node: the LATENT of its "
-                        "KSampler, "
-                        "so saving waits for that run. Identity Bank Write's bank output needs nothing."
+                        "KSampler, so saving waits for that run. Identity Bank Write's bank output needs "
+                        "nothing."
                     },
                 ),
             },
         }
 
-    def save(self, bank, name, latent=None):
+    def save(self, bank, name, latent=None) -> dict:
         if len(bank) == 0:
             raise StoryError(
-                "Save Identity Bank: the bank is empty; connect the bank output of Identity Bank Write "
-                "(it samples and fills the bank before this node runs)."
+                "Save Identity Bank: the bank is empty; connect the bank output of Identity Bank Write (it "
+                "samples and fills the bank before this node runs)."
             )
         path = Path(folder_paths.get_output_directory()) / FOLDER / (sanitize_name(name) + EXT)
         bank.save(path)
@@ -83,8 +83,8 @@ class SaveIdentityBank:
 
 class LoadIdentityBank:
     DESCRIPTION = (
-        f"Loads an identity bank saved by Save Identity Bank, from output/{FOLDER}/ or models/{FOLDER}/, "
-        "to continue a story with Identity Bank Read."
+        f"Loads an identity bank saved by Save Identity Bank, from output/{FOLDER}/ or models/{FOLDER}/, to "
+        "continue a story with Identity Bank Read."
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -93,7 +93,7 @@ class LoadIdentityBank:
     OUTPUT_TOOLTIPS = ("The loaded bank (characters, steps and layers as recorded).",)
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         files = sorted(folder_paths.get_filename_list(FOLDER))
         return {
             "required": {
@@ -102,11 +102,11 @@ class LoadIdentityBank:
         }
 
     @classmethod
-    def IS_CHANGED(cls, bank_file):
+    def IS_CHANGED(cls, bank_file) -> float | str:
         path = folder_paths.get_full_path(FOLDER, bank_file)
         return os.path.getmtime(path) if path else ""
 
-    def load(self, bank_file):
+    def load(self, bank_file) -> tuple:
         path = folder_paths.get_full_path(FOLDER, bank_file)
         if path is None:
             raise StoryError(

@@ -7,11 +7,9 @@ so saved workflows keep loading and running.
 
 from __future__ import annotations
 
-import comfy.samplers
-
 from ..attention.consistent_run import ConsistentConfig, Mode
 from ..attention.identity_bank import IdentityBank
-from .common import CATEGORY_ROOT, StoryError
+from .common import CATEGORY_ROOT, DENOISE_INPUT, StoryError, ksample, sampler_inputs
 from .patch_consistent import FEATURE, ConsistentPatch
 from .patch_core import install, installed
 
@@ -41,8 +39,8 @@ def write_labels(story, names: str, node: str) -> tuple:
     entries = [e for e in _split_entries(names)]
     if not any(entries):
         raise StoryError(
-            f"{node}: connect a Story Prompt's story or type the character name(s) in 'names' "
-            "(one name for the whole batch, or one per image separated by commas)."
+            f"{node}: connect a Story Prompt's story or type the character name(s) in 'names' (one name for "
+            "the whole batch, or one per image separated by commas)."
         )
     return tuple(e or None for e in entries)
 
@@ -54,8 +52,8 @@ def read_labels(story, names: str, node: str) -> tuple:
     entries = _split_entries(names)
     if not any(entries):
         raise StoryError(
-            f"{node}: connect a Story Prompt's story or type the character name(s) in 'names' "
-            "(one entry per frame, several characters joined with '+', e.g. 'Bob, Bob+Alice')."
+            f"{node}: connect a Story Prompt's story or type the character name(s) in 'names' (one entry per "
+            "frame, several characters joined with '+', e.g. 'Bob, Bob+Alice')."
         )
     return tuple(
         tuple(n.strip() for n in e.split("+") if n.strip() and n.strip().upper() != "NC") for e in entries
@@ -65,7 +63,7 @@ def read_labels(story, names: str, node: str) -> tuple:
 _STORY_TIP = "The Story Prompt's story: the character tags of each panel."
 
 
-def write_model(model, story, names: str, bank, node: str):
+def write_model(model, story, names: str, bank, node: str) -> tuple:
     """(the model patched for a write run, the bank it fills when that run completes)."""
     labels = write_labels(story, names, node)
     out_bank = IdentityBank()
@@ -75,46 +73,12 @@ def write_model(model, story, names: str, bank, node: str):
     return install(model, ConsistentPatch(_settings_of(model), mode)), out_bank
 
 
-def _sampler_inputs() -> dict:
-    return {
-        "positive": ("CONDITIONING", {"tooltip": "The identity images' prompts (Story Prompt positive)."}),
-        "negative": ("CONDITIONING", {"tooltip": "The negative conditioning."}),
-        "latent_image": ("LATENT", {"tooltip": "One latent per identity image (batch = panel_count)."}),
-        "seed": (
-            "INT",
-            {
-                "default": 0,
-                "min": 0,
-                "max": 0xFFFFFFFFFFFFFFFF,
-                "control_after_generate": True,
-                "tooltip": "Noise seed.",
-            },
-        ),
-        "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "Denoising steps."}),
-        "cfg": (
-            "FLOAT",
-            {
-                "default": 7.0,
-                "min": 0.0,
-                "max": 100.0,
-                "step": 0.1,
-                "tooltip": "Classifier-free guidance scale.",
-            },
-        ),
-        "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"tooltip": "Sampler."}),
-        "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "Scheduler."}),
-    }
-
-
 class IdentityBankWrite:
     DESCRIPTION = (
         "Write run of the identity bank: samples the characters' identity images (solo panels, one batch) "
-        "like a "
-        "KSampler and records their shared self-attention tokens per step and layer into the IDENTITY_BANK "
-        "it "
-        "returns (CPU, fp16). Uses the settings of a Consistent Self-Attention node upstream (else its "
-        "defaults); "
-        "images of the same character share tokens while they are drawn."
+        "like a KSampler and records their shared self-attention tokens per step and layer into the "
+        "IDENTITY_BANK it returns (CPU, fp16). Uses the settings of a Consistent Self-Attention node "
+        "upstream (else its defaults); images of the same character share tokens while they are drawn."
     )
     CATEGORY = CATEGORY
     FUNCTION = "sample"
@@ -126,11 +90,11 @@ class IdentityBankWrite:
     )
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model (ideally after Consistent Self-Attention)."}),
-                **_sampler_inputs(),
+                **sampler_inputs("One latent per identity image (batch = panel_count)."),
             },
             "optional": {
                 "story": (
@@ -141,52 +105,21 @@ class IdentityBankWrite:
                     "STRING",
                     {
                         "default": "",
-                        "tooltip": "Without a story: the character name for the whole "
-                        "batch, or one name per image separated by commas.",
+                        "tooltip": "Without a story: the character name for the whole batch, or one name "
+                        "per image separated by commas.",
                     },
                 ),
                 "bank": (
                     "IDENTITY_BANK",
                     {"tooltip": "An existing bank to extend: its other characters are kept."},
                 ),
-                "denoise": (
-                    "FLOAT",
-                    {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Denoise strength."},
-                ),
+                "denoise": DENOISE_INPUT,
             },
         }
 
-    def sample(
-        self,
-        model,
-        positive,
-        negative,
-        latent_image,
-        seed,
-        steps,
-        cfg,
-        sampler_name,
-        scheduler,
-        story=None,
-        names="",
-        bank=None,
-        denoise=1.0,
-    ):
-        import nodes as comfy_nodes  # ComfyUI's nodes.py (common_ksampler), never our package
-
+    def sample(self, model, story=None, names="", bank=None, **sampling) -> tuple:
         patched, out_bank = write_model(model, story, names, bank, "Identity Bank Write")
-        (latent,) = comfy_nodes.common_ksampler(
-            patched,
-            seed,
-            steps,
-            cfg,
-            sampler_name,
-            scheduler,
-            positive,
-            negative,
-            latent_image,
-            denoise=denoise,
-        )
+        latent = ksample(patched, **sampling)
         return (latent, out_bank)
 
 
@@ -196,8 +129,7 @@ class IdentityBankWritePatch:
     DEPRECATED = True
     DESCRIPTION = (
         "Deprecated (use Identity Bank Write, which samples and returns the bank). Patches the model for a "
-        "write run; "
-        "the bank output is filled only when a KSampler has sampled with that model."
+        "write run; the bank output is filled only when a KSampler has sampled with that model."
     )
     CATEGORY = CATEGORY
     FUNCTION = "patch"
@@ -209,7 +141,7 @@ class IdentityBankWritePatch:
     )
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model (ideally after Consistent Self-Attention)."})
@@ -224,18 +156,16 @@ class IdentityBankWritePatch:
             },
         }
 
-    def patch(self, model, story=None, names="", bank=None):
+    def patch(self, model, story=None, names="", bank=None) -> tuple:
         return write_model(model, story, names, bank, "Identity Bank Write (deprecated)")
 
 
 class IdentityBankRead:
     DESCRIPTION = (
         "Read run of the identity bank: every frame attends to its own tokens plus the recorded tokens of "
-        "the "
-        "characters tagged in its panel, so any number of later frames keep the characters of the bank. "
-        "Frames "
-        "tagged [NC] or with no character are unchanged. Uses the CSA settings upstream (steps, layers, "
-        "seed)."
+        "the characters tagged in its panel, so any number of later frames keep the characters of the bank. "
+        "Frames tagged [NC] or with no character are unchanged. Uses the CSA settings upstream (steps, "
+        "layers, seed)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "patch"
@@ -243,7 +173,7 @@ class IdentityBankRead:
     OUTPUT_TOOLTIPS = ("Sample the later frames with this model.",)
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model (ideally after Consistent Self-Attention)."}),
@@ -255,21 +185,21 @@ class IdentityBankRead:
                     "STRING",
                     {
                         "default": "",
-                        "tooltip": "Without a story: per frame the characters, comma "
-                        "separated, several joined with '+' (e.g. 'Bob, Bob+Alice'); one entry = all frames.",
+                        "tooltip": "Without a story: per frame the characters, comma separated, several "
+                        "joined with '+' (e.g. 'Bob, Bob+Alice'); one entry = all frames.",
                     },
                 ),
                 "after": (
                     "LATENT",
                     {
-                        "tooltip": "Only for workflows of the deprecated write node: its KSampler's "
-                        "LATENT, so that run fills the bank first. Not needed with Identity Bank Write."
+                        "tooltip": "Only for workflows of the deprecated write node: its KSampler's LATENT, "
+                        "so that run fills the bank first. Not needed with Identity Bank Write."
                     },
                 ),
             },
         }
 
-    def patch(self, model, bank, story=None, names="", after=None):
+    def patch(self, model, bank, story=None, names="", after=None) -> tuple:
         node = "Identity Bank Read"
         labels = read_labels(story, names, node)
         mode = Mode(kind="read", bank=bank, labels=labels, node=node)

@@ -7,7 +7,7 @@ from ..attention.isolated_merge import DEFAULT_LAMBDA
 from ..attention.isolated_run import IsolationRun
 from ..attention.steps import StepWindow
 from .character_plan import build_plan, character_contexts, conditioning_tensor, user_masks
-from .common import CATEGORY_ROOT, StoryError, check_step_window
+from .common import CATEGORY_ROOT, StoryError, check_step_window, step_window_inputs
 from .patch_core import install, require_family
 from .patch_isolated import IsolatedPatch
 from .patch_unet import UNET
@@ -16,13 +16,13 @@ NODE = "Isolated Attention"
 SLOTS = 4
 
 
-def check_identity_bank(bank):
+def check_identity_bank(bank) -> object:
     if bank is None:
         return None
     if not hasattr(bank, "characters") or not callable(getattr(bank, "tokens", None)):
         raise StoryError(
             f"{NODE}: identity_bank does not look like an IDENTITY_BANK (needs .characters and .tokens()); "
-            f"connect the identity bank output of the Consistent Self-Attention nodes."
+            "connect the identity bank output of the Consistent Self-Attention nodes."
         )
     return bank
 
@@ -30,13 +30,11 @@ def check_identity_bank(bank):
 class IsolatedAttention:
     DESCRIPTION = (
         "Object Isolated Attention for multi-character stories. In the up-sampling blocks an extra branch "
-        "runs: "
-        "each character's region (found online from the model's own cross-attention, Otsu-thresholded, or "
-        "from "
-        "your masks) attends only to that character's references (its first panel, or an identity bank) "
-        "and to "
-        "that character's own description; the background keeps the scene prompt. Merged with the original "
-        "branch as λ·isolated + (1-λ)·original. λ = 0 leaves the model untouched."
+        "runs: each character's region (found online from the model's own cross-attention, "
+        "Otsu-thresholded, or from your masks) attends only to that character's references (its first "
+        "panel, or an identity bank) and to that character's own description; the background keeps the "
+        "scene prompt. Merged with the original branch as λ·isolated + (1-λ)·original. λ = 0 leaves the "
+        "model untouched."
     )
     CATEGORY = f"{CATEGORY_ROOT}/attention"
     FUNCTION = "patch"
@@ -47,20 +45,20 @@ class IsolatedAttention:
     )
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         optional = {
             "scene": (
                 "CONDITIONING",
                 {
-                    "tooltip": "Scene prompt for the background of the isolated branch (batch 1 or one "
-                    "per panel). Empty: the sampler's positive."
+                    "tooltip": "Scene prompt for the background of the isolated branch (batch 1 or one per "
+                    "panel). Empty: the sampler's positive."
                 },
             ),
             "identity_bank": (
                 "IDENTITY_BANK",
                 {
-                    "tooltip": "Reference tokens per character from the Consistent Self-Attention "
-                    "identity bank; characters it lacks use their first panel instead."
+                    "tooltip": "Reference tokens per character from the Consistent Self-Attention identity "
+                    "bank; characters it lacks use their first panel instead."
                 },
             ),
         }
@@ -69,17 +67,15 @@ class IsolatedAttention:
                 "CONDITIONING",
                 {
                     "tooltip": f"Description prompt of the story's character #{i} (in declaration order). "
-                    "Empty: its story "
-                    f"description is encoded with the clip."
+                    "Empty: its story description is encoded with the clip."
                 },
             )
         for i in range(1, SLOTS + 1):
             optional[f"mask_{i}"] = (
                 "MASK",
                 {
-                    "tooltip": f"Region of character #{i} (1 mask for every panel or one per panel). "
-                    "Empty: computed online "
-                    f"from the model's cross-attention during sampling."
+                    "tooltip": f"Region of character #{i} (1 mask for every panel or one per panel). Empty: "
+                    "computed online from the model's cross-attention during sampling."
                 },
             )
         return {
@@ -111,36 +107,19 @@ class IsolatedAttention:
                         "max": 10.0,
                         "step": 0.1,
                         "tooltip": "γ: attention on a character's reference tokens is multiplied by 1 + "
-                        "γ·(its "
-                        "normalised cross-attention activation). 0 = no re-weighting.",
+                        "γ·(its normalised cross-attention activation). 0 = no re-weighting.",
                     },
                 ),
-                "start_percent": (
-                    "FLOAT",
-                    {
-                        "default": 0.0,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.01,
-                        "tooltip": "Isolate from this fraction of the steps (masks exist from the 2nd step).",
-                    },
-                ),
-                "end_percent": (
-                    "FLOAT",
-                    {
-                        "default": 1.0,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.01,
-                        "tooltip": "Isolate until this fraction of the steps.",
-                    },
+                **step_window_inputs(
+                    "Isolate from this fraction of the steps (masks exist from the 2nd step).",
+                    "Isolate until this fraction of the steps.",
                 ),
             },
             "optional": optional,
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, start_percent=0.0, end_percent=1.0):
+    def VALIDATE_INPUTS(cls, start_percent=0.0, end_percent=1.0) -> bool | str:
         return check_step_window(NODE, start_percent, end_percent)
 
     def patch(
@@ -155,7 +134,7 @@ class IsolatedAttention:
         scene=None,
         identity_bank=None,
         **slots,
-    ):
+    ) -> tuple:
         require_family(model, NODE, IsolatedPatch.families)
         if strength == 0:
             return (model,)

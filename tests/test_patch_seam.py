@@ -172,7 +172,16 @@ def test_unsupported_family_is_a_clear_error(flux, sd15):
     calls = {
         "Consistent Self-Attention": lambda: ca.ConsistentSelfAttention().patch(flux, **CSA_ALWAYS),
         "Identity Bank Write": lambda: bank_nodes.IdentityBankWrite().sample(
-            flux, [], [], {"samples": torch.zeros(1, 16, 8, 8)}, 0, 1, 1.0, "euler", "normal", names="Bob"
+            flux,
+            names="Bob",
+            positive=[],
+            negative=[],
+            latent_image={"samples": torch.zeros(1, 16, 8, 8)},
+            seed=0,
+            steps=1,
+            cfg=1.0,
+            sampler_name="euler",
+            scheduler="normal",
         ),
         "Identity Bank Write (deprecated)": lambda: bank_nodes.IdentityBankWritePatch().patch(
             flux, names="Bob"
