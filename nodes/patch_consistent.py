@@ -14,14 +14,14 @@ import torch
 from ..attention.consistent_run import ConsistentConfig, ConsistentRun, Mode
 from .common import StoryError
 from .patch_core import Family, FeaturePatch, LayerHook, Replace, default_attention
-from .patch_unet import UNET, attention_layers
+from .patch_unet import SVD_UNET, UNET, attention_layers
 
 FEATURE = "consistent"
 
 
 class ConsistentPatch(FeaturePatch):
     feature = FEATURE
-    families = (UNET,)
+    families = (UNET, SVD_UNET)  # SVD: the spatial layers share across frames; temporal calls are skipped
 
     def __init__(self, config: ConsistentConfig, mode: Mode | None = None):
         mode = mode or Mode()

@@ -1,4 +1,4 @@
-"""The UNet family (SD1.x, SD2.x, SDXL and its distillations, SVD): layers and replace keys.
+"""The UNet families (SD1.x, SD2.x, SDXL and its distillations; SVD): layers and replace keys.
 
 ComfyUI's UNet (`openaimodel.UNetModel`) calls `patches_replace["attn1"|"attn2"]` per transformer
 layer, looking up (block_name, block_id, depth) first and (block_name, block_id) second, so
@@ -28,8 +28,16 @@ class UNetLayer:
     attn2: torch.nn.Module | None
 
 
-def is_unet(diffusion_model) -> bool:
-    return isinstance(diffusion_model, UNetModel)
+def is_image_unet(diffusion_model) -> bool:
+    return isinstance(diffusion_model, UNetModel) and not getattr(
+        diffusion_model, "use_temporal_resblocks", False
+    )
+
+
+def is_video_unet(diffusion_model) -> bool:
+    return isinstance(diffusion_model, UNetModel) and bool(
+        getattr(diffusion_model, "use_temporal_resblocks", False)
+    )
 
 
 def lookup(slot: dict, key: tuple) -> Replace | None:
@@ -37,7 +45,8 @@ def lookup(slot: dict, key: tuple) -> Replace | None:
     return found if found is not None else slot.get(key[:2])
 
 
-UNET = Family(name="SD1.5/SD2/SDXL-family UNet (also SVD)", matches=is_unet, lookup=lookup)
+UNET = Family(name="SD1.5/SD2/SDXL-family UNet", matches=is_image_unet, lookup=lookup)
+SVD_UNET = Family(name="Stable Video Diffusion UNet (spatial layers)", matches=is_video_unet, lookup=lookup)
 
 
 def attention_layers(model, blocks: tuple[str, ...] = BLOCKS) -> list[UNetLayer]:

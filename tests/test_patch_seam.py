@@ -196,3 +196,14 @@ def test_unsupported_family_is_a_clear_error(flux, sd15):
             call()
         msg = str(e.value)
         assert msg.startswith(node) and "Flux" in msg and "SDXL" in msg and "supported" in msg, msg
+
+
+def test_isolated_attention_refuses_a_video_unet(tiny, sd15):
+    """SVD's context is an image embedding, not a story's text: no character tokens to isolate."""
+    svd, _, _ = tiny("svd")
+    _, clip, _, _, story, _ = sd15
+    with pytest.raises(StoryError, match="Isolated Attention: this MODEL is a SVD_img2vid model.*SDXL"):
+        isolated(svd, clip, story)
+    assert (
+        ca.ConsistentSelfAttention().patch(svd, **CSA_ALWAYS)[0] is not svd
+    )  # CSA applies to SVD's spatial layers
