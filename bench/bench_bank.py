@@ -99,7 +99,7 @@ class Tiny:
         self.steps, self.hw = steps, hw
         self.capture_block = 0 if family == "sdxl" else 3  # the first up block with a transformer
         self.csa = dict(keep_rate_1_8=RATE, keep_rate_1_16=RATE, keep_rate_1_32=RATE, keep_rate_1_64=RATE, blocks="up",
-                        warmup_steps=1, start_percent=0.0, end_percent=100.0, apply_probability=apply,
+                        warmup_steps=1, start_percent=0.0, end_percent=1.0, apply_probability=apply,
                         window=0, seed=0, strength=1.0)
 
     def run(self, model, text, seed, capture=None):
@@ -123,10 +123,8 @@ class Tiny:
                               disable_pbar=True)
 
     def write(self, settings, seed=0):
-        m, bank = self.nodes.IdentityBankWrite().patch(
-            self.ca.patch(self.model, **dict(self.csa, seed=seed))[0], names="Bob", bank_steps=settings.steps,
-            bank_keep_rate=settings.keep_rate, precision=settings.precision, guidance_halves=settings.halves,
-            between_steps=settings.between)
+        csa = self.ca.patch(self.model, **dict(self.csa, seed=seed))[0]
+        m, bank = self.nodes.write_model(csa, None, "Bob", None, "Identity Bank Write", settings)
         self.run(m, "Bob, a man with short black hair, red jacket, portrait", seed=1)
         return bank
 

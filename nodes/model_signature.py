@@ -3,38 +3,40 @@
 from __future__ import annotations
 
 from .common import StoryError
+from .patch_core import model_family_name
+from .patch_unet import UNET, attention_layers
 
 
 def model_family(model_patcher) -> str | None:
-    """ComfyUI's model config name (e.g. "SDXL", "SD15"), None when unknown."""
-    config = getattr(getattr(model_patcher, "model", None), "model_config", None)
-    return type(config).__name__ if config is not None else None
+    """ComfyUI's model config name (e.g. "SDXL", "SD15"), None when there is no MODEL."""
+    return model_family_name(model_patcher) if hasattr(model_patcher, "get_model_object") else None
 
 
 def self_attention_widths(model_patcher) -> dict[tuple, int]:
-    """(block_name, block_id, depth index) -> token width of every UNet self-attention layer."""
-    dm = model_patcher.get_model_object("diffusion_model")
-    groups = [("input", i, b) for i, b in enumerate(getattr(dm, "input_blocks", None) or [])]
-    if getattr(dm, "middle_block", None) is not None:
-        groups.append(("middle", 0, dm.middle_block))
-    groups += [("output", i, b) for i, b in enumerate(getattr(dm, "output_blocks", None) or [])]
+    """(block_name, block_id, depth index) -> token width of every UNet self-attention layer
+    (empty for a model that is not a UNet: the family name alone then decides)."""
+    if not hasattr(model_patcher, "get_model_object"):
+        return {}
+    if not UNET.matches(model_patcher.get_model_object("diffusion_model")):
+        return {}
     widths = {}
-    for name, block_id, block in groups:
-        for module in block:
-            for d, tb in enumerate(getattr(module, "transformer_blocks", None) or []):
-                to_k = getattr(getattr(tb, "attn1", None), "to_k", None)
-                if to_k is not None and hasattr(to_k, "in_features"):
-                    widths[(name, block_id, d)] = int(to_k.in_features)
+    for layer in attention_layers(model_patcher):
+        to_k = getattr(layer.attn1, "to_k", None)
+        if to_k is not None and hasattr(to_k, "in_features"):
+            widths[layer.key] = int(to_k.in_features)
     return widths
 
 
 def check_bank_fits(node: str, bank, model_patcher) -> None:
     """A clear StoryError when `bank` was written with another model family or widths."""
     check = getattr(bank, "check_model", None)
-    if check is None:
+    if check is None:  # a duck-typed bank (.characters / .tokens only) carries no model
         return
-    family = model_family(model_patcher)
     try:
-        check(family, self_attention_widths(model_patcher), model=f"the model connected to {node}")
+        check(
+            model_family(model_patcher),
+            self_attention_widths(model_patcher),
+            model=f"the model connected to {node}",
+        )
     except ValueError as e:
         raise StoryError(f"{node}: {e}") from None

@@ -5,13 +5,14 @@ against the full bank, banks from another model family, damaged bank files."""
 import pytest
 import torch
 
-from oia_helpers import encode_story, isolated
 import comfy.sample
+from isolated_helpers import encode_story, isolated
 from pack_loader import pure, submodule
-from test_csa_sampling import BASE, conds, csa
+from test_consistent_sampling import BASE, conds, csa
 
 
 bank_nodes = submodule("nodes.identity_bank_nodes")
+bank_files = submodule("nodes.identity_bank_files")
 common = submodule("nodes.common")
 IdentityBank = submodule("attention.identity_bank").IdentityBank
 bs = submodule("attention.bank_storage")
@@ -41,9 +42,12 @@ def sample(model, clip, n=2, steps=4, seed=0):
 
 
 def write(model, clip, n=2, steps=4, names="Bob", seed=0, **options):
-    m, bank = bank_nodes.IdentityBankWrite().patch(csa(model, **dict(SETTINGS, seed=seed)), names=names, **options)
-    sample(m, clip, n=n, steps=steps, seed=1)
-    return bank
+    """Identity Bank Write (samples the identity images); `seed` is CSA's (the token draw)."""
+    out = bank_nodes.IdentityBankWrite().sample(
+        csa(model, **dict(SETTINGS, seed=seed)), names=names, positive=conds(clip, n),
+        negative=conds(clip, n, "blurry, low quality"), latent_image={"samples": torch.zeros(n, 4, 8, 8)}, seed=1,
+        steps=steps, cfg=5.0, sampler_name="euler", scheduler="normal", **options)
+    return out["result"][1]
 
 
 def read(model, clip, bank, n=2, steps=4, names="Bob"):
@@ -164,8 +168,8 @@ def test_a_bank_from_another_family_is_a_clear_error_in_isolated_attention(tiny,
 
 def test_extending_a_bank_of_another_family_is_a_clear_error(tiny, sd15_bank):
     sdxl, _, _ = tiny("sdxl")
-    with pytest.raises(common.StoryError, match=r"Identity Bank Write: identity bank bob_sd15\.safetensors"):
-        bank_nodes.IdentityBankWrite().patch(csa(sdxl, **SETTINGS), names="Ann", bank=sd15_bank)
+    with pytest.raises(common.StoryError, match=r"Identity Bank Write \(deprecated\): identity bank bob_sd15\.safetensors"):
+        bank_nodes.IdentityBankWritePatch().patch(csa(sdxl, **SETTINGS), names="Ann", bank=sd15_bank)
 
 
 def test_a_damaged_bank_file_names_the_node_and_the_file(tmp_path, monkeypatch):
@@ -176,10 +180,12 @@ def test_a_damaged_bank_file_names_the_node_and_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(folder_paths, "get_full_path", lambda folder, name: str(bad))
     with pytest.raises(common.StoryError, match=r"Load Identity Bank: bank_file 'broken\.safetensors' cannot be read: "
                                                 r"broken\.safetensors is damaged or incomplete.*Save the bank again"):
-        bank_nodes.LoadIdentityBank().load("broken.safetensors")
+        bank_files.LoadIdentityBank().load("broken.safetensors")
 
 
 def test_write_options_are_validated(sd15):
     model, _ = sd15
     with pytest.raises(common.StoryError, match="Identity Bank Write: precision must be one of int8, fp16"):
-        bank_nodes.IdentityBankWrite().patch(model, names="Bob", precision="int4")
+        bank_nodes.IdentityBankWrite().sample(
+            model, names="Bob", positive=[], negative=[], latent_image={"samples": torch.zeros(1, 4, 8, 8)}, seed=0,
+            steps=1, cfg=1.0, sampler_name="euler", scheduler="normal", precision="int4")
