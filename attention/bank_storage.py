@@ -50,8 +50,11 @@ class BankSettings:
             problems.append(f"steps must be a whole number >= 0 (0 = every step), got {self.steps!r}")
         if not (isinstance(self.keep_rate, (int, float)) and 0.0 <= float(self.keep_rate) <= 1.0):
             problems.append(f"keep_rate must be within 0..1 (0 = CSA's keep-rates), got {self.keep_rate!r}")
-        for field, value, allowed in (("precision", self.precision, PRECISIONS), ("halves", self.halves, HALVES),
-                                      ("between", self.between, BETWEEN)):
+        for field, value, allowed in (
+            ("precision", self.precision, PRECISIONS),
+            ("halves", self.halves, HALVES),
+            ("between", self.between, BETWEEN),
+        ):
             if value not in allowed:
                 problems.append(f"{field} must be one of {', '.join(allowed)}, got {value!r}")
         if problems:
@@ -70,7 +73,9 @@ class BankSettings:
             return 0.0
         return float(self.keep_rate) if self.keep_rate > 0 else float(csa_rate)
 
-    def positions(self, images: int, tokens: int, csa_rate: float, seed: int, sigma: float) -> torch.Tensor | None:
+    def positions(
+        self, images: int, tokens: int, csa_rate: float, seed: int, sigma: float
+    ) -> torch.Tensor | None:
         """Per identity image the token positions to store, LongTensor [images, k] (None: store nothing).
 
         With "nearest" reads they are redrawn every step (seeded by its sigma; at the full bank's
@@ -88,9 +93,11 @@ class BankSettings:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "BankSettings":
+    def from_json(cls, text: str) -> BankSettings:
         data = json.loads(text)
-        return cls(**{k: data[k] for k in ("steps", "keep_rate", "precision", "halves", "between") if k in data})
+        return cls(
+            **{k: data[k] for k in ("steps", "keep_rate", "precision", "halves", "between") if k in data}
+        )
 
     def describe(self) -> str:
         steps = "every step" if self.steps == 0 else f"{self.steps} steps"
@@ -124,7 +131,7 @@ class Packed:
     scale: torch.Tensor | None = None
 
     @classmethod
-    def pack(cls, tokens: torch.Tensor, precision: str) -> "Packed":
+    def pack(cls, tokens: torch.Tensor, precision: str) -> Packed:
         x = tokens.detach().to(device="cpu", dtype=torch.float32)
         if precision == "fp16":
             return cls(x.to(torch.float16).contiguous())
@@ -153,8 +160,9 @@ def token_bytes(width: int, precision: str) -> int:
     return int(width) + SCALE_BYTES if precision == "int8" else 2 * int(width)
 
 
-def bank_bytes(layers, total_steps: int, settings: BankSettings, csa_rate: float = 0.5, warmup: int = 1,
-               cfg: bool = True) -> int:
+def bank_bytes(
+    layers, total_steps: int, settings: BankSettings, csa_rate: float = 0.5, warmup: int = 1, cfg: bool = True
+) -> int:
     """Bytes one identity image adds to a bank: the formula the tiny models reproduce exactly.
 
     layers: (tokens N, width C) of each patched self-attention layer. Per identity image:
@@ -171,8 +179,14 @@ def bank_bytes(layers, total_steps: int, settings: BankSettings, csa_rate: float
 
 
 # ---- the .safetensors container ---------------------------------------------------------
-_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "I8": torch.int8,
-           "U8": torch.uint8, "I64": torch.int64}
+_DTYPES = {
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "I64": torch.int64,
+}
 _NAMES = {v: k for k, v in _DTYPES.items()}
 MAX_HEADER = 512 * 2**20
 
@@ -193,7 +207,11 @@ def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str])
         if t.dtype not in _NAMES:
             raise ValueError(f"cannot store dtype {t.dtype} ({name})")
         size = t.numel() * t.element_size()
-        header[name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": _NAMES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     raw = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     raw += b" " * (-len(raw) % 8)

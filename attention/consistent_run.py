@@ -138,7 +138,14 @@ class ConsistentRun:
         rate = cfg.keep_rate(level)
         total = len(sample_sigmas) - 1 if sample_sigmas is not None else 0
         plan = Plan(
-            sigma=sigma, layer=layer, chunks=chunks, images=images, active=active, step=t, steps=total, rate=rate
+            sigma=sigma,
+            layer=layer,
+            chunks=chunks,
+            images=images,
+            active=active,
+            step=t,
+            steps=total,
+            rate=rate,
         )
         kind = self.mode.kind
         if rate > 0 and ((active and kind == "plain") or kind == "write"):
@@ -171,7 +178,13 @@ class ConsistentRun:
     def _record(self, n: torch.Tensor, plan: Plan) -> None:
         staging = self.staging  # what is stored (steps, token positions, halves) is the bank's choice
         idx = staging.record_positions(
-            plan.images, n.shape[1], plan.rate, self.config.seed, plan.sigma, plan.step, plan.steps,
+            plan.images,
+            n.shape[1],
+            plan.rate,
+            self.config.seed,
+            plan.sigma,
+            plan.step,
+            plan.steps,
             self.config.warmup_steps,
         )
         if idx is None:
@@ -197,9 +210,9 @@ class ConsistentRun:
             if toks is not None and toks.shape[-1] != width:
                 raise BankMismatch(
                     f"{self.mode.node}: identity bank {bank.name} holds [{name}] tokens of width "
-                    f"{toks.shape[-1]} for layer {plan.layer}, but this model's layer takes {width}: the bank "
-                    f"was written with another model ({bank.family or 'unknown family'}). Write it again "
-                    "with this model."
+                    f"{toks.shape[-1]} for layer {plan.layer}, but this model's layer takes {width}: the "
+                    f"bank was written with another model ({bank.family or 'unknown family'}). Write it "
+                    "again with this model."
                 )
             if toks is None:
                 continue

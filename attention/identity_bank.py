@@ -62,9 +62,15 @@ def _mib(n: float) -> str:
 class IdentityBank:
     """Recorded tokens per (character, sigma, layer, half); tokens(...) reads them at any sigma."""
 
-    def __init__(self, dtype: torch.dtype = torch.float16, device: str | torch.device = "cpu",
-                 settings: BankSettings = FULL, family: str | None = None, widths: dict | None = None,
-                 name: str = "the Identity Bank Write bank"):
+    def __init__(
+        self,
+        dtype: torch.dtype = torch.float16,
+        device: str | torch.device = "cpu",
+        settings: BankSettings = FULL,
+        family: str | None = None,
+        widths: dict | None = None,
+        name: str = "the Identity Bank Write bank",
+    ):
         self.dtype = dtype
         self.device = torch.device(device)
         self.settings = settings
@@ -72,15 +78,19 @@ class IdentityBank:
         self.widths = {_layer_key(k): int(v) for k, v in (widths or {}).items()}  # layer -> token width
         self.name = name
         self.identity_images: dict[str, int] = {}  # character -> identity images its tokens come from
-        self.recorded_with: dict[str, BankSettings] = {}  # character -> the settings its tokens were stored with
-        self._store: dict[tuple, dict[float, Packed | tuple]] = {}  # (character, half, layer) -> {sigma: data}
+        self.recorded_with: dict[
+            str, BankSettings
+        ] = {}  # character -> the settings its tokens were stored with
+        self._store: dict[
+            tuple, dict[float, Packed | tuple]
+        ] = {}  # (character, half, layer) -> {sigma: data}
         self._file: SafetensorsFile | None = None  # lazily read banks: data = (values name, scale name)
         self._cache: OrderedDict = OrderedDict()  # recorded sigma -> {(character, half, layer): tensor}
 
     def __deepcopy__(self, memo):  # one shared object, also through ModelPatcher.clone()
         return self
 
-    def empty_like(self) -> "IdentityBank":
+    def empty_like(self) -> IdentityBank:
         """An empty bank with the same settings, family and widths (a write run's staging area)."""
         return IdentityBank(self.dtype, self.device, self.settings, self.family, self.widths, self.name)
 
@@ -164,7 +174,9 @@ class IdentityBank:
         return n * torch.empty((), dtype=dtype).element_size()
 
     def character_bytes(self, character: str) -> int:
-        return sum(self._entry_bytes(d) for (c, _, _), v in self._store.items() if c == character for d in v.values())
+        return sum(
+            self._entry_bytes(d) for (c, _, _), v in self._store.items() if c == character for d in v.values()
+        )
 
     @property
     def nbytes(self) -> int:
@@ -178,8 +190,10 @@ class IdentityBank:
             size = self.character_bytes(c)
             images = self.identity_images.get(c)
             each = f", {_mib(size / images)} per identity image" if images else ""
-            parts.append(f"{c}: {_mib(size)}{each} ({len(self.sigmas(c))} steps x {len(self.layers(c))} layers; "
-                         f"{self.settings_of(c).describe()})")
+            parts.append(
+                f"{c}: {_mib(size)}{each} ({len(self.sigmas(c))} steps x {len(self.layers(c))} layers; "
+                f"{self.settings_of(c).describe()})"
+            )
         return f"identity bank ({_mib(self.nbytes)}): " + "; ".join(parts)
 
     # ---- the model it belongs to ----------------------------------------------------------
@@ -189,11 +203,12 @@ class IdentityBank:
         bank holds, the same width."""
         theirs = {_layer_key(k): int(v) for k, v in (widths or {}).items()}
         mine = dict(self.widths)
-        for (c, _, layer), by_sigma in self._store.items():  # format 1 files: widths from the shapes
+        for (_, _, layer), by_sigma in self._store.items():  # format 1 files: widths from the shapes
             if layer not in mine and by_sigma:
                 mine[layer] = int(self._shape(next(iter(by_sigma.values())))[-1])
         wrong = sorted(k for k in mine if theirs.get(k) != mine[k]) if theirs else []
         if (self.family and family and self.family != family) or wrong:
+
             def summary(w):
                 return "/".join(str(v) for v in sorted(set(w.values()))) or "none"
 
@@ -201,20 +216,32 @@ class IdentityBank:
             detail = ""
             if wrong:
                 k = wrong[0]
-                detail = (f" Layer {layer_name(k)} holds tokens of width {mine[k]}, the model's "
-                          f"{'has no such layer' if k not in theirs else 'takes ' + str(theirs[k])}.")
+                detail = (
+                    f" Layer {layer_name(k)} holds tokens of width {mine[k]}, the model's "
+                    f"{'has no such layer' if k not in theirs else 'takes ' + str(theirs[k])}."
+                )
             raise BankMismatch(
-                f"identity bank {self.name} was written with {written} (self-attention widths {summary(mine)}) "
-                f"but {model} is {family or 'of an unknown family'} (widths {summary(theirs)}).{detail} A bank only "
-                f"works with the model family it was written with: write it again with this model (Identity Bank "
-                f"Write), or use a model of the bank's family.")
+                f"identity bank {self.name} was written with {written} (self-attention widths "
+                f"{summary(mine)}) but {model} is {family or 'of an unknown family'} (widths "
+                f"{summary(theirs)}).{detail} A bank only works with the model family it was written with: "
+                "write it again with this model (Identity Bank Write), or use a model of the bank's family."
+            )
 
     def _shape(self, data) -> tuple:
         return self._file.shape(data[0]) if isinstance(data, tuple) else data.shape
 
     # ---- writing ---------------------------------------------------------------------
-    def record_positions(self, images: int, tokens: int, csa_rate: float, seed: int, sigma: float,
-                         step: int, total_steps: int, warmup: int) -> torch.Tensor | None:
+    def record_positions(
+        self,
+        images: int,
+        tokens: int,
+        csa_rate: float,
+        seed: int,
+        sigma: float,
+        step: int,
+        total_steps: int,
+        warmup: int,
+    ) -> torch.Tensor | None:
         """Token positions [images, k] a write run stores at this step and resolution, None: nothing."""
         if not self.settings.records_step(step, total_steps, warmup):
             return None
@@ -223,8 +250,15 @@ class IdentityBank:
     def records_half(self, half) -> bool:
         return self.settings.records_half(half)
 
-    def record(self, character: str, sigma: float, layer: tuple, tokens: torch.Tensor, half: int = 0,
-               images: int | None = None) -> None:
+    def record(
+        self,
+        character: str,
+        sigma: float,
+        layer: tuple,
+        tokens: torch.Tensor,
+        half: int = 0,
+        images: int | None = None,
+    ) -> None:
         """Store [N_ref, C] tokens (packed at the bank's precision, on the CPU), replacing earlier ones;
         `images`: how many identity images they come from (for the size per identity image)."""
         if tokens.ndim != 2:
@@ -251,7 +285,7 @@ class IdentityBank:
     def clear(self) -> None:
         self._store, self.identity_images, self.recorded_with, self._cache = {}, {}, {}, OrderedDict()
 
-    def update_from(self, other: "IdentityBank") -> None:
+    def update_from(self, other: IdentityBank) -> None:
         """Take over every character recorded in `other`, replacing this bank's data for them.
         Tokens are kept as `other` stores them (its settings stay with its characters)."""
         if len(other) and (self.family or self.widths):
@@ -282,23 +316,41 @@ class IdentityBank:
             data = self._materialised(self._store[(character, half, layer)][sigma])
             name = f"t{len(index):06d}"
             tensors[name] = data.values
-            entry = {"tensor": name, "character": character, "half": half, "layer": list(layer), "sigma": sigma}
+            entry = {
+                "tensor": name,
+                "character": character,
+                "half": half,
+                "layer": list(layer),
+                "sigma": sigma,
+            }
             if data.scale is not None:
                 tensors[name + ".scale"] = data.scale
                 entry["scale"] = name + ".scale"
             index.append(entry)
-        chars = {c: {"bytes": self.character_bytes(c), "identity_images": self.identity_images.get(c),
-                     "settings": json.loads(self.settings_of(c).to_json())} for c in self.characters}
-        meta = {"format": FORMAT, "version": str(VERSION), "dtype": str(self.dtype).removeprefix("torch."),
-                "settings": self.settings.to_json(), "family": self.family or "",
-                "widths": json.dumps({layer_name(k): v for k, v in sorted(self.widths.items())}, sort_keys=True),
-                "characters": json.dumps(chars, sort_keys=True), "size_bytes": str(self.nbytes),
-                "index": json.dumps(index, sort_keys=True)}
+        chars = {
+            c: {
+                "bytes": self.character_bytes(c),
+                "identity_images": self.identity_images.get(c),
+                "settings": json.loads(self.settings_of(c).to_json()),
+            }
+            for c in self.characters
+        }
+        meta = {
+            "format": FORMAT,
+            "version": str(VERSION),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "settings": self.settings.to_json(),
+            "family": self.family or "",
+            "widths": json.dumps({layer_name(k): v for k, v in sorted(self.widths.items())}, sort_keys=True),
+            "characters": json.dumps(chars, sort_keys=True),
+            "size_bytes": str(self.nbytes),
+            "index": json.dumps(index, sort_keys=True),
+        }
         write_safetensors(path, tensors, meta)
         return path
 
     @classmethod
-    def load(cls, path: str | Path, lazy: bool = True) -> "IdentityBank":
+    def load(cls, path: str | Path, lazy: bool = True) -> IdentityBank:
         """Open a saved bank. lazy: only the header is read now; tokens are read when a run asks for
         them. Raises BankFileError (damaged file) or ValueError (not a bank / newer format)."""
         path = Path(path)
@@ -311,14 +363,23 @@ class IdentityBank:
         except ValueError:
             version = VERSION + 1
         if version > VERSION:
-            raise ValueError(f"{path.name} was written by a newer version of the pack (format {meta.get('version')}); "
-                             "update the pack to read it")
+            raise ValueError(
+                f"{path.name} was written by a newer version of the pack (format {meta.get('version')}); "
+                "update the pack to read it"
+            )
         try:
             dtype = getattr(torch, meta.get("dtype", "float16"), torch.float16)
-            settings = BankSettings.from_json(meta["settings"]) if version >= 2 else FULL  # format 1: every step, fp16
+            settings = (
+                BankSettings.from_json(meta["settings"]) if version >= 2 else FULL
+            )  # format 1: every step, fp16
             widths = {_parse_layer(k): v for k, v in json.loads(meta.get("widths", "{}")).items()}
-            bank = cls(dtype=dtype, settings=settings, family=meta.get("family") or None, widths=widths,
-                       name=path.name)
+            bank = cls(
+                dtype=dtype,
+                settings=settings,
+                family=meta.get("family") or None,
+                widths=widths,
+                name=path.name,
+            )
             bank._file = f
             if version >= 2:
                 for c, info in json.loads(meta["characters"]).items():
@@ -326,16 +387,23 @@ class IdentityBank:
                         bank.identity_images[c] = int(info["identity_images"])
                     bank.recorded_with[c] = BankSettings.from_json(json.dumps(info.get("settings", {})))
             for entry in json.loads(meta["index"]):
-                if entry["tensor"] not in f.entries or (entry.get("scale") and entry["scale"] not in f.entries):
-                    raise BankFileError(f"{path.name} is damaged: tensor {entry['tensor']!r} of its index is missing")
+                if entry["tensor"] not in f.entries or (
+                    entry.get("scale") and entry["scale"] not in f.entries
+                ):
+                    raise BankFileError(
+                        f"{path.name} is damaged: tensor {entry['tensor']!r} of its index is missing"
+                    )
                 key = (entry["character"], int(entry["half"]), _layer_key(entry["layer"]))
                 bank._store.setdefault(key, {})[float(entry["sigma"])] = (entry["tensor"], entry.get("scale"))
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
             if isinstance(e, BankFileError):
                 raise
-            raise BankFileError(f"{path.name} is damaged: its identity bank metadata cannot be read "
-                                f"({type(e).__name__}: {e})") from None
+            raise BankFileError(
+                f"{path.name} is damaged: its identity bank metadata cannot be read ({type(e).__name__}: {e})"
+            ) from None
         if not lazy:
-            bank._store = {k: {s: bank._materialised(d) for s, d in v.items()} for k, v in bank._store.items()}
+            bank._store = {
+                k: {s: bank._materialised(d) for s, d in v.items()} for k, v in bank._store.items()
+            }
             bank._file = None
         return bank

@@ -53,12 +53,16 @@ LEVERS = {
     "default": bs.DEFAULT,
     "steps 5 only": bs.BankSettings(steps=5, keep_rate=0.0, precision="fp16"),
     "steps 10 only": bs.BankSettings(steps=10, keep_rate=0.0, precision="fp16"),
-    "steps 10, interpolate": bs.BankSettings(steps=10, keep_rate=0.0, precision="fp16", between="interpolate"),
+    "steps 10, interpolate": bs.BankSettings(
+        steps=10, keep_rate=0.0, precision="fp16", between="interpolate"
+    ),
     "keep-rate 0.25 only": bs.BankSettings(steps=0, keep_rate=0.25, precision="fp16"),
     "int8 only": bs.BankSettings(steps=0, keep_rate=0.0, precision="int8"),
     "cond only": bs.BankSettings(steps=0, keep_rate=0.0, precision="fp16", halves="cond only"),
     "int8, steps 10, keep 0.25": bs.BankSettings(steps=10, keep_rate=0.25, precision="int8"),
-    "int8, steps 10, cond only": bs.BankSettings(steps=10, keep_rate=0.0, precision="int8", halves="cond only"),
+    "int8, steps 10, cond only": bs.BankSettings(
+        steps=10, keep_rate=0.0, precision="int8", halves="cond only"
+    ),
 }
 OTHER_DRAW = "full, another token draw"  # the full bank written with CSA seed 1: the measure's noise floor
 
@@ -89,6 +93,7 @@ class Tiny:
     def __init__(self, family, steps, hw, apply="0.7, 0.9@40"):
         host()
         import comfy.sample
+
         from pack_loader import submodule
         from tiny_models import factory
 
@@ -98,9 +103,20 @@ class Tiny:
         self.model, self.clip, _ = factory.tiny_checkpoint(family)
         self.steps, self.hw = steps, hw
         self.capture_block = 0 if family == "sdxl" else 3  # the first up block with a transformer
-        self.csa = dict(keep_rate_1_8=RATE, keep_rate_1_16=RATE, keep_rate_1_32=RATE, keep_rate_1_64=RATE, blocks="up",
-                        warmup_steps=1, start_percent=0.0, end_percent=1.0, apply_probability=apply,
-                        window=0, seed=0, strength=1.0)
+        self.csa = dict(
+            keep_rate_1_8=RATE,
+            keep_rate_1_16=RATE,
+            keep_rate_1_32=RATE,
+            keep_rate_1_64=RATE,
+            blocks="up",
+            warmup_steps=1,
+            start_percent=0.0,
+            end_percent=1.0,
+            apply_probability=apply,
+            window=0,
+            seed=0,
+            strength=1.0,
+        )
 
     def run(self, model, text, seed, capture=None):
         def encode(t):
@@ -119,8 +135,19 @@ class Tiny:
                 return n
 
             model.set_model_attn1_output_patch(grab)
-        return self.sample_fn(model, noise, self.steps, 5.0, "euler", "normal", cond, negative, latent, seed=seed,
-                              disable_pbar=True)
+        return self.sample_fn(
+            model,
+            noise,
+            self.steps,
+            5.0,
+            "euler",
+            "normal",
+            cond,
+            negative,
+            latent,
+            seed=seed,
+            disable_pbar=True,
+        )
 
     def write(self, settings, seed=0):
         csa = self.ca.patch(self.model, **dict(self.csa, seed=seed))[0]
@@ -130,8 +157,12 @@ class Tiny:
 
     def read(self, bank, names="Bob"):
         cap = []
-        m = self.nodes.IdentityBankRead().patch(self.ca.patch(self.model, **self.csa)[0], bank, names=names)[0]
-        latent = self.run(m, "Bob, a man with short black hair, red jacket, walks along the sea", seed=2, capture=cap)
+        m = self.nodes.IdentityBankRead().patch(self.ca.patch(self.model, **self.csa)[0], bank, names=names)[
+            0
+        ]
+        latent = self.run(
+            m, "Bob, a man with short black hair, red jacket, walks along the sea", seed=2, capture=cap
+        )
         return latent, torch.stack(cap)
 
     def layer_shapes(self) -> list[tuple[int, int]]:
@@ -153,30 +184,41 @@ class Tiny:
 
 
 def section_sizes(check_family="sdxl"):
-    print(f"\n== 1. bank size per identity image: SDXL {SIDE}x{SIDE}, {STEPS} steps, keep-rate {RATE}, CFG ==")
+    print(
+        f"\n== 1. bank size per identity image: SDXL {SIDE}x{SIDE}, {STEPS} steps, keep-rate {RATE}, CFG =="
+    )
     tiny = Tiny(check_family, steps=4, hw=8)
     layers_tiny = tiny.layer_shapes()
     for name in ("full (previous version)", "default", "int8, steps 10, cond only"):
         s = LEVERS[name]
         bank = tiny.write(s)
         formula = bs.bank_bytes(layers_tiny, tiny.steps, s, csa_rate=RATE, warmup=1)
-        print(f"  formula check on the tiny {check_family} model ({len(layers_tiny)} layers, 4 steps), {name}: "
-              f"recorded {bank.nbytes} B, formula {formula} B -> {'equal' if bank.nbytes == formula else 'DIFFERENT'}")
+        print(
+            f"  formula check on the tiny {check_family} model ({len(layers_tiny)} layers, 4 steps), {name}: "
+            f"recorded {bank.nbytes} B, formula {formula} B -> "
+            f"{'equal' if bank.nbytes == formula else 'DIFFERENT'}"
+        )
     full = bs.bank_bytes(sdxl_layers(), STEPS, bs.FULL, csa_rate=RATE)
     print(f"  {'settings':28s} {'per step':>11s} {'total':>11s}  {'of full':>7s}")
     for name, s in LEVERS.items():
         total = bs.bank_bytes(sdxl_layers(), STEPS, s, csa_rate=RATE)
         steps = len(bs.recorded_steps(STEPS, s.steps, 1))
-        print(f"  {name:28s} {total / steps / MiB:8.1f} MiB {total / MiB:8.1f} MiB  {total / full:6.3f}"
-              f"   ({steps} recorded steps)")
+        print(
+            f"  {name:28s} {total / steps / MiB:8.1f} MiB {total / MiB:8.1f} MiB  {total / full:6.3f}"
+            f"   ({steps} recorded steps)"
+        )
     default = bs.bank_bytes(sdxl_layers(), STEPS, bs.DEFAULT, csa_rate=RATE)
-    print(f"  full: {full / GiB:.2f} GiB per identity image ({full / STEPS / MiB:.1f} MiB per step); default: "
-          f"{default / MiB:.1f} MiB ({'meets' if default <= 310 * MiB else 'MISSES'} the 310 MiB goal)")
+    print(
+        f"  full: {full / GiB:.2f} GiB per identity image ({full / STEPS / MiB:.1f} MiB per step); default: "
+        f"{default / MiB:.1f} MiB ({'meets' if default <= 310 * MiB else 'MISSES'} the 310 MiB goal)"
+    )
 
 
 def section_fidelity(family, steps, hw):
-    print(f"\n== 2. read run vs the full bank's read run: tiny {family} model, {steps} steps, {hw * 8} px, "
-          "1 identity image, 1 frame, CFG 5 ==")
+    print(
+        f"\n== 2. read run vs the full bank's read run: tiny {family} model, {steps} steps, {hw * 8} px, "
+        "1 identity image, 1 frame, CFG 5 =="
+    )
     tiny = Tiny(family, steps=steps, hw=hw, apply="1")  # every layer reads at every step after warm-up
     t0 = time.perf_counter()
     banks = {name: tiny.write(s) for name, s in LEVERS.items()}
@@ -187,13 +229,19 @@ def section_fidelity(family, steps, hw):
     effect = float((none_latent - full_latent).abs().max())
     effect_mean = float((none_latent - full_latent).abs().mean())
     effect1 = float((none_attn[first] - full_attn[first]).abs().max())
-    print(f"  scale: without a bank the latent moves by max {effect:.4f} and the self-attention output at the first "
-          f"read step by max {effect1:.4f} (its mean abs: {float(full_attn[first].abs().mean()):.4f})")
-    print("  first step: self-attention output of the first up-block layer at step 1 (identical inputs until the "
-          "bank);\n  all steps: that output over every step; latent: the final latent. ratio = max deviation / max "
-          "deviation without a bank")
-    print(f"  {'settings':27s} {'1st max':>8s} {'1st mean':>8s} {'ratio':>6s} | {'all max':>8s} {'all mean':>8s} | "
-          f"{'lat max':>8s} {'lat mean':>8s} {'ratio':>6s} {'mean r':>6s}")
+    print(
+        f"  scale: without a bank the latent moves by max {effect:.4f} and the self-attention output at the "
+        f"first read step by max {effect1:.4f} (its mean abs: {float(full_attn[first].abs().mean()):.4f})"
+    )
+    print(
+        "  first step: self-attention output of the first up-block layer at step 1 (identical inputs until "
+        "the bank);\n  all steps: that output over every step; latent: the final latent. ratio = max "
+        "deviation / max deviation without a bank; mean r: the same for the mean"
+    )
+    print(
+        f"  {'settings':27s} {'1st max':>8s} {'1st mean':>8s} {'ratio':>6s} | {'all max':>8s} "
+        f"{'all mean':>8s} | {'lat max':>8s} {'lat mean':>8s} {'ratio':>6s} {'mean r':>6s}"
+    )
     rows = {}
     for name, bank in list(banks.items()) + [("no bank (reference)", None)]:
         if name.startswith("full (prev"):
@@ -202,14 +250,22 @@ def section_fidelity(family, steps, hw):
             latent, attn = none_latent, none_attn
         else:
             latent, attn = tiny.read(bank)
-        d1, da, dl = (attn[first] - full_attn[first]).abs(), (attn - full_attn).abs(), (latent - full_latent).abs()
+        d1, da, dl = (
+            (attn[first] - full_attn[first]).abs(),
+            (attn - full_attn).abs(),
+            (latent - full_latent).abs(),
+        )
         rows[name] = (float(d1.max()) / effect1, float(dl.max()) / effect, float(dl.mean()) / effect_mean)
-        print(f"  {name:27s} {float(d1.max()):8.4f} {float(d1.mean()):8.5f} {rows[name][0]:6.3f} | "
-              f"{float(da.max()):8.4f} {float(da.mean()):8.5f} | {float(dl.max()):8.4f} {float(dl.mean()):8.5f} "
-              f"{rows[name][1]:6.3f} {rows[name][2]:6.3f}")
+        print(
+            f"  {name:27s} {float(d1.max()):8.4f} {float(d1.mean()):8.5f} {rows[name][0]:6.3f} | "
+            f"{float(da.max()):8.4f} {float(da.mean()):8.5f} | {float(dl.max()):8.4f} "
+            f"{float(dl.mean()):8.5f} {rows[name][1]:6.3f} {rows[name][2]:6.3f}"
+        )
     r = rows["default"][2]
-    print(f"  tolerance (tests, README): mean r of the default <= {TOLERANCE}: {r:.3f} "
-          f"({'within' if r <= TOLERANCE else 'OUTSIDE'}); the full bank redrawn: {rows[OTHER_DRAW][2]:.3f}")
+    print(
+        f"  tolerance (tests, README): mean r of the default <= {TOLERANCE}: {r:.3f} "
+        f"({'within' if r <= TOLERANCE else 'OUTSIDE'}); the full bank redrawn: {rows[OTHER_DRAW][2]:.3f}"
+    )
     print(f"  ({time.perf_counter() - t0:.0f} s)")
     return rows
 
@@ -218,12 +274,16 @@ def section_fidelity(family, steps, hw):
 def make_big_bank(path: Path, steps: int) -> None:
     """A full-precision bank of one SDXL identity image at 1024^2 for `steps` steps (random tokens)."""
     ib = pure("attention.identity_bank")
-    bank = ib.IdentityBank(settings=bs.BankSettings(steps=steps, keep_rate=0.0, precision="fp16"), family="SDXL")
+    bank = ib.IdentityBank(
+        settings=bs.BankSettings(steps=steps, keep_rate=0.0, precision="fp16"), family="SDXL"
+    )
     g = torch.Generator().manual_seed(0)
-    layers = [("output", b, d) for b in range(3) for d in range(10)] + [("output", b, d) for b in (3, 4, 5) for d in (0, 1)]
+    layers = [("output", b, d) for b in range(3) for d in range(10)] + [
+        ("output", b, d) for b in (3, 4, 5) for d in (0, 1)
+    ]
     for t in range(steps):
         sigma = 14.6 * (1 - t / steps) + 0.03
-        for layer, (n, c) in zip(layers, sdxl_layers()):
+        for layer, (n, c) in zip(layers, sdxl_layers(), strict=True):
             for half in (0, 1):
                 x = torch.randn(n // 2, c, generator=g, dtype=torch.float32).half()
                 bank.record("Bob", sigma, layer, x, half=half, images=1)
@@ -262,12 +322,18 @@ def section_rss():
         size = path.stat().st_size
         print(f"  file: {size / GiB:.2f} GiB (SDXL 1024^2, 10 steps, fp16, both halves, keep-rate 0.5)")
         for mode in ("lazy", "eager"):
-            out = subprocess.run([sys.executable, __file__, "--child-rss", mode, str(path)], check=True,
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--child-rss", mode, str(path)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             r = json.loads(out.strip().splitlines()[-1])
             note = " (open + one step of every layer)" if mode == "lazy" else " (every tensor)"
-            print(f"  {mode:5s}: peak RSS +{r['raise_bytes'] / MiB:8.1f} MiB = {r['raise_bytes'] / size:.3f} x the "
-                  f"file{note}")
+            print(
+                f"  {mode:5s}: peak RSS +{r['raise_bytes'] / MiB:8.1f} MiB = {r['raise_bytes'] / size:.3f} "
+                f"x the file{note}"
+            )
 
 
 def main():

@@ -124,12 +124,22 @@ BANK_OPTIONS = {
 }
 
 
-def bank_settings(node: str, bank_steps=DEFAULT.steps, bank_keep_rate=DEFAULT.keep_rate,
-                  precision=DEFAULT.precision, guidance_halves=DEFAULT.halves,
-                  between_steps=DEFAULT.between) -> BankSettings:
+def bank_settings(
+    node: str,
+    bank_steps=DEFAULT.steps,
+    bank_keep_rate=DEFAULT.keep_rate,
+    precision=DEFAULT.precision,
+    guidance_halves=DEFAULT.halves,
+    between_steps=DEFAULT.between,
+) -> BankSettings:
     try:
-        return BankSettings(steps=int(bank_steps), keep_rate=float(bank_keep_rate), precision=precision,
-                            halves=guidance_halves, between=between_steps)
+        return BankSettings(
+            steps=int(bank_steps),
+            keep_rate=float(bank_keep_rate),
+            precision=precision,
+            halves=guidance_halves,
+            between=between_steps,
+        )
     except ValueError as e:
         raise StoryError(f"{node}: {e}") from None
 
@@ -137,7 +147,9 @@ def bank_settings(node: str, bank_steps=DEFAULT.steps, bank_keep_rate=DEFAULT.ke
 def write_model(model, story, names: str, bank, node: str, settings: BankSettings = DEFAULT) -> tuple:
     """(the model patched for a write run, the bank it fills when that run completes)."""
     labels = write_labels(story, names, node)
-    out_bank = IdentityBank(settings=settings, family=model_family(model), widths=self_attention_widths(model))
+    out_bank = IdentityBank(
+        settings=settings, family=model_family(model), widths=self_attention_widths(model)
+    )
     if bank is not None:
         check_bank_fits(node, bank, model)
         out_bank.update_from(bank)

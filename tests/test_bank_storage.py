@@ -17,7 +17,9 @@ LAYERS = (("output", 3, 0), ("output", 0, 1))
 
 def _bank(settings=None, family="SDXL", seed=0):
     g = torch.Generator().manual_seed(seed)
-    bank = ib.IdentityBank(settings=settings or bs.DEFAULT, family=family, widths={LAYERS[0]: 8, LAYERS[1]: 16})
+    bank = ib.IdentityBank(
+        settings=settings or bs.DEFAULT, family=family, widths={LAYERS[0]: 8, LAYERS[1]: 16}
+    )
     for sigma in (14.6, 7.0, 3.0):
         for half in (0, 1):
             bank.record("Bob", sigma, LAYERS[0], torch.randn(6, 8, generator=g), half=half, images=2)
@@ -92,8 +94,11 @@ def test_file_is_standard_safetensors_with_the_settings_family_widths_and_size(t
         assert len(list(f.keys())) == 2 * len(bank)  # int8 values + scale per entry
     assert meta["family"] == "SDXL" and json.loads(meta["widths"]) == {"output.0.1": 16, "output.3.0": 8}
     assert bs.BankSettings.from_json(meta["settings"]) == bs.DEFAULT
-    assert int(meta["size_bytes"]) == bank.nbytes == sum(
-        6 * (8 + 4) * 2 * 3 + 4 * (16 + 4) * 2 * 3 for _ in [0]) + 5 * (8 + 4)
+    assert (
+        int(meta["size_bytes"])
+        == bank.nbytes
+        == sum(6 * (8 + 4) * 2 * 3 + 4 * (16 + 4) * 2 * 3 for _ in [0]) + 5 * (8 + 4)
+    )
     chars = json.loads(meta["characters"])
     assert chars["Bob"]["identity_images"] == 2 and chars["Bob"]["bytes"] == bank.character_bytes("Bob")
 
@@ -138,8 +143,11 @@ def test_format_1_file_of_the_previous_version_still_loads_and_reads_the_same():
         assert torch.equal(bank.tokens(c, sigma, layer, half), t)
     assert torch.equal(bank.tokens("Bob", 6.0, LAYERS[0]), expected[("Bob", 0, LAYERS[0], 7.0)])  # nearest
     bank.check_model("SDXL", {LAYERS[0]: 8, LAYERS[1]: 16, ("output", 5, 0): 8})  # widths from the shapes
-    with pytest.raises(ib.BankMismatch, match=r"identity_bank_format1.safetensors.*unknown model family.*"
-                                              r"output\.0\.1 holds tokens of width 16"):
+    with pytest.raises(
+        ib.BankMismatch,
+        match=r"identity_bank_format1.safetensors.*unknown model family.*"
+        r"output\.0\.1 holds tokens of width 16",
+    ):
         bank.check_model("SD15", {LAYERS[0]: 8, LAYERS[1]: 32})
 
 
@@ -148,17 +156,25 @@ def test_other_family_or_widths_is_a_clear_mismatch():
     bank.check_model("SDXL", {LAYERS[0]: 8, LAYERS[1]: 16})
     with pytest.raises(ib.BankMismatch, match=r"written with a SDXL model .* but the model is SD15"):
         bank.check_model("SD15", {LAYERS[0]: 8, LAYERS[1]: 16}, model="the model")
-    with pytest.raises(ib.BankMismatch, match=r"output\.3\.0 holds tokens of width 8, the model's has no such layer"):
+    with pytest.raises(
+        ib.BankMismatch, match=r"output\.3\.0 holds tokens of width 8, the model's has no such layer"
+    ):
         bank.check_model("SDXL", {LAYERS[1]: 16}, model="the model")
     other = ib.IdentityBank(family="SD15", widths={LAYERS[0]: 4})
     with pytest.raises(ib.BankMismatch):
         other.update_from(bank)
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("garbage", "damaged or incomplete: its header claims"), ("truncated", "damaged or incomplete: tensor .* outside"),
-    ("huge header", "damaged or incomplete: its header claims"), ("not a bank", "is not an identity bank file"),
-    ("bad index", "damaged: its identity bank metadata cannot be read")])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("garbage", "damaged or incomplete: its header claims"),
+        ("truncated", "damaged or incomplete: tensor .* outside"),
+        ("huge header", "damaged or incomplete: its header claims"),
+        ("not a bank", "is not an identity bank file"),
+        ("bad index", "damaged: its identity bank metadata cannot be read"),
+    ],
+)
 def test_damaged_files_fail_with_a_clear_message(tmp_path, damage, message):
     path = tmp_path / "bank.safetensors"
     good = _bank().save(tmp_path / "good.safetensors").read_bytes()

@@ -46,7 +46,9 @@ def write_then_read_in_memory():
             continue
         inputs = {n: ([rename[v[0]], v[1]] if isinstance(v, list) else v) for n, v in node["inputs"].items()}
         if node["class_type"] == "StoryDiffIdentityBankRead":
-            inputs.update(bank=["8", 1])  # plain dataflow: the write node has sampled when it returns the bank
+            inputs.update(
+                bank=["8", 1]
+            )  # plain dataflow: the write node has sampled when it returns the bank
         prompt[rename[k]] = dict(node, inputs=inputs)
     return prompt
 
@@ -90,17 +92,29 @@ def test_a_workflow_saved_before_the_fractions_and_the_sampling_write_node_runs_
     from safetensors.torch import load_file as load_bank
 
     old = workflow("identity_bank_write_v0.json", folder=ROOT / "tests" / "legacy_workflows")
-    assert old["7"]["inputs"]["end_percent"] == 100.0 and old["8"]["class_type"] == "StoryDiffIdentityBankWrite"
+    assert (
+        old["7"]["inputs"]["end_percent"] == 100.0 and old["8"]["class_type"] == "StoryDiffIdentityBankWrite"
+    )
     old["9"]["inputs"]["name"] = "bob_bank_v0"
-    old["10"] = {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "latents/write_v0"}}
+    old["10"] = {
+        "class_type": "SaveLatent",
+        "inputs": {"samples": ["4", 0], "filename_prefix": "latents/write_v0"},
+    }
     new = workflow("identity_bank_write.json")
     new["9"]["inputs"]["name"] = "bob_bank_now"
-    new["10"] = {"class_type": "SaveLatent", "inputs": {"samples": ["8", 0], "filename_prefix": "latents/write_now"}}
+    new["10"] = {
+        "class_type": "SaveLatent",
+        "inputs": {"samples": ["8", 0], "filename_prefix": "latents/write_now"},
+    }
     entries = [run_prompt(live_server, p, timeout=600) for p in (old, new)]
     assert [e["status"]["status_str"] for e in entries] == ["success", "success"]
-    assert torch.equal(saved_latent(live_server, entries[0], "10"), saved_latent(live_server, entries[1], "10"))
-    banks = [load_bank(str(Path(live_server.base) / "output" / "identity_banks" / f"bob_bank_{v}.safetensors"))
-             for v in ("v0", "now")]
+    assert torch.equal(
+        saved_latent(live_server, entries[0], "10"), saved_latent(live_server, entries[1], "10")
+    )
+    banks = [
+        load_bank(str(Path(live_server.base) / "output" / "identity_banks" / f"bob_bank_{v}.safetensors"))
+        for v in ("v0", "now")
+    ]
     assert banks[0].keys() == banks[1].keys() and all(torch.equal(banks[0][k], banks[1][k]) for k in banks[0])
 
 
@@ -123,19 +137,31 @@ def options_workflows(steps=4):
     base = {k: write[k] for k in ("1", "7", "2", "3")}
     base["2"] = dict(base["2"], inputs=dict(base["2"]["inputs"], negative="blurry, low quality"))
     first, second = dict(base), {k: read[k] for k in ("1", "7", "2", "3")}
-    first.update({"rp": dict(read["2"]), "rl": dict(read["3"], inputs=dict(read["3"]["inputs"], batch_size=["rp", 4]))})
+    first.update(
+        {"rp": dict(read["2"]), "rl": dict(read["3"], inputs=dict(read["3"]["inputs"], batch_size=["rp", 4]))}
+    )
     for o, opts in OPTIONS.items():
         first[f"w{o}"] = dict(write["8"], inputs=dict(write["8"]["inputs"], **opts))
         first[f"s{o}"] = dict(write["9"], inputs=dict(bank=[f"w{o}", 1], name=f"bob_{o}"))
         read_inputs = dict(read["9"]["inputs"], bank=[f"w{o}", 1], story=["rp", 2])
         first[f"r{o}"] = dict(read["9"], inputs=read_inputs)
-        first[f"rk{o}"] = dict(read["4"], inputs=dict(read["4"]["inputs"], model=[f"r{o}", 0], positive=["rp", 0],
-                                                         negative=["rp", 1], latent_image=["rl", 0]))
+        first[f"rk{o}"] = dict(
+            read["4"],
+            inputs=dict(
+                read["4"]["inputs"],
+                model=[f"r{o}", 0],
+                positive=["rp", 0],
+                negative=["rp", 1],
+                latent_image=["rl", 0],
+            ),
+        )
         first[f"rs{o}"] = dict(read["10"], inputs=dict(samples=[f"rk{o}", 0], filename_prefix=f"latents/{o}"))
         second[f"l{o}"] = dict(read["8"], inputs=dict(bank_file=f"bob_{o}.safetensors"))
         second[f"r{o}"] = dict(read["9"], inputs=dict(read["9"]["inputs"], bank=[f"l{o}", 0]))
         second[f"rk{o}"] = dict(read["4"], inputs=dict(read["4"]["inputs"], model=[f"r{o}", 0]))
-        second[f"rs{o}"] = dict(read["10"], inputs=dict(samples=[f"rk{o}", 0], filename_prefix=f"latents/{o}"))
+        second[f"rs{o}"] = dict(
+            read["10"], inputs=dict(samples=[f"rk{o}", 0], filename_prefix=f"latents/{o}")
+        )
     return first, second
 
 
@@ -145,14 +171,18 @@ def test_every_write_option_round_trips_write_save_load_in_a_fresh_server_read(l
     first, second = options_workflows()
     entry = run_prompt(live_server, first, timeout=900)
     in_memory = {o: saved_latent(live_server, entry, f"rs{o}") for o in OPTIONS}
-    files = {o: Path(live_server.base) / "output" / "identity_banks" / f"bob_{o}.safetensors" for o in OPTIONS}
+    files = {
+        o: Path(live_server.base) / "output" / "identity_banks" / f"bob_{o}.safetensors" for o in OPTIONS
+    }
     for o in OPTIONS:
         text = " ".join(entry["outputs"][f"s{o}"]["text"])
         assert "MiB per identity image" in text and "on disk" in text, text
         assert "MiB per identity image" in " ".join(entry["outputs"][f"w{o}"]["text"])  # shown on Write too
         with safe_open(str(files[o]), framework="pt") as f:
             meta = f.metadata()
-        assert meta["family"] == "SD15" and json.loads(meta["settings"])["precision"] == OPTIONS[o].get("precision", "int8")
+        assert meta["family"] == "SD15" and json.loads(meta["settings"])["precision"] == OPTIONS[o].get(
+            "precision", "int8"
+        )
     assert len({files[o].read_bytes() for o in OPTIONS}) == len(OPTIONS)  # each option stores something else
     base = Path(tempfile.mkdtemp(prefix="story-test-fresh-"))
     try:

@@ -17,9 +17,19 @@ def write(model, clip, names="Bob", n=2, bank=None, story=None, seed=0):
     """Identity Bank Write: samples the identity images and returns (latent, bank)."""
     c = conds(clip, n)
     out = bank_nodes.IdentityBankWrite().sample(
-        csa(model, **SETTINGS), story=story, names=names, bank=bank, positive=c, negative=c,
-        latent_image={"samples": torch.zeros(n, 4, 8, 8)}, seed=seed, steps=2, cfg=5.0, sampler_name="euler",
-        scheduler="normal")
+        csa(model, **SETTINGS),
+        story=story,
+        names=names,
+        bank=bank,
+        positive=c,
+        negative=c,
+        latent_image={"samples": torch.zeros(n, 4, 8, 8)},
+        seed=seed,
+        steps=2,
+        cfg=5.0,
+        sampler_name="euler",
+        scheduler="normal",
+    )
     latent, out_bank = out["result"]  # the node also shows the bank's size: {"ui": {"text": ...}}
     assert latent["samples"].shape == (n, 4, 8, 8) and "per identity image" in out["ui"]["text"][0]
     return out_bank
@@ -98,7 +108,9 @@ def test_two_characters_in_one_write_batch_from_a_story(written):
     both = write(model, clip, names="", n=3, story=story, bank=bank)
     assert both.characters == ["Ann", "Bob"]
     layer, sigma = both.layers("Ann")[0], both.sigmas("Ann")[0]
-    assert both.tokens("Ann", sigma, layer).shape == both.tokens("Bob", sigma, layer).shape  # one solo image each
+    assert (
+        both.tokens("Ann", sigma, layer).shape == both.tokens("Bob", sigma, layer).shape
+    )  # one solo image each
 
 
 def test_deprecated_write_node_still_writes_the_same_bank(written, tmp_path):
