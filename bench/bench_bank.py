@@ -5,16 +5,19 @@
    default, and each lever alone. Sizes are arithmetic (attention/bank_storage.bank_bytes on
    SDXL's self-attention layers); the formula is first checked against the bytes actually
    recorded by a write run on the tiny SDXL-shaped model (same layers, widths / 5).
-2. Fidelity on the tiny SDXL-shaped model (1 identity image, 1 later frame, 30 steps, 128 px,
-   euler, CFG 5, CSA defaults): each bank's read run against the full bank's read run: max and
-   mean abs difference of one self-attention layer's output (the first up-block layer, over all steps) and
-   of the final latent, and `ratio` = max |latent - full| / max |no bank - full| (the share of the
-   bank's effect that is lost; the tolerance the tests use is set from it).
+2. Fidelity on the tiny SDXL-shaped model (1 identity image, 1 later frame, 30 steps, 64 px,
+   euler, CFG 5 with a different negative prompt, CSA defaults but every layer reading at every
+   step after warm-up): each bank's read run against the full bank's read run: max and mean abs
+   difference of the first up-block self-attention layer's output at step 1 (inputs identical
+   until the bank) and over all steps, and of the final latent; `ratio` / `mean r` = that max /
+   mean difference divided by the one without a bank. The full bank written with another token
+   draw (CSA seed 1) shows the measure's noise floor. The tests' tolerance is on `mean r`.
+   Takes about half an hour on a busy 2-core CPU (--skip-fidelity to leave it out).
 3. Peak RSS while opening a bank file of >= 1 GiB (full SDXL widths, fp16), lazily (header only,
    then one step's tokens of every layer, as a read run's first step) vs eagerly (every tensor),
    each in a fresh process.
 
-    .venv/bin/python bench/bench_bank.py [--skip-fidelity] [--fidelity-family sdxl|sd15] [--steps 30]
+    .venv/bin/python bench/bench_bank.py [--skip-fidelity] [--fidelity-family sdxl|sd15] [--steps 30] [--hw 8]
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, RATE, SIDE = 30, 0.5, 1024
-TOLERANCE = 0.75  # mean |latent(default) - latent(full)| / mean |latent(no bank) - latent(full)|
+TOLERANCE = 0.5  # mean |latent(default) - latent(full)| / mean |latent(no bank) - latent(full)|
 
 
 def pure(name):
@@ -349,7 +352,7 @@ def main():
     ap.add_argument("--skip-fidelity", action="store_true")
     ap.add_argument("--fidelity-family", default="sdxl", choices=("sdxl", "sd15"))
     ap.add_argument("--steps", type=int, default=STEPS)
-    ap.add_argument("--hw", type=int, default=16, help="latent side of the fidelity runs (16 = 128 px)")
+    ap.add_argument("--hw", type=int, default=8, help="latent side of the fidelity runs (8 = 64 px)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
