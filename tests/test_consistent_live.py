@@ -205,4 +205,9 @@ def test_every_write_option_round_trips_write_save_load_in_a_fresh_server_read(l
     assert "SafetensorError" not in str(e.value)
     for o in OPTIONS:
         assert from_file[o].shape == (3, 4, 8, 8) and torch.equal(from_file[o], in_memory[o]), o
-    assert len({tuple(v.flatten()[:8].tolist()) for v in in_memory.values()}) == len(OPTIONS)
+    # at 4 steps the default (int8, 5 steps) records every step a read uses: it reads as the int8 option
+    assert torch.equal(in_memory["default"], in_memory["int8"])
+    others = [o for o in OPTIONS if o != "default"]
+    assert len({in_memory[o].numpy().tobytes() for o in others}) == len(
+        others
+    )  # each option reads differently
