@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..attention.token_sampling import parse_probability_schedule
 from .common import CATEGORY_ROOT, StoryError
 from .csa_hooks import CSAConfig, CSAPatch, install
+from .dit_settings import dit_inputs, install_consistent_dit, is_dit
 
 NODE = "Consistent Self-Attention"
 BLOCKS = ["up", "all"]
@@ -86,13 +87,16 @@ class ConsistentSelfAttention:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"model": ("MODEL", {"tooltip": "The model to patch (it is cloned, never changed)."}),
-                             **csa_inputs()}}
+                             **csa_inputs()},
+                "optional": dit_inputs()}
 
     @classmethod
     def VALIDATE_INPUTS(cls, apply_probability, start_percent, end_percent):
         return validate_settings(NODE, apply_probability, start_percent, end_percent)
 
     def patch(self, model, **settings):
+        if is_dit(model):
+            return (install_consistent_dit(model, settings, NODE),)
         return (install(model, CSAPatch(config_from(settings))),)
 
 
