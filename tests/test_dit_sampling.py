@@ -31,3 +31,87 @@ def test_parity_strength_zero_batch_of_one_keep_rate_zero(family):
     assert torch.equal(ksample(csa(model, **ALWAYS), family, panels=1), one)
     shared = ksample(csa(model, **ALWAYS), family, panels=3)
     assert not torch.allclose(shared, plain, atol=1e-4), "sharing changed nothing"
+
+
+class ForeignBlockReplace:
+    """Another pack's `dit` block replace: counts its calls per block and runs the block it is given.
+    With `reference`, it also computes each block's output with an independent dense attention."""
+
+    def __init__(self, dm=None, grid=None, rope=True):
+        self.calls, self.errors, self.dm, self.grid, self.rope = {}, [], dm, grid, rope
+
+    def install(self, model):
+        dm = model.get_model_object("diffusion_model")
+        m = model.clone()
+        d = len(getattr(dm, "double_blocks", None) or getattr(dm, "transformer_blocks", None) or dm.joint_blocks)
+        s = len(getattr(dm, "single_blocks", []))
+        for kind, count in (("double_block", d), ("single_block", s)):
+            for i in range(count):
+                m.set_model_patch_replace(self.make((kind, i)), "dit", kind, i)
+        return m
+
+    def make(self, key):
+        def replace(args, extra):
+            self.calls[key] = self.calls.get(key, 0) + 1
+            ref = None
+            if self.dm is not None:
+                topts = dict(args["transformer_options"])
+                chunks = len(topts.get("cond_or_uncond") or [0])
+                tail = 0
+                topts["optimized_attention_override"] = dit_helpers.dense_reference_override(
+                    self.dm, self.grid, chunks, args.get("pe"), tail, self.rope)
+                ref = dit_helpers.raw_block_call(self.dm, key, args, topts)
+            out = extra["original_block"](args)
+            if ref is not None:
+                for name, t in ref.items():
+                    if t is None:  # SD3's last block returns no text
+                        continue
+                    self.errors.append((key, name, float((out[name] - t).abs().max())))
+            return out
+
+        return replace
+
+
+import dit_helpers  # noqa: E402
+
+RUN_FAMILIES = ["flux", "flux2", "chroma", "qwen_image", "sd35"]
+
+
+@pytest.mark.parametrize("family", RUN_FAMILIES)
+def test_keep_rate_one_equals_dense_joint_attention_on_real_block_calls(family):
+    model = tiny_dit(family)
+    dm = model.get_model_object("diffusion_model")
+    p = dm.patch_size
+    grid = (-(-8 // p), -(-12 // p))
+    probe = ForeignBlockReplace(dm, grid, rope=family != "sd35")
+    m = csa(probe.install(model), keep_rate_double=1.0, keep_rate_single=1.0, **ALWAYS)
+    ksample(m, family, panels=3, steps=2)
+    assert probe.errors and len({e[0] for e in probe.errors}) == len(probe.calls)
+    worst = max(e[2] for e in probe.errors)
+    print(family, "worst block-output error vs dense reference:", worst)
+    assert worst < 1e-5, sorted(probe.errors, key=lambda e: -e[2])[:3]
+
+
+@pytest.mark.parametrize("family", ["flux", "qwen_image", "sd35", "chroma"])
+def test_foreign_block_replace_before_and_after_runs_on_every_block_and_sharing_persists(family):
+    model = tiny_dit(family)
+    alone = ksample(csa(model, **ALWAYS), family, panels=3, steps=2)
+    plain = ksample(model, family, panels=3, steps=2)
+    before, after = ForeignBlockReplace(), ForeignBlockReplace()
+    out_before = ksample(csa(before.install(model), **ALWAYS), family, panels=3, steps=2)
+    out_after = ksample(after.install(csa(model, **ALWAYS)), family, panels=3, steps=2)
+    dm = model.get_model_object("diffusion_model")
+    blocks = len(getattr(dm, "double_blocks", None) or getattr(dm, "transformer_blocks", None) or dm.joint_blocks)
+    blocks += len(getattr(dm, "single_blocks", []))
+    for probe in (before, after):
+        assert len(probe.calls) == blocks and len(set(probe.calls.values())) == 1 and min(probe.calls.values()) >= 2
+    assert torch.equal(out_before, alone) and torch.equal(out_after, alone)
+    assert not torch.allclose(alone, plain, atol=1e-4)
+
+
+def test_applying_twice_equals_once_and_the_input_model_is_untouched():
+    model = tiny_dit("flux")
+    once = csa(model, **ALWAYS)
+    twice = csa(csa(model, seed=5, **ALWAYS), **ALWAYS)
+    assert torch.equal(ksample(once, "flux", panels=3, steps=2), ksample(twice, "flux", panels=3, steps=2))
+    assert "dit" not in model.model_options["transformer_options"].get("patches_replace", {})
