@@ -67,4 +67,4 @@ def install_bank_dit(model, mode: JointMode):
     return install_dit(model, JointConsistentRun(config, mode), mode.node)
 
 
-__all__ = ["IdentityBank", "dit_inputs", "install_bank_dit", "install_consistent_dit", "is_dit", "joint_config"]
+__all__ = ["IdentityBank", "JointMode", "dit_inputs", "install_bank_dit", "install_consistent_dit", "is_dit", "joint_config"]

@@ -10,6 +10,7 @@ import folder_paths
 from ..attention.identity_bank import IdentityBank, sanitize_name
 from .common import CATEGORY_ROOT, StoryError
 from .csa_hooks import CSAConfig, CSAPatch, Mode, install, installed_patch
+from .dit_settings import JointMode, install_bank_dit, is_dit
 
 FOLDER = "identity_banks"  # models/identity_banks and output/identity_banks
 EXT = ".safetensors"
@@ -97,6 +98,8 @@ class IdentityBankWrite:
         out_bank = IdentityBank()
         if bank is not None:
             out_bank.update_from(bank)
+        if is_dit(model):
+            return (install_bank_dit(model, JointMode(kind="write", bank=out_bank, labels=labels, node=node)), out_bank)
         mode = Mode(kind="write", bank=out_bank, labels=labels, node=node)
         return (install(model, CSAPatch(_settings_of(model), mode)), out_bank)
 
@@ -126,6 +129,8 @@ class IdentityBankRead:
     def patch(self, model, bank, story=None, names="", after=None):
         node = "Identity Bank Read"
         labels = read_labels(story, names, node)
+        if is_dit(model):
+            return (install_bank_dit(model, JointMode(kind="read", bank=bank, labels=labels, node=node)),)
         mode = Mode(kind="read", bank=bank, labels=labels, node=node)
         return (install(model, CSAPatch(_settings_of(model), mode)),)
 
