@@ -137,24 +137,32 @@ def joint_consistent_attention(
         shared_k = torch.gather(k, 2, idx.expand(b, k.shape[1], kk, k.shape[-1]))  # [B, H, kk, D]
         shared_v = torch.gather(v, 2, idx.expand(b, v.shape[1], kk, v.shape[-1]))
     out = None
+    length = k.shape[2]
     for (m, tag), rows in buckets.items():
-        keys, values = [k[rows]], [v[rows]]
+        full = len(rows) == b
+        ek = ev = None
+        if tag is not None:
+            ek, ev, _ = extra[rows[0]]
+        total = length + m * kk + (ek.shape[1] if ek is not None else 0)
+        # keys/values written into one buffer per group (no list + cat: the peak stays one copy)
+        kcat = k.new_empty((len(rows), k.shape[1], total, k.shape[-1]))
+        vcat = v.new_empty((len(rows), v.shape[1], total, v.shape[-1]))
+        kcat[:, :, :length] = k if full else k[rows]
+        vcat[:, :, :length] = v if full else v[rows]
+        pos = length
         if m:
             ref_rows = torch.tensor([list(refs[i]) for i in rows], dtype=torch.long, device=k.device)  # [R, M]
             for slot in range(m):
                 ks = shared_k[ref_rows[:, slot]]
                 rot = slot_rotations[slot] if slot_rotations is not None and slot < len(slot_rotations) else None
-                if rot is not None:
-                    ks = rotate_pairs(ks, rot.to(ks.device))
-                keys.append(ks)
-                values.append(shared_v[ref_rows[:, slot]])
-        if tag is not None:
-            ek, ev, _ = extra[rows[0]]
-            keys.append(ek.to(device=k.device, dtype=k.dtype).unsqueeze(0).expand(len(rows), -1, -1, -1))
-            values.append(ev.to(device=v.device, dtype=v.dtype).unsqueeze(0).expand(len(rows), -1, -1, -1))
-        kcat, vcat = torch.cat(keys, 2), torch.cat(values, 2)
-        qr = q if len(rows) == b else q[rows]
-        res = attn_fn(qr, kcat, vcat, extend_mask(mask, rows, b, kcat.shape[2] - k.shape[2]))
+                kcat[:, :, pos:pos + kk] = rotate_pairs(ks, rot.to(ks.device)) if rot is not None else ks
+                vcat[:, :, pos:pos + kk] = shared_v[ref_rows[:, slot]]
+                pos += kk
+        if ek is not None:
+            kcat[:, :, pos:] = ek.to(device=k.device, dtype=k.dtype).unsqueeze(0)
+            vcat[:, :, pos:] = ev.to(device=v.device, dtype=v.dtype).unsqueeze(0)
+        qr = q if full else q[rows]
+        res = attn_fn(qr, kcat, vcat, extend_mask(mask, rows, b, total - length))
         if len(buckets) == 1:
             return res
         if out is None:
