@@ -11,6 +11,13 @@ A 1024x1024 image on Flux = 4096 image tokens (64x64 after the 2x2 patches) + 51
    depth 1 + 1), one model call through the ModelPatcher with the pack's node patch vs unpatched;
    ideal = unpatched + the extra keys' share of its two attention calls (timed in section 1).
 
+3. Position coupling (no weights needed): two panels whose image keys agree up to noise at the same
+   grid cells (one character drawn at the same place), Flux RoPE (axes 16/56/56, theta 1e4) on
+   unit-variance q/k of head dim 128: how much more attention a query puts on the borrowed token
+   at its own grid cell than on an average borrowed token, per position mode. "same" locks
+   queries onto the same cell of the other panel (layout copying); "canvas"/"index" leave
+   matching to content.
+
     .venv/bin/python bench/bench_dit.py [--device cuda|cpu] [--heads N] [--repeats N]
 
 Real widths (24 heads x 128 = 3072) on CUDA in bf16; on a CPU 2 heads x 128 (head dim and RoPE
@@ -212,7 +219,51 @@ def main():
     print(f"  CSA/unpatched {t['csa'] / t['vanilla']:.2f}x (ideal {block_ideal / t['vanilla']:.2f}x), "
           f"CSA/ideal {t['csa'] / block_ideal:.2f}x; peak memory CSA/unpatched {mem['csa'] / mem['vanilla']:.2f}x "
           f"({mem['csa'] / 2**20:.0f} vs {mem['vanilla'] / 2**20:.0f} MiB)")
+    section_positions()
     return 0
+
+
+def rope_tokens(x, ids):
+    """Flux RoPE written out for x [L, D] at positions ids [L, 3] (complex multiplication)."""
+    angles = [ids[:, a:a + 1].double() * THETA ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+              for a, d in enumerate(AXES)]
+    ang = torch.cat(angles, 1)
+    xc = torch.view_as_complex(x.double().reshape(x.shape[0], -1, 2).contiguous())
+    return torch.view_as_real(xc * torch.polar(torch.ones_like(ang), ang)).reshape(x.shape)
+
+
+def section_positions(side=32, trials=3):
+    """Locality through RoPE: q and k share a position-free component c (as trained attention has:
+    a query scores a key of the same content higher), so a key at relative offset 0 gets the
+    largest score. A borrowed token at the *same* cell therefore gets the bonus of the query's own
+    cell; at canvas/index positions it is scored like a distant token."""
+    print(f"\n== 3. position coupling: 2 panels, {side}x{side} tokens, q = c + noise, k = c + noise ==")
+    ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    grid = torch.stack([torch.zeros(side * side), ys.flatten().float(), xs.flatten().float()], 1)
+    print("  attention on the borrowed token at the query's own cell / on an average borrowed token"
+          " (own-image analogue in brackets)")
+    print(f"  {'share c':>7} | " + " ".join(f"{m:>16}" for m in jc.POSITION_MODES))
+    n = side * side
+    for share in (0.25, 0.5, 0.75):
+        row = []
+        for mode in jc.POSITION_MODES:
+            locked, own = [], []
+            for t in range(trials):
+                g = torch.Generator().manual_seed(t)
+                c = torch.randn(128, generator=g)
+
+                def tokens():
+                    return share ** 0.5 * c + (1 - share) ** 0.5 * torch.randn(n, 128, generator=g)
+
+                q, k_own, k_other = tokens(), tokens(), tokens()
+                d = torch.tensor(jc.slot_offsets(mode, 1, (side, side), 3)[0])
+                w = (rope_tokens(q, grid) @ torch.cat([rope_tokens(k_own, grid), rope_tokens(k_other, grid + d)]).T
+                     / 128 ** 0.5).softmax(-1)
+                wo, wb = w[:, :n], w[:, n:]
+                locked.append(float((wb.diagonal() / wb.mean(1)).mean()))
+                own.append(float((wo.diagonal() / wo.mean(1)).mean()))
+            row.append(f"{sum(locked) / trials:>6.1f}x ({sum(own) / trials:>5.1f}x)")
+        print(f"  {share:>7} | " + " ".join(f"{r:>16}" for r in row))
 
 
 if __name__ == "__main__":
