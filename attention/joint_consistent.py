@@ -64,7 +64,7 @@ def rope_rotation(position: Sequence[float], axes_dim: Sequence[int], theta: flo
     Per axis a, channel pair r rotates by position[a] * theta^(-2r/axes_dim[a]).
     """
     blocks = []
-    for pos, dim in zip(position, axes_dim):
+    for pos, dim in zip(position, axes_dim, strict=True):
         scale = torch.arange(0, dim, 2, dtype=torch.float64) / dim
         angle = float(pos) / (float(theta) ** scale)
         cos, sin = torch.cos(angle), torch.sin(angle)
@@ -72,7 +72,9 @@ def rope_rotation(position: Sequence[float], axes_dim: Sequence[int], theta: flo
     return torch.cat(blocks, 0).to(torch.float32)
 
 
-def slot_offsets(mode: str, slots: int, grid: tuple[int, int], axes: int, index_scale: float = 1.0) -> list[tuple]:
+def slot_offsets(
+    mode: str, slots: int, grid: tuple[int, int], axes: int, index_scale: float = 1.0
+) -> list[tuple]:
     """Position offset (one value per RoPE axis: index, h, w[, ...]) of the m-th referenced panel."""
     if mode not in POSITION_MODES:
         raise ValueError(f"position mode must be one of {POSITION_MODES}, got {mode!r}")
@@ -87,7 +89,9 @@ def slot_offsets(mode: str, slots: int, grid: tuple[int, int], axes: int, index_
     return out
 
 
-def extend_mask(mask: torch.Tensor | None, rows: Sequence[int], batch: int, extra: int) -> torch.Tensor | None:
+def extend_mask(
+    mask: torch.Tensor | None, rows: Sequence[int], batch: int, extra: int
+) -> torch.Tensor | None:
     """A joint attention mask [..., Lq, Lk] for the selected rows with `extra` more keys allowed."""
     if mask is None:
         return None
@@ -96,8 +100,11 @@ def extend_mask(mask: torch.Tensor | None, rows: Sequence[int], batch: int, extr
     if extra == 0:
         return mask
     pad_shape = (*mask.shape[:-1], extra)
-    pad = torch.ones(pad_shape, dtype=mask.dtype, device=mask.device) if mask.dtype == torch.bool else \
-        torch.zeros(pad_shape, dtype=mask.dtype, device=mask.device)
+    pad = (
+        torch.ones(pad_shape, dtype=mask.dtype, device=mask.device)
+        if mask.dtype == torch.bool
+        else torch.zeros(pad_shape, dtype=mask.dtype, device=mask.device)
+    )
     return torch.cat([mask, pad], -1)
 
 
@@ -151,12 +158,18 @@ def joint_consistent_attention(
         vcat[:, :, :length] = v if full else v[rows]
         pos = length
         if m:
-            ref_rows = torch.tensor([list(refs[i]) for i in rows], dtype=torch.long, device=k.device)  # [R, M]
+            ref_rows = torch.tensor(
+                [list(refs[i]) for i in rows], dtype=torch.long, device=k.device
+            )  # [R, M]
             for slot in range(m):
                 ks = shared_k[ref_rows[:, slot]]
-                rot = slot_rotations[slot] if slot_rotations is not None and slot < len(slot_rotations) else None
-                kcat[:, :, pos:pos + kk] = rotate_pairs(ks, rot.to(ks.device)) if rot is not None else ks
-                vcat[:, :, pos:pos + kk] = shared_v[ref_rows[:, slot]]
+                rot = (
+                    slot_rotations[slot]
+                    if slot_rotations is not None and slot < len(slot_rotations)
+                    else None
+                )
+                kcat[:, :, pos : pos + kk] = rotate_pairs(ks, rot.to(ks.device)) if rot is not None else ks
+                vcat[:, :, pos : pos + kk] = shared_v[ref_rows[:, slot]]
                 pos += kk
         if ek is not None:
             kcat[:, :, pos:] = ek.to(device=k.device, dtype=k.dtype).unsqueeze(0)

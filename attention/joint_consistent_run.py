@@ -114,8 +114,16 @@ class JointConsistentRun:
             self.indices[key] = sample_token_indices(images, tokens, rate, self.config.seed, sigma)
         return self.indices[key]
 
-    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: JointCall, kernel: Kernel,
-                  rotations: Rotations, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        call: JointCall,
+        kernel: Kernel,
+        rotations: Rotations,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The joint attention of one block call (q, k, v [B_total, H, L, D]) with sharing."""
         cfg, kind = self.config, self.mode.kind
         chunks = len(call.chunks) or 1
@@ -125,8 +133,11 @@ class JointConsistentRun:
         images = rows // chunks
         t, progress, sigma = self._step(call)
         layer = (call.block[0], int(call.block[1]), 0)
-        active = (t >= cfg.warmup_steps and cfg.start - 1e-9 <= progress <= cfg.end + 1e-9
-                  and gate_draw(cfg.seed, sigma, layer) < cfg.schedule.at(progress))
+        active = (
+            t >= cfg.warmup_steps
+            and cfg.start - 1e-9 <= progress <= cfg.end + 1e-9
+            and gate_draw(cfg.seed, sigma, layer) < cfg.schedule.at(progress)
+        )
         rate = cfg.keep_rate(call.block[0])
         lay = call.layout
         indices = None
@@ -178,12 +189,14 @@ class JointConsistentRun:
         heads, d = q.shape[1], q.shape[-1]
         bank, found, out = self.mode.bank, False, []
         cache: dict = {}
-        for c, half in enumerate(call.chunks):
+        for half in call.chunks:
             for i in range(images):
                 names = tuple(labels[i])
                 key = (int(half), names)
                 if key not in cache:
-                    cache[key] = self._bank_tokens(bank, names, sigma, layer, int(half), heads, d, rotations, q)
+                    cache[key] = self._bank_tokens(
+                        bank, names, sigma, layer, int(half), heads, d, rotations, q
+                    )
                 entry = cache[key]
                 out.append(None if entry is None else (*entry, key))
                 found = found or entry is not None
@@ -199,8 +212,8 @@ class JointConsistentRun:
             if toks is None or toks.shape[-1] != 2 * heads * d:
                 continue
             toks = toks.to(device=q.device, dtype=q.dtype)
-            kb = toks[:, :heads * d].reshape(-1, heads, d).transpose(0, 1)  # [H, n, D]
-            vb = toks[:, heads * d:].reshape(-1, heads, d).transpose(0, 1)
+            kb = toks[:, : heads * d].reshape(-1, heads, d).transpose(0, 1)  # [H, n, D]
+            vb = toks[:, heads * d :].reshape(-1, heads, d).transpose(0, 1)
             if rots and rots[n] is not None:
                 kb = rotate_pairs(kb, rots[n].to(kb.device))
             ks.append(kb)

@@ -93,7 +93,9 @@ def peak(fn, device, child_args=None):
         sync(device)
         return torch.cuda.max_memory_allocated() - before
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child-mem", *map(str, child_args)]
-    return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    return float(
+        subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    )
 
 
 def sdpa(q, k, v, mask=None):
@@ -107,9 +109,13 @@ def attention_case(heads, device, dtype):
     layout = jc.JointLayout(TXT, IMG, GRID)
     idx = ts.sample_token_indices(PANELS, IMG, KEEP, seed=0, sigma=1.0).to(device)
     refs = cs.reference_table(PANELS)
-    rots = [jc.rope_rotation(d, AXES, THETA).to(device) for d in jc.slot_offsets("canvas", PANELS - 1, GRID, 3)]
-    return {"vanilla": lambda: sdpa(q, k, v),
-            "csa": lambda: jc.joint_consistent_attention(q, k, v, layout, idx, refs, sdpa, rots)}
+    rots = [
+        jc.rope_rotation(d, AXES, THETA).to(device) for d in jc.slot_offsets("canvas", PANELS - 1, GRID, 3)
+    ]
+    return {
+        "vanilla": lambda: sdpa(q, k, v),
+        "csa": lambda: jc.joint_consistent_attention(q, k, v, layout, idx, refs, sdpa, rots),
+    }
 
 
 def flux_case(heads, device, dtype):
@@ -125,9 +131,23 @@ def flux_case(heads, device, dtype):
     import comfy.supported_models
     from pack_loader import submodule
 
-    cfg = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 4096,
-           "hidden_size": 128 * heads, "mlp_ratio": 4.0, "num_heads": heads, "depth": 1, "depth_single_blocks": 1,
-           "axes_dim": list(AXES), "theta": THETA, "patch_size": 2, "qkv_bias": True, "guidance_embed": True}
+    cfg = {
+        "image_model": "flux",
+        "in_channels": 16,
+        "out_channels": 16,
+        "vec_in_dim": 768,
+        "context_in_dim": 4096,
+        "hidden_size": 128 * heads,
+        "mlp_ratio": 4.0,
+        "num_heads": heads,
+        "depth": 1,
+        "depth_single_blocks": 1,
+        "axes_dim": list(AXES),
+        "theta": THETA,
+        "patch_size": 2,
+        "qkv_bias": True,
+        "guidance_embed": True,
+    }
     mc = comfy.supported_models.Flux(cfg)
     mc.set_inference_dtype(dtype, None)
     model = mc.get_model({}, device=device)
@@ -135,13 +155,31 @@ def flux_case(heads, device, dtype):
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.diffusion_model.parameters():
-            p.copy_((torch.randn(p.shape, generator=g) * (max(1, p[0].numel()) ** -0.5 if p.ndim > 1 else 1.0)).to(p))
+            p.copy_(
+                (
+                    torch.randn(p.shape, generator=g) * (max(1, p[0].numel()) ** -0.5 if p.ndim > 1 else 1.0)
+                ).to(p)
+            )
     plain = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
     node = submodule("nodes.consistent_attention").ConsistentSelfAttention()
-    patched = node.patch(plain, keep_rate_1_8=KEEP, keep_rate_1_16=KEEP, keep_rate_1_32=KEEP, keep_rate_1_64=KEEP,
-                         blocks="all", warmup_steps=0, start_percent=0.0, end_percent=100.0, apply_probability="1",
-                         window=0, seed=0, strength=1.0, keep_rate_double=KEEP, keep_rate_single=KEEP,
-                         dit_positions="canvas")[0]
+    patched = node.patch(
+        plain,
+        keep_rate_1_8=KEEP,
+        keep_rate_1_16=KEEP,
+        keep_rate_1_32=KEEP,
+        keep_rate_1_64=KEEP,
+        blocks="all",
+        warmup_steps=0,
+        start_percent=0.0,
+        end_percent=100.0,
+        apply_probability="1",
+        window=0,
+        seed=0,
+        strength=1.0,
+        keep_rate_double=KEEP,
+        keep_rate_single=KEEP,
+        dit_positions="canvas",
+    )[0]
     x = torch.randn(PANELS, 16, 128, 128, generator=g).to(device, dtype)
     ctx = torch.randn(PANELS, TXT, 4096, generator=g).to(device, dtype)
     y = torch.randn(PANELS, 768, generator=g).to(device, dtype)
@@ -153,7 +191,9 @@ def flux_case(heads, device, dtype):
         topts.update({"cond_or_uncond": [0], "sigmas": sigma, "sample_sigmas": torch.tensor([1.0, 0.8, 0.0])})
         topts["wrappers"] = m.wrappers  # what a sampler hands the model: the patch's APPLY_MODEL wrapper
         with torch.no_grad():
-            return m.model.apply_model(x, sigma, c_crossattn=ctx, y=y, guidance=guidance, transformer_options=topts)
+            return m.model.apply_model(
+                x, sigma, c_crossattn=ctx, y=y, guidance=guidance, transformer_options=topts
+            )
 
     import comfy.ldm.modules.attention as comfy_attention
 
@@ -162,14 +202,22 @@ def flux_case(heads, device, dtype):
     def host_attention():  # the kernel the host picked for this device (what both model calls use)
         return comfy_attention.optimized_attention(qa, ka, va, heads, skip_reshape=True)
 
-    return {"vanilla": lambda: run(plain), "csa": lambda: run(patched), "host_attention": host_attention,
-            "kernel": comfy_attention.optimized_attention.__name__}
+    return {
+        "vanilla": lambda: run(plain),
+        "csa": lambda: run(patched),
+        "host_attention": host_attention,
+        "kernel": comfy_attention.optimized_attention.__name__,
+    }
 
 
 def child_main(section, variant, heads, dtype):
     device = torch.device("cpu")
     dtype = getattr(torch, dtype)
-    case = attention_case(int(heads), device, dtype) if section == "attn" else flux_case(int(heads), device, dtype)
+    case = (
+        attention_case(int(heads), device, dtype)
+        if section == "attn"
+        else flux_case(int(heads), device, dtype)
+    )
     Path("/proc/self/clear_refs").write_text("5")
     before = _rss_kib("VmRSS:")
     case[variant]()
@@ -194,19 +242,27 @@ def main():
     dname = str(dtype).removeprefix("torch.")
     n, extra = TXT + IMG, KEEP * (PANELS - 1) * IMG
     ideal = (n + extra) / n
-    print(f"Flux-shaped, 1024x1024: {IMG} image + {TXT} text tokens, {PANELS} panels, keep-rate {KEEP}, "
-          f"{heads} heads x 128 ({device.type}, {dname})")
+    print(
+        f"Flux-shaped, 1024x1024: {IMG} image + {TXT} text tokens, {PANELS} panels, keep-rate {KEEP}, "
+        f"{heads} heads x 128 ({device.type}, {dname})"
+    )
 
     print("\n== 1. joint attention ==")
     case = attention_case(heads, device, dtype)
     t = timed_all(case, device, args.repeats)
     mem = {v: peak(case[v], device, ("attn", v, heads, dname)) for v in ("vanilla", "csa")}
-    print(f"  vanilla {t['vanilla'] * 1e3:.1f} ms, CSA {t['csa'] * 1e3:.1f} ms, FLOP ideal {t['vanilla'] * ideal * 1e3:.1f} ms")
-    print(f"  CSA/vanilla {t['csa'] / t['vanilla']:.2f}x (ideal {ideal:.2f}x), CSA/ideal {t['csa'] / t['vanilla'] / ideal:.2f}x; "
-          f"peak memory CSA/vanilla {mem['csa'] / mem['vanilla']:.2f}x ({mem['csa'] / 2**20:.0f} vs {mem['vanilla'] / 2**20:.0f} MiB)")
+    van, ours, mib = t["vanilla"], t["csa"], {k: v / 2**20 for k, v in mem.items()}
+    print(f"  vanilla {van * 1e3:.1f} ms, CSA {ours * 1e3:.1f} ms, FLOP ideal {van * ideal * 1e3:.1f} ms")
+    print(
+        f"  CSA/vanilla {ours / van:.2f}x (ideal {ideal:.2f}x), CSA/ideal {ours / van / ideal:.2f}x; "
+        f"peak memory CSA/vanilla {mib['csa'] / mib['vanilla']:.2f}x "
+        f"({mib['csa']:.0f} vs {mib['vanilla']:.0f} MiB)"
+    )
     floor = PANELS * heads * (n + extra) * 128 * 2 * torch.finfo(dtype).bits // 8
-    print(f"  (the extended keys + values alone: {floor / 2**20:.0f} MiB; a dense (B*L)^2 mask: "
-          f"{(PANELS * n) ** 2 * 4 / 2**20:.0f} MiB per head in fp32)")
+    print(
+        f"  (the extended keys + values alone: {floor / 2**20:.0f} MiB; a dense (B*L)^2 mask: "
+        f"{(PANELS * n) ** 2 * 4 / 2**20:.0f} MiB per head in fp32)"
+    )
     del case
 
     print("\n== 2. one double + one single Flux block (a whole model call through the ModelPatcher) ==")
@@ -214,19 +270,25 @@ def main():
     t = timed_all({k: case[k] for k in ("vanilla", "csa", "host_attention")}, device, args.repeats)
     mem = {v: peak(case[v], device, ("flux", v, heads, dname)) for v in ("vanilla", "csa")}
     block_ideal = t["vanilla"] + 2 * t["host_attention"] * (ideal - 1)
-    print(f"  host attention kernel: {case['kernel']}, {t['host_attention'] * 1e3:.1f} ms per vanilla joint call")
-    print(f"  unpatched {t['vanilla'] * 1e3:.1f} ms, CSA {t['csa'] * 1e3:.1f} ms, FLOP ideal {block_ideal * 1e3:.1f} ms")
-    print(f"  CSA/unpatched {t['csa'] / t['vanilla']:.2f}x (ideal {block_ideal / t['vanilla']:.2f}x), "
-          f"CSA/ideal {t['csa'] / block_ideal:.2f}x; peak memory CSA/unpatched {mem['csa'] / mem['vanilla']:.2f}x "
-          f"({mem['csa'] / 2**20:.0f} vs {mem['vanilla'] / 2**20:.0f} MiB)")
+    van, ours, kernel = t["vanilla"], t["csa"], t["host_attention"]
+    print(f"  host attention kernel: {case['kernel']}, {kernel * 1e3:.1f} ms per vanilla joint call")
+    print(f"  unpatched {van * 1e3:.1f} ms, CSA {ours * 1e3:.1f} ms, FLOP ideal {block_ideal * 1e3:.1f} ms")
+    print(
+        f"  CSA/unpatched {ours / van:.2f}x (ideal {block_ideal / van:.2f}x), "
+        f"CSA/ideal {ours / block_ideal:.2f}x; "
+        f"peak memory CSA/unpatched {mem['csa'] / mem['vanilla']:.2f}x "
+        f"({mem['csa'] / 2**20:.0f} vs {mem['vanilla'] / 2**20:.0f} MiB)"
+    )
     section_positions()
     return 0
 
 
 def rope_tokens(x, ids):
     """Flux RoPE written out for x [L, D] at positions ids [L, 3] (complex multiplication)."""
-    angles = [ids[:, a:a + 1].double() * THETA ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-              for a, d in enumerate(AXES)]
+    angles = [
+        ids[:, a : a + 1].double() * THETA ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+        for a, d in enumerate(AXES)
+    ]
     ang = torch.cat(angles, 1)
     xc = torch.view_as_complex(x.double().reshape(x.shape[0], -1, 2).contiguous())
     return torch.view_as_real(xc * torch.polar(torch.ones_like(ang), ang)).reshape(x.shape)
@@ -240,8 +302,10 @@ def section_positions(side=32, trials=3):
     print(f"\n== 3. position coupling: 2 panels, {side}x{side} tokens, q = c + noise, k = c + noise ==")
     ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     grid = torch.stack([torch.zeros(side * side), ys.flatten().float(), xs.flatten().float()], 1)
-    print("  attention on the borrowed token at the query's own cell / on an average borrowed token"
-          " (own-image analogue in brackets)")
+    print(
+        "  attention on the borrowed token at the query's own cell / on an average borrowed token"
+        " (own-image analogue in brackets)"
+    )
     print(f"  {'share c':>7} | " + " ".join(f"{m:>16}" for m in jc.POSITION_MODES))
     n = side * side
     for share in (0.25, 0.5, 0.75):
@@ -252,13 +316,15 @@ def section_positions(side=32, trials=3):
                 g = torch.Generator().manual_seed(t)
                 c = torch.randn(128, generator=g)
 
-                def tokens():
-                    return share ** 0.5 * c + (1 - share) ** 0.5 * torch.randn(n, 128, generator=g)
-
-                q, k_own, k_other = tokens(), tokens(), tokens()
+                q, k_own, k_other = (
+                    share**0.5 * c + (1 - share) ** 0.5 * torch.randn(n, 128, generator=g) for _ in range(3)
+                )
                 d = torch.tensor(jc.slot_offsets(mode, 1, (side, side), 3)[0])
-                w = (rope_tokens(q, grid) @ torch.cat([rope_tokens(k_own, grid), rope_tokens(k_other, grid + d)]).T
-                     / 128 ** 0.5).softmax(-1)
+                w = (
+                    rope_tokens(q, grid)
+                    @ torch.cat([rope_tokens(k_own, grid), rope_tokens(k_other, grid + d)]).T
+                    / 128**0.5
+                ).softmax(-1)
                 wo, wb = w[:, :n], w[:, n:]
                 locked.append(float((wb.diagonal() / wb.mean(1)).mean()))
                 own.append(float((wo.diagonal() / wo.mean(1)).mean()))

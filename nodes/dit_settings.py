@@ -14,19 +14,40 @@ DEFAULTS = {"keep_rate_double": 0.5, "keep_rate_single": 0.5, "dit_positions": "
 
 def dit_inputs() -> dict:
     return {
-        "keep_rate_double": ("FLOAT", {
-            "default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
-            "DiT models (Flux, Chroma, Qwen-Image, SD3.5, Z-Image): share of each panel's image tokens the other "
-            "panels see in double-stream / joint blocks (and SD3.5 Medium's image self-attention). Text is never shared."}),
-        "keep_rate_single": ("FLOAT", {
-            "default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
-            "DiT models with single-stream blocks (Flux.1, Flux.2, Chroma): share of image tokens seen there."}),
-        "dit_positions": (list(POSITION_MODES), {
-            "default": "canvas", "tooltip":
-            "RoPE DiTs: where borrowed tokens sit. 'canvas' = to the right of the panel, as in one wide multi-panel "
-            "image (no two tokens share a position); 'index' = on the reference-image index axis, as Kontext/Flux.2 "
-            "reference latents; 'same' = at the panel's own grid positions (the position conflict). SD3 ignores it "
-            "(its positions are added to the features)."}),
+        "keep_rate_double": (
+            "FLOAT",
+            {
+                "default": 0.5,
+                "min": 0.0,
+                "max": 1.0,
+                "step": 0.05,
+                "tooltip": "DiT models (Flux, Chroma, Qwen-Image, SD3.5, Z-Image): share of each panel's "
+                "image tokens the other panels see in double-stream / joint blocks (and SD3.5 Medium's "
+                "image self-attention). Text is never shared.",
+            },
+        ),
+        "keep_rate_single": (
+            "FLOAT",
+            {
+                "default": 0.5,
+                "min": 0.0,
+                "max": 1.0,
+                "step": 0.05,
+                "tooltip": "DiT models with single-stream blocks (Flux.1, Flux.2, Chroma): share of image "
+                "tokens seen there.",
+            },
+        ),
+        "dit_positions": (
+            list(POSITION_MODES),
+            {
+                "default": "canvas",
+                "tooltip": "RoPE DiTs: where borrowed tokens sit. 'canvas' = to the right of the panel, as "
+                "in one wide multi-panel image (no two tokens share a position); 'index' = on the "
+                "reference-image index axis, as Kontext/Flux.2 reference latents; 'same' = at the panel's "
+                "own grid positions (the position conflict). SD3 ignores it (its positions are added to "
+                "the features).",
+            },
+        ),
     }
 
 
@@ -50,14 +71,22 @@ def joint_config(model, settings: dict, node: str) -> JointConfig:
     return JointConfig(
         keep_double=float(settings.get("keep_rate_double", DEFAULTS["keep_rate_double"])),
         keep_single=float(settings.get("keep_rate_single", DEFAULTS["keep_rate_single"])),
-        blocks=family.blocks(dm, settings.get("blocks", "up")), positions=positions,
-        warmup_steps=int(settings.get("warmup_steps", 1)), start=start, end=end, schedule=schedule,
-        window=int(settings.get("window", 0)), seed=int(settings.get("seed", 0)),
-        strength=float(settings.get("strength", 1.0)))
+        blocks=family.blocks(dm, settings.get("blocks", "up")),
+        positions=positions,
+        warmup_steps=int(settings.get("warmup_steps", 1)),
+        start=start,
+        end=end,
+        schedule=schedule,
+        window=int(settings.get("window", 0)),
+        seed=int(settings.get("seed", 0)),
+        strength=float(settings.get("strength", 1.0)),
+    )
 
 
 def install_consistent_dit(model, settings: dict, node: str, mode: JointMode | None = None):
-    return install_dit(model, JointConsistentRun(joint_config(model, settings, node), mode or JointMode(node=node)), node)
+    return install_dit(
+        model, JointConsistentRun(joint_config(model, settings, node), mode or JointMode(node=node)), node
+    )
 
 
 def install_bank_dit(model, mode: JointMode):
@@ -67,4 +96,12 @@ def install_bank_dit(model, mode: JointMode):
     return install_dit(model, JointConsistentRun(config, mode), mode.node)
 
 
-__all__ = ["IdentityBank", "JointMode", "dit_inputs", "install_bank_dit", "install_consistent_dit", "is_dit", "joint_config"]
+__all__ = [
+    "IdentityBank",
+    "JointMode",
+    "dit_inputs",
+    "install_bank_dit",
+    "install_consistent_dit",
+    "is_dit",
+    "joint_config",
+]

@@ -27,9 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 import comfy.patcher_extension
+import torch
 
 from ..attention.joint_consistent import JointLayout, slot_offsets
 from ..attention.joint_consistent_run import JointCall, JointConsistentRun
@@ -69,8 +68,11 @@ class DiTFamily:
     def blocks(self, dm, choice: str) -> frozenset:
         d, s = self.counts(dm)
         if choice == "all" or self.default_up is None:
-            return frozenset({("double", i) for i in range(d)} | {("single", i) for i in range(s)}
-                             | {("self", i) for i in range(d)})
+            return frozenset(
+                {("double", i) for i in range(d)}
+                | {("single", i) for i in range(s)}
+                | {("self", i) for i in range(d)}
+            )
         return frozenset(self.default_up(d, s))
 
 
@@ -98,25 +100,53 @@ def _singles(d, s):  # the single-stream blocks: the later part of the network (
     return {("single", i) for i in range(s)}
 
 
-def _second_half(d, s):  # one block list: its second half (the decoder-like half, as StoryDiffusion's up blocks)
+def _second_half(
+    d, s
+):  # one block list: its second half (the decoder-like half, as StoryDiffusion's up blocks)
     return {(kind, i) for i in range(d // 2, d) for kind in ("double", "self")}
 
 
 def _chroma(dm) -> bool:
-    return _cls("comfy.ldm.chroma.model", "Chroma")(dm) and not _cls("comfy.ldm.chroma_radiance.model",
-                                                                      "ChromaRadiance")(dm)
+    return _cls("comfy.ldm.chroma.model", "Chroma")(dm) and not _cls(
+        "comfy.ldm.chroma_radiance.model", "ChromaRadiance"
+    )(dm)
 
 
-FLUX = DiTFamily("Flux.1 (dev, schnell, Kontext)", _flux_family(False), "double_blocks", "single_blocks", True,
-                 default_up=_singles)
+FLUX = DiTFamily(
+    "Flux.1 (dev, schnell, Kontext)",
+    _flux_family(False),
+    "double_blocks",
+    "single_blocks",
+    True,
+    default_up=_singles,
+)
 FLUX2 = DiTFamily("Flux.2", _flux_family(True), "double_blocks", "single_blocks", True, default_up=_singles)
 CHROMA = DiTFamily("Chroma", _chroma, "double_blocks", "single_blocks", True, default_up=_singles)
-QWEN_IMAGE = DiTFamily("Qwen-Image", _cls("comfy.ldm.qwen_image.model", "QwenImageTransformer2DModel"),
-                       "transformer_blocks", None, True, default_up=_second_half)
-SD3 = DiTFamily("SD3 / SD3.5 (MMDiT)", _cls("comfy.ldm.modules.diffusionmodules.mmdit", "OpenAISignatureMMDITWrapper"),
-                "joint_blocks", None, False, default_up=_second_half)
-LUMINA2 = DiTFamily("Z-Image / Lumina 2", _cls("comfy.ldm.lumina.model", "NextDiT"), "layers", None, True,
-                    replaces=False, default_up=_second_half)
+QWEN_IMAGE = DiTFamily(
+    "Qwen-Image",
+    _cls("comfy.ldm.qwen_image.model", "QwenImageTransformer2DModel"),
+    "transformer_blocks",
+    None,
+    True,
+    default_up=_second_half,
+)
+SD3 = DiTFamily(
+    "SD3 / SD3.5 (MMDiT)",
+    _cls("comfy.ldm.modules.diffusionmodules.mmdit", "OpenAISignatureMMDITWrapper"),
+    "joint_blocks",
+    None,
+    False,
+    default_up=_second_half,
+)
+LUMINA2 = DiTFamily(
+    "Z-Image / Lumina 2",
+    _cls("comfy.ldm.lumina.model", "NextDiT"),
+    "layers",
+    None,
+    True,
+    replaces=False,
+    default_up=_second_half,
+)
 DIT_FAMILIES = (FLUX, FLUX2, CHROMA, QWEN_IMAGE, SD3, LUMINA2)
 
 
@@ -185,15 +215,19 @@ class DiTConsistentPatch:
             return
         if len(mode.labels) not in (1, batch):
             raise StoryError(
-                f"{mode.node}: {len(mode.labels)} panels/characters are given but the latent batch is {batch}; "
-                "connect the Story Prompt's panel_count to the latent's batch_size (or give one name per image).")
+                f"{mode.node}: {len(mode.labels)} panels/characters are given but the latent batch is "
+                f"{batch}; connect the Story Prompt's panel_count to the latent's batch_size (or give one "
+                "name per image)."
+            )
         if mode.kind == "read":
             missing = sorted({c for names in mode.labels for c in names} - set(mode.bank.characters))
             if missing:
                 have = ", ".join(f"[{c}]" for c in mode.bank.characters) or "nothing yet"
+                tags = ", ".join(f"[{c}]" for c in missing)
                 raise StoryError(
-                    f"{mode.node}: the identity bank has no tokens for {', '.join(f'[{c}]' for c in missing)} "
-                    f"(it holds {have}). Write them first, load a bank that has them, or untag them.")
+                    f"{mode.node}: the identity bank has no tokens for {tags} (it holds {have}). "
+                    "Write them first, load a bank that has them, or untag them."
+                )
 
     # ---- per model call ---------------------------------------------------------------
     def apply_model(self, executor, *args, **kwargs):
@@ -210,7 +244,9 @@ class DiTConsistentPatch:
     def inject(self, transformer_options: dict, x: torch.Tensor, context) -> dict:
         dm = self.dm
         options = dict(transformer_options)
-        options[CALL_KEY] = CallContext(grid=_grid(dm, x), txt_len=int(context.shape[1]) if context is not None else 0)
+        options[CALL_KEY] = CallContext(
+            grid=_grid(dm, x), txt_len=int(context.shape[1]) if context is not None else 0
+        )
         if not self.family.replaces:
             options[OVERRIDE] = self._override(None, options.get(OVERRIDE))
             return options
@@ -230,8 +266,11 @@ class DiTConsistentPatch:
     def bind(self, model) -> None:
         self._dm = model.get_model_object("diffusion_model")
         covered = self.state.config.blocks
-        keys = {(kind if kind != "self" else "double", i) for kind, i in covered} if covered is not None else \
-            self.family.blocks(self._dm, "all")
+        keys = (
+            {(kind if kind != "self" else "double", i) for kind, i in covered}
+            if covered is not None
+            else self.family.blocks(self._dm, "all")
+        )
         d, s = self.family.counts(self._dm)
         self.block_keys = {(k, i) for k, i in keys if (k == "double" and i < d) or (k == "single" and i < s)}
 
@@ -279,13 +318,21 @@ class DiTConsistentPatch:
 
             def kernel(q_, k_, v_, mask_):
                 if q_ is q0 and k_ is k0 and v_ is v0 and mask_ is mask:
-                    return passthrough(*args, **kwargs)  # nothing shared: the call exactly as the block made it
+                    return passthrough(
+                        *args, **kwargs
+                    )  # nothing shared: the call exactly as the block made it
                 return passthrough(q_, k_, v_, heads, mask=mask_, skip_reshape=True, **rest)
 
-            jcall = JointCall(block=blk, layout=layout, chunks=tuple(int(c) for c in topts.get("cond_or_uncond") or [0]),
-                              sigma=float(topts["sigmas"].reshape(-1)[0]), sample_sigmas=topts.get("sample_sigmas"))
-            return self.state.attention(q, k, v, jcall, kernel, lambda n: self._rotations(call_ctx, n, q.shape[-1]),
-                                        mask)
+            jcall = JointCall(
+                block=blk,
+                layout=layout,
+                chunks=tuple(int(c) for c in topts.get("cond_or_uncond") or [0]),
+                sigma=float(topts["sigmas"].reshape(-1)[0]),
+                sample_sigmas=topts.get("sample_sigmas"),
+            )
+            return self.state.attention(
+                q, k, v, jcall, kernel, lambda n: self._rotations(call_ctx, n, q.shape[-1]), mask
+            )
 
         return override
 
@@ -324,7 +371,9 @@ class DiTConsistentPatch:
         key = (mode, slots, ctx.grid)
         if key not in ctx.rotations:
             emb = self.family.embedder(self.dm)
-            offsets = slot_offsets(mode, slots, ctx.grid, self.family.axes(self.dm), self.family.index_scale(self.dm))
+            offsets = slot_offsets(
+                mode, slots, ctx.grid, self.family.axes(self.dm), self.family.index_scale(self.dm)
+            )
             ids = torch.tensor(offsets, dtype=torch.float32).unsqueeze(0)  # [1, slots, axes]
             freqs = emb(ids).reshape(slots, head_dim // 2, 2, 2).float()
             ctx.rotations[key] = [freqs[m] for m in range(slots)]
@@ -335,15 +384,19 @@ def install_dit(model, run: JointConsistentRun, node: str):
     """A clone of a DiT `model` with Consistent Self-Attention; an earlier one of this pack is replaced."""
     family = dit_family(model)
     if family is None:
-        raise StoryError(f"{node}: this MODEL is not a DiT family the pack supports "
-                         f"(supported: {'; '.join(f.name for f in DIT_FAMILIES)}).")
+        raise StoryError(
+            f"{node}: this MODEL is not a DiT family the pack supports "
+            f"(supported: {'; '.join(f.name for f in DIT_FAMILIES)})."
+        )
     patch = DiTConsistentPatch(run, family, node)
     m = model.clone()
     patch.bind(m)
     topts = m.model_options.setdefault("transformer_options", {})
     topts[WRAPPER_KEY] = patch
-    for kind, fn in ((comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, patch.outer_sample),
-                     (comfy.patcher_extension.WrappersMP.APPLY_MODEL, patch.apply_model)):
+    for kind, fn in (
+        (comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, patch.outer_sample),
+        (comfy.patcher_extension.WrappersMP.APPLY_MODEL, patch.apply_model),
+    ):
         m.remove_wrappers_with_key(kind, WRAPPER_KEY)
         m.add_wrapper_with_key(kind, WRAPPER_KEY, fn)
     return m

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from dit_helpers import ksample, tiny_dit
 from pack_loader import submodule
 from test_dit_sampling import ALWAYS, csa
@@ -41,7 +40,9 @@ def test_dit_bank_write_read_save_load(family, tmp_path):
     loaded = IdentityBank.load(bank.save(tmp_path / "bob.safetensors"))
     assert torch.equal(ksample(read(family, loaded), family, panels=2, steps=2, seed=7), frames)
     mixed = ksample(read(family, bank, names="Bob, NC"), family, panels=2, steps=2, seed=7)
-    assert torch.equal(mixed[1], ksample(read(family, bank, names="NC, NC"), family, panels=2, steps=2, seed=7)[1])
+    assert torch.equal(
+        mixed[1], ksample(read(family, bank, names="NC, NC"), family, panels=2, steps=2, seed=7)[1]
+    )
 
 
 def test_dit_bank_missing_character_is_a_clear_error():

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from pack_loader import pure
 
 jc = pure("attention.joint_consistent")
@@ -27,7 +26,7 @@ def rope_at(x, ids, axes_dim, theta):
     angles = []
     for a, dim in enumerate(axes_dim):
         freq = theta ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-        angles.append(ids[:, a:a + 1].double() * freq)
+        angles.append(ids[:, a : a + 1].double() * freq)
     ang = torch.cat(angles, 1)  # [L, D/2]
     xc = torch.view_as_complex(x.double().reshape(*x.shape[:-1], -1, 2).contiguous())
     return torch.view_as_real(xc * torch.polar(torch.ones_like(ang), ang)).reshape(x.shape).float()
@@ -88,16 +87,22 @@ def test_sampled_tokens_and_window_match_explicit_reference():
             sel = txt + indices[j]
             keys.append(jc.rotate_pairs(k[j][:, sel], rots[m]))
             values.append(v[j][:, sel])
-        assert torch.allclose(out[i], explicit_attention(q[i], torch.cat(keys, 1), torch.cat(values, 1)), atol=1e-5)
+        assert torch.allclose(
+            out[i], explicit_attention(q[i], torch.cat(keys, 1), torch.cat(values, 1)), atol=1e-5
+        )
 
 
 def test_keep_rate_zero_or_one_panel_is_the_plain_call_bit_for_bit():
     _, _, q, k, v, _, layout = make_panels(b=3)
     plain = sdpa(q, k, v)
     none = ts.sample_token_indices(3, layout.img_len, 0.0, 0, 1.0)
-    assert torch.equal(jc.joint_consistent_attention(q, k, v, layout, none, cs.reference_table(3), sdpa), plain)
+    assert torch.equal(
+        jc.joint_consistent_attention(q, k, v, layout, none, cs.reference_table(3), sdpa), plain
+    )
     one = ts.sample_token_indices(1, layout.img_len, 0.5, 0, 1.0)
-    assert torch.equal(jc.joint_consistent_attention(q[:1], k[:1], v[:1], layout, one, [()], sdpa), sdpa(q[:1], k[:1], v[:1]))
+    assert torch.equal(
+        jc.joint_consistent_attention(q[:1], k[:1], v[:1], layout, one, [()], sdpa), sdpa(q[:1], k[:1], v[:1])
+    )
 
 
 def test_text_and_tail_tokens_are_never_shared():
@@ -110,7 +115,7 @@ def test_text_and_tail_tokens_are_never_shared():
     for j in (1, 2):  # change panels 1 and 2 everywhere except their image tokens
         k2[j, :, :txt] += 5
         v2[j, :, :txt] -= 3
-        k2[j, :, txt + h * w:] *= 4
+        k2[j, :, txt + h * w :] *= 4
     out2 = jc.joint_consistent_attention(q, k2, v2, layout, indices, refs, sdpa)
     assert torch.equal(out[0], out2[0])
     k3 = k.clone()
@@ -134,9 +139,11 @@ def test_bank_tokens_and_masks_extend_each_row():
         if extra[i] is not None:
             kk, vv = torch.cat([kk, ek], 1), torch.cat([vv, ev], 1)
             mm = torch.cat([mm, torch.zeros(1, n, 3)], -1)
-        assert torch.allclose(out[i], sdpa(q[i:i + 1], kk[None], vv[None], mm[None])[0], atol=1e-6)
+        assert torch.allclose(out[i], sdpa(q[i : i + 1], kk[None], vv[None], mm[None])[0], atol=1e-6)
     bmask = torch.ones(n, n, dtype=torch.bool)
-    assert jc.extend_mask(bmask, [0], b, 2).shape == (n, n + 2) and bool(jc.extend_mask(bmask, [0], b, 2)[:, -2:].all())
+    assert jc.extend_mask(bmask, [0], b, 2).shape == (n, n + 2) and bool(
+        jc.extend_mask(bmask, [0], b, 2)[:, -2:].all()
+    )
 
 
 def test_rope_rotation_composes_and_slot_offsets():
@@ -145,7 +152,10 @@ def test_rope_rotation_composes_and_slot_offsets():
     both = jc.rope_rotation((1.5, 1, 7), AXES, THETA)
     assert torch.allclose(jc.rotate_pairs(jc.rotate_pairs(x, r1), r2), jc.rotate_pairs(x, both), atol=1e-5)
     assert jc.slot_offsets("canvas", 2, (3, 4), 3) == [(0.0, 0.0, 4.0), (0.0, 0.0, 8.0)]
-    assert jc.slot_offsets("index", 2, (3, 4), 4, index_scale=10) == [(10.0, 0.0, 0.0, 0.0), (20.0, 0.0, 0.0, 0.0)]
+    assert jc.slot_offsets("index", 2, (3, 4), 4, index_scale=10) == [
+        (10.0, 0.0, 0.0, 0.0),
+        (20.0, 0.0, 0.0, 0.0),
+    ]
     assert jc.slot_offsets("same", 1, (3, 4), 3) == [(0.0, 0.0, 0.0)]
     with pytest.raises(ValueError):
         jc.slot_offsets("matched", 1, (3, 4), 3)

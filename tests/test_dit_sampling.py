@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from dit_helpers import ksample, tiny_dit
 from pack_loader import submodule
 from tiny_models import dit_factory
@@ -13,9 +12,20 @@ ALWAYS = {"warmup_steps": 0, "apply_probability": "1", "blocks": "all"}
 
 def csa(model, **overrides):
     node = submodule("nodes.consistent_attention").ConsistentSelfAttention()
-    settings = {"keep_rate_1_8": 0.5, "keep_rate_1_16": 0.5, "keep_rate_1_32": 0.5, "keep_rate_1_64": 0.5,
-                "blocks": "up", "warmup_steps": 1, "start_percent": 0.0, "end_percent": 100.0,
-                "apply_probability": "0.7, 0.9@40", "window": 0, "seed": 0, "strength": 1.0}
+    settings = {
+        "keep_rate_1_8": 0.5,
+        "keep_rate_1_16": 0.5,
+        "keep_rate_1_32": 0.5,
+        "keep_rate_1_64": 0.5,
+        "blocks": "up",
+        "warmup_steps": 1,
+        "start_percent": 0.0,
+        "end_percent": 100.0,
+        "apply_probability": "0.7, 0.9@40",
+        "window": 0,
+        "seed": 0,
+        "strength": 1.0,
+    }
     settings.update(overrides)
     return node.patch(model, **settings)[0]
 
@@ -43,7 +53,9 @@ class ForeignBlockReplace:
     def install(self, model):
         dm = model.get_model_object("diffusion_model")
         m = model.clone()
-        d = len(getattr(dm, "double_blocks", None) or getattr(dm, "transformer_blocks", None) or dm.joint_blocks)
+        d = len(
+            getattr(dm, "double_blocks", None) or getattr(dm, "transformer_blocks", None) or dm.joint_blocks
+        )
         s = len(getattr(dm, "single_blocks", []))
         for kind, count in (("double_block", d), ("single_block", s)):
             for i in range(count):
@@ -59,7 +71,8 @@ class ForeignBlockReplace:
                 chunks = len(topts.get("cond_or_uncond") or [0])
                 tail = 0
                 topts["optimized_attention_override"] = dit_helpers.dense_reference_override(
-                    self.dm, self.grid, chunks, args.get("pe"), tail, self.rope)
+                    self.dm, self.grid, chunks, args.get("pe"), tail, self.rope
+                )
                 ref = dit_helpers.raw_block_call(self.dm, key, args, topts)
             out = extra["original_block"](args)
             if ref is not None:
@@ -101,10 +114,16 @@ def test_foreign_block_replace_before_and_after_runs_on_every_block_and_sharing_
     out_before = ksample(csa(before.install(model), **ALWAYS), family, panels=3, steps=2)
     out_after = ksample(after.install(csa(model, **ALWAYS)), family, panels=3, steps=2)
     dm = model.get_model_object("diffusion_model")
-    blocks = len(getattr(dm, "double_blocks", None) or getattr(dm, "transformer_blocks", None) or dm.joint_blocks)
+    blocks = len(
+        getattr(dm, "double_blocks", None) or getattr(dm, "transformer_blocks", None) or dm.joint_blocks
+    )
     blocks += len(getattr(dm, "single_blocks", []))
     for probe in (before, after):
-        assert len(probe.calls) == blocks and len(set(probe.calls.values())) == 1 and min(probe.calls.values()) >= 2
+        assert (
+            len(probe.calls) == blocks
+            and len(set(probe.calls.values())) == 1
+            and min(probe.calls.values()) >= 2
+        )
     assert torch.equal(out_before, alone) and torch.equal(out_after, alone)
     assert not torch.allclose(alone, plain, atol=1e-4)
 

@@ -16,52 +16,120 @@ features plus the extra keys the family's model_base reads (pooled output, guida
 
 from __future__ import annotations
 
-import torch
-
 import comfy.model_patcher
 import comfy.sd
 import comfy.supported_models
 import comfy.supported_models_base
 import comfy.text_encoders.flux
+import torch
 
 TEXT_WIDTH = 64  # text features (T5 / LLM hidden) of the tiny models; real: 4096, 3584, 2560, 15360
 
 FLUX = {
-    "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768,
-    "context_in_dim": TEXT_WIDTH, "hidden_size": 256, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2,
-    "depth_single_blocks": 3, "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2, "qkv_bias": True,
+    "image_model": "flux",
+    "in_channels": 16,
+    "out_channels": 16,
+    "vec_in_dim": 768,
+    "context_in_dim": TEXT_WIDTH,
+    "hidden_size": 256,
+    "mlp_ratio": 4.0,
+    "num_heads": 2,
+    "depth": 2,
+    "depth_single_blocks": 3,
+    "axes_dim": [16, 56, 56],
+    "theta": 10000,
+    "patch_size": 2,
+    "qkv_bias": True,
     "guidance_embed": True,
 }
 FLUX_SCHNELL = {**FLUX, "guidance_embed": False}
 FLUX2 = {
-    "image_model": "flux2", "in_channels": 128, "out_channels": 128, "vec_in_dim": None,
-    "context_in_dim": TEXT_WIDTH, "hidden_size": 256, "mlp_ratio": 3.0, "num_heads": 2, "depth": 2,
-    "depth_single_blocks": 3, "axes_dim": [32, 32, 32, 32], "theta": 2000, "patch_size": 1, "qkv_bias": False,
-    "guidance_embed": True, "global_modulation": True, "mlp_silu_act": True, "ops_bias": False,
-    "default_ref_method": "index", "ref_index_scale": 10.0,
+    "image_model": "flux2",
+    "in_channels": 128,
+    "out_channels": 128,
+    "vec_in_dim": None,
+    "context_in_dim": TEXT_WIDTH,
+    "hidden_size": 256,
+    "mlp_ratio": 3.0,
+    "num_heads": 2,
+    "depth": 2,
+    "depth_single_blocks": 3,
+    "axes_dim": [32, 32, 32, 32],
+    "theta": 2000,
+    "patch_size": 1,
+    "qkv_bias": False,
+    "guidance_embed": True,
+    "global_modulation": True,
+    "mlp_silu_act": True,
+    "ops_bias": False,
+    "default_ref_method": "index",
+    "ref_index_scale": 10.0,
 }
 CHROMA = {
-    "image_model": "chroma", "in_channels": 64, "out_channels": 64, "context_in_dim": TEXT_WIDTH,
-    "hidden_size": 256, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 3,
-    "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2, "qkv_bias": True,
-    "in_dim": 64, "out_dim": 256, "hidden_dim": 64, "n_layers": 2,
+    "image_model": "chroma",
+    "in_channels": 64,
+    "out_channels": 64,
+    "context_in_dim": TEXT_WIDTH,
+    "hidden_size": 256,
+    "mlp_ratio": 4.0,
+    "num_heads": 2,
+    "depth": 2,
+    "depth_single_blocks": 3,
+    "axes_dim": [16, 56, 56],
+    "theta": 10000,
+    "patch_size": 2,
+    "qkv_bias": True,
+    "in_dim": 64,
+    "out_dim": 256,
+    "hidden_dim": 64,
+    "n_layers": 2,
 }
 QWEN_IMAGE = {
-    "image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 3,
-    "attention_head_dim": 128, "num_attention_heads": 2, "joint_attention_dim": TEXT_WIDTH,
+    "image_model": "qwen_image",
+    "patch_size": 2,
+    "in_channels": 64,
+    "out_channels": 16,
+    "num_layers": 3,
+    "attention_head_dim": 128,
+    "num_attention_heads": 2,
+    "joint_attention_dim": TEXT_WIDTH,
     "axes_dims_rope": (16, 56, 56),
 }
 SD35 = {  # SD3.5 Medium layout: MMDiT-X, image-only self-attention in the first blocks, RMS qk-norm
-    "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "input_size": None,
-    "adm_in_channels": 2048, "pos_embed_scaling_factor": None, "qk_norm": "rms",
-    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": TEXT_WIDTH, "out_features": 128}},
-    "num_patches": 64 * 64, "pos_embed_max_size": 64, "x_block_self_attn_layers": [0],
+    "in_channels": 16,
+    "out_channels": 16,
+    "patch_size": 2,
+    "depth": 2,
+    "input_size": None,
+    "adm_in_channels": 2048,
+    "pos_embed_scaling_factor": None,
+    "qk_norm": "rms",
+    "context_embedder_config": {
+        "target": "torch.nn.Linear",
+        "params": {"in_features": TEXT_WIDTH, "out_features": 128},
+    },
+    "num_patches": 64 * 64,
+    "pos_embed_max_size": 64,
+    "x_block_self_attn_layers": [0],
 }
 Z_IMAGE = {
-    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 256, "cap_feat_dim": TEXT_WIDTH,
-    "n_layers": 3, "n_refiner_layers": 1, "qk_norm": True, "n_heads": 2, "n_kv_heads": 2,
-    "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512], "rope_theta": 256.0,
-    "ffn_dim_multiplier": 8.0 / 3.0, "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32,
+    "image_model": "lumina2",
+    "patch_size": 2,
+    "in_channels": 16,
+    "dim": 256,
+    "cap_feat_dim": TEXT_WIDTH,
+    "n_layers": 3,
+    "n_refiner_layers": 1,
+    "qk_norm": True,
+    "n_heads": 2,
+    "n_kv_heads": 2,
+    "axes_dims": [32, 48, 48],
+    "axes_lens": [1536, 512, 512],
+    "rope_theta": 256.0,
+    "ffn_dim_multiplier": 8.0 / 3.0,
+    "z_image_modulation": True,
+    "time_scale": 1000.0,
+    "pad_tokens_multiple": 32,
 }
 
 DIT_FAMILIES = {
@@ -75,8 +143,15 @@ DIT_FAMILIES = {
 }
 
 # latent channels the sampler works in, per family (Flux.2: 128 = its 32-channel VAE latent patchified 2x2)
-LATENT_CHANNELS = {"flux": 16, "flux_schnell": 16, "flux2": 128, "chroma": 16, "qwen_image": 16, "sd35": 16,
-                   "z_image": 16}
+LATENT_CHANNELS = {
+    "flux": 16,
+    "flux_schnell": 16,
+    "flux2": 128,
+    "chroma": 16,
+    "qwen_image": 16,
+    "sd35": 16,
+    "z_image": 16,
+}
 
 
 def empty_latent(family: str, batch: int, h: int, w: int) -> torch.Tensor:
@@ -98,7 +173,7 @@ def _seeded_init(module: torch.nn.Module, seed: int) -> None:
                 p.fill_(1.0)
             else:
                 fan_in = max(1, p[0].numel())
-                p.copy_(torch.randn(p.shape, generator=gen) * (fan_in ** -0.5))
+                p.copy_(torch.randn(p.shape, generator=gen) * (fan_in**-0.5))
 
 
 def tiny_dit(family: str = "flux", seed: int = 0) -> comfy.model_patcher.ModelPatcher:
@@ -128,7 +203,10 @@ def conditioning(family: str, panels: int = 1, tokens: int = 16, seed: int = 0) 
     elif family == "chroma":
         extra = {"pooled_output": None}
     elif family == "flux2":
-        extra = {"guidance": 4.0, "pooled_output": None}  # model_base reads the key; Flux.2 has no vector input
+        extra = {
+            "guidance": 4.0,
+            "pooled_output": None,
+        }  # model_base reads the key; Flux.2 has no vector input
     return [[ctx, extra]]
 
 
@@ -139,10 +217,17 @@ TINY_T5 = {"d_model": TEXT_WIDTH, "d_ff": 128, "d_kv": 32, "num_heads": 2, "num_
 def tiny_flux_clip(seed: int = 0) -> comfy.sd.CLIP:
     """Flux's CLIP (real CLIP-L + T5 tokenizers) with thin random layers; T5 width = TEXT_WIDTH."""
     target = comfy.supported_models_base.ClipTarget(
-        comfy.text_encoders.flux.FluxTokenizer, comfy.text_encoders.flux.flux_clip(dtype_t5=torch.float32))
+        comfy.text_encoders.flux.FluxTokenizer, comfy.text_encoders.flux.flux_clip(dtype_t5=torch.float32)
+    )
     device = torch.device("cpu")
-    options = {"clip_l_model_config": dict(TINY_TEXT_LAYERS), "t5xxl_model_config": dict(TINY_T5),
-               "load_device": device, "offload_device": device, "initial_device": device, "dtype": torch.float32}
+    options = {
+        "clip_l_model_config": dict(TINY_TEXT_LAYERS),
+        "t5xxl_model_config": dict(TINY_T5),
+        "load_device": device,
+        "offload_device": device,
+        "initial_device": device,
+        "dtype": torch.float32,
+    }
     clip = comfy.sd.CLIP(target, model_options=options)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
