@@ -47,8 +47,9 @@ class ForeignBlockReplace:
     """Another pack's `dit` block replace: counts its calls per block and runs the block it is given.
     With `reference`, it also computes each block's output with an independent dense attention."""
 
-    def __init__(self, dm=None, grid=None, rope=True):
-        self.calls, self.errors, self.dm, self.grid, self.rope = {}, [], dm, grid, rope
+    def __init__(self, dm=None, grid=None, rope=True, tail=0):
+        self.calls, self.errors, self.dm, self.grid, self.rope, self.tail = {}, [], dm, grid, rope, tail
+        self.tails = set()
 
     def install(self, model):
         dm = model.get_model_object("diffusion_model")
@@ -67,11 +68,13 @@ class ForeignBlockReplace:
             self.calls[key] = self.calls.get(key, 0) + 1
             ref = None
             if self.dm is not None:
+                if "txt" in args:  # double blocks: the tokens after the image of this model call
+                    self.tail = args["img"].shape[1] - self.grid[0] * self.grid[1]
+                    self.tails.add(self.tail)
                 topts = dict(args["transformer_options"])
                 chunks = len(topts.get("cond_or_uncond") or [0])
-                tail = 0
                 topts["optimized_attention_override"] = dit_helpers.dense_reference_override(
-                    self.dm, self.grid, chunks, args.get("pe"), tail, self.rope
+                    self.dm, self.grid, chunks, args.get("pe"), self.tail, self.rope
                 )
                 ref = dit_helpers.raw_block_call(self.dm, key, args, topts)
             out = extra["original_block"](args)
@@ -134,3 +137,22 @@ def test_applying_twice_equals_once_and_the_input_model_is_untouched():
     twice = csa(csa(model, seed=5, **ALWAYS), **ALWAYS)
     assert torch.equal(ksample(once, "flux", panels=3, steps=2), ksample(twice, "flux", panels=3, steps=2))
     assert "dit" not in model.model_options["transformer_options"].get("patches_replace", {})
+
+
+def test_reference_latent_tokens_stay_own_only_on_flux_kontext_layout():
+    """A reference latent (Kontext / ReferenceLatent) appends tokens after the image: they are
+    keys of their own panel only, never shared; keep-rate 1 still equals the dense reference."""
+    import node_helpers
+
+    model = tiny_dit("flux")
+    dm = model.get_model_object("diffusion_model")
+    ref = torch.randn(1, 16, 4, 6, generator=torch.Generator().manual_seed(3))
+    positive = node_helpers.conditioning_set_values(
+        dit_factory.conditioning("flux", 3, seed=1), {"reference_latents": [ref]}, append=True
+    )
+    probe = ForeignBlockReplace(dm, (4, 6))
+    m = csa(probe.install(model), keep_rate_double=1.0, keep_rate_single=1.0, **ALWAYS)
+    ksample(m, "flux", panels=3, steps=2, positive=positive)
+    worst = max(e[2] for e in probe.errors)
+    assert len(probe.calls) == 5 and worst < 1e-5, worst
+    assert probe.tails == {0, 6}  # the cond chunk carries the reference; the uncond one runs apart
