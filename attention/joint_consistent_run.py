@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .consistent import reference_table
+from .consistent_run import Mode
 from .identity_bank import IdentityBank
 from .joint_consistent import JointLayout, joint_consistent_attention, rotate_pairs
-from .token_sampling import ProbabilitySchedule, gate_draw, sample_token_indices, step_progress, step_sigma
+from .steps import StepWindow, step_progress, step_sigma
+from .token_sampling import ProbabilitySchedule, gate_draw, sample_token_indices
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 Rotations = Callable[[int], list]  # slots -> [rotation [D/2, 2, 2] or None] * slots
@@ -43,8 +45,7 @@ class JointConfig:
     blocks: frozenset | None = None  # covered (kind, index) blocks; None = every block
     positions: str = "canvas"
     warmup_steps: int = 1
-    start: float = 0.0  # step window, fractions of the steps (both ends inclusive)
-    end: float = 1.0
+    steps: StepWindow = StepWindow()
     schedule: ProbabilitySchedule = ProbabilitySchedule(((0.0, 0.7), (0.4, 0.9)))
     window: int = 0
     seed: int = 0
@@ -55,14 +56,6 @@ class JointConfig:
 
     def covers(self, block: tuple) -> bool:
         return self.blocks is None or (block[0], int(block[1])) in self.blocks
-
-
-@dataclass
-class JointMode:
-    kind: str = "plain"  # "plain" | "write" | "read"
-    bank: IdentityBank | None = None
-    labels: tuple = ()  # write: character per image (None = not an identity image); read: names per image
-    node: str = "Consistent Self-Attention"
 
 
 @dataclass(frozen=True)
@@ -81,7 +74,7 @@ class JointConsistentRun:
     """Settings + the per-run caches of one DiT patch; `reset()` when sampling starts, `release()` after."""
 
     config: JointConfig
-    mode: JointMode = field(default_factory=JointMode)
+    mode: Mode = field(default_factory=Mode)
 
     def __post_init__(self):
         self.reset()
@@ -135,7 +128,7 @@ class JointConsistentRun:
         layer = (call.block[0], int(call.block[1]), 0)
         active = (
             t >= cfg.warmup_steps
-            and cfg.start - 1e-9 <= progress <= cfg.end + 1e-9
+            and cfg.steps.contains(progress)
             and gate_draw(cfg.seed, sigma, layer) < cfg.schedule.at(progress)
         )
         rate = cfg.keep_rate(call.block[0])

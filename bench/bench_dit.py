@@ -129,6 +129,7 @@ def flux_case(heads, device, dtype):
     comfy_args.cpu = device.type == "cpu"
     import comfy.model_patcher
     import comfy.supported_models
+
     from pack_loader import submodule
 
     cfg = {

@@ -30,9 +30,8 @@ def ksample(
     sampler: str = "euler",
 ) -> torch.Tensor:
     """Sample `panels` images through core's KSampler node (the node a user's graph runs)."""
-    from tiny_models import dit_factory
-
     import nodes
+    from tiny_models import dit_factory
 
     positive = positive if positive is not None else dit_factory.conditioning(family, panels, seed=1)
     negative = negative if negative is not None else dit_factory.conditioning(family, panels, seed=2)

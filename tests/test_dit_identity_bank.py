@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from dit_helpers import ksample, tiny_dit
 from pack_loader import submodule
 from test_dit_sampling import ALWAYS, csa
@@ -11,9 +12,16 @@ IdentityBank = submodule("attention.identity_bank").IdentityBank
 
 
 def write(family, names="Bob", panels=2, bank=None):
-    model = tiny_dit(family)
-    m, out_bank = bank_nodes.IdentityBankWrite().patch(csa(model, **ALWAYS), names=names, bank=bank)
-    ksample(m, family, panels=panels, steps=2)
+    """The sampling write node (LATENT + IDENTITY_BANK) on the tiny DiT."""
+    from tiny_models import dit_factory
+
+    model = csa(tiny_dit(family), **ALWAYS)
+    _, out_bank = bank_nodes.IdentityBankWrite().sample(
+        model, names=names, bank=bank, positive=dit_factory.conditioning(family, panels, seed=1),
+        negative=dit_factory.conditioning(family, panels, seed=2),
+        latent_image={"samples": dit_factory.empty_latent(family, panels, 8, 12)},
+        seed=0, steps=2, cfg=2.0, sampler_name="euler", scheduler="simple",
+    )  # fmt: skip
     return out_bank
 
 

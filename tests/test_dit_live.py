@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from story_client import download_images, run_prompt
 
 pytestmark = pytest.mark.live

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from pack_loader import pure
 
 jc = pure("attention.joint_consistent")

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from dit_helpers import ksample, tiny_dit
 from tiny_models import dit_factory
 

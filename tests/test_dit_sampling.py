@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from dit_helpers import ksample, tiny_dit
 from pack_loader import submodule
 from tiny_models import dit_factory
@@ -156,3 +157,18 @@ def test_reference_latent_tokens_stay_own_only_on_flux_kontext_layout():
     worst = max(e[2] for e in probe.errors)
     assert len(probe.calls) == 5 and worst < 1e-5, worst
     assert probe.tails == {0, 6}  # the cond chunk carries the reference; the uncond one runs apart
+
+
+def test_isolated_attention_on_flux_is_the_family_error():
+    """Isolation is not built for DiTs yet: the node says so instead of an AttributeError."""
+    from isolated_helpers import encode_story, isolated
+    from tiny_models import dit_factory
+
+    clip = dit_factory.tiny_flux_clip()
+    _, _, story, _ = encode_story(clip)
+    with pytest.raises(submodule("nodes.common").StoryError) as e:
+        isolated(tiny_dit("flux"), clip, story)
+    msg = str(e.value)
+    assert msg.startswith("Isolated Attention") and "Flux" in msg and "SDXL" in msg and "supported" in msg, (
+        msg
+    )

@@ -16,12 +16,13 @@ features plus the extra keys the family's model_base reads (pooled output, guida
 
 from __future__ import annotations
 
+import torch
+
 import comfy.model_patcher
 import comfy.sd
 import comfy.supported_models
 import comfy.supported_models_base
 import comfy.text_encoders.flux
-import torch
 
 TEXT_WIDTH = 64  # text features (T5 / LLM hidden) of the tiny models; real: 4096, 3584, 2560, 15360
 
