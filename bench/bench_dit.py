@@ -172,7 +172,7 @@ def flux_case(heads, device, dtype):
         blocks="all",
         warmup_steps=0,
         start_percent=0.0,
-        end_percent=100.0,
+        end_percent=1.0,
         apply_probability="1",
         window=0,
         seed=0,

@@ -21,7 +21,7 @@ def csa(model, **overrides):
         "blocks": "up",
         "warmup_steps": 1,
         "start_percent": 0.0,
-        "end_percent": 100.0,
+        "end_percent": 1.0,
         "apply_probability": "0.7, 0.9@40",
         "window": 0,
         "seed": 0,
