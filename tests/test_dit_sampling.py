@@ -172,3 +172,61 @@ def test_isolated_attention_on_flux_is_the_family_error():
     assert msg.startswith("Isolated Attention") and "Flux" in msg and "SDXL" in msg and "supported" in msg, (
         msg
     )
+
+
+def test_z_image_keep_rate_one_equals_dense_joint_attention_on_real_layer_calls():
+    """Z-Image/Lumina 2 has no block replaces: a forward hook on each main layer's attention module
+    recomputes q, k, v from its input with the module's weights and compares the module's output
+    with an explicit softmax over own tokens + every other panel's image tokens at canvas positions."""
+    model = tiny_dit("z_image")
+    dm = model.get_model_object("diffusion_model")
+    gh, gw, cap = 4, 6, 32  # 8x12 latent, patch 2; 16 caption tokens padded to 32
+    img, chunks = gh * gw, 2
+    errors, handles = [], []
+
+    def hook(module, args, kwargs, out):
+        x, freqs = args[0], args[2]
+        b, n, _ = x.shape
+        if n != cap + img + (-img) % 32:
+            return  # a refiner layer (caption or image alone)
+        heads, d = module.n_local_heads, module.head_dim
+        with torch.no_grad():
+            q, k, v = torch.split(module.qkv(x), [heads * d, heads * d, heads * d], dim=-1)
+            q = module.q_norm(q.view(b, n, heads, d))
+            k = module.k_norm(k.view(b, n, heads, d))
+            v = v.view(b, n, heads, d)
+            rot = freqs[0, :, 0].double()  # [n, D/2, 2, 2]
+
+            def rope(t, r):  # t [L, H, D] at rotations r [L, D/2, 2, 2]
+                pairs = t.double().reshape(*t.shape[:-1], -1, 2)
+                return torch.einsum("lrab,lhrb->lhra", r, pairs).reshape(t.shape)
+
+            qr, kr = (torch.stack([rope(t[i], rot) for i in range(b)]) for t in (q, k))
+            images = b // chunks
+            ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+            ref = torch.empty(b, n, heads * d, dtype=torch.float64)
+            for row in range(b):
+                c, i = divmod(row, images)
+                keys, values = [kr[row]], [v[row].double()]
+                for m, j in enumerate(j for j in range(images) if j != i):
+                    other = c * images + j
+                    ids = torch.stack([torch.full((img,), cap + 1.0), ys.flatten().float(),
+                                       xs.flatten().float() + (m + 1) * gw], 1)  # fmt: skip
+                    fresh = dm.rope_embedder(ids.unsqueeze(0))[0, 0].double()
+                    keys.append(rope(k[other][cap : cap + img], fresh))
+                    values.append(v[other][cap : cap + img].double())
+                kk, vv = torch.cat(keys), torch.cat(values)  # [L, H, D]
+                w = torch.einsum("qhd,khd->hqk", qr[row], kk) / d**0.5
+                ref[row] = torch.einsum("hqk,khd->qhd", w.softmax(-1), vv).reshape(n, -1)
+            expected = module.out(ref.float())
+        errors.append(float((out - expected).abs().max()))
+
+    for layer in dm.layers:
+        handles.append(layer.attention.register_forward_hook(hook, with_kwargs=True))
+    try:
+        ksample(csa(model, keep_rate_double=1.0, **ALWAYS), "z_image", panels=3, steps=2)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(errors) == 2 * len(dm.layers), len(errors)  # 2 steps, cond and uncond in one call
+    assert max(errors) < 1e-5, max(errors)
