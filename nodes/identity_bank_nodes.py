@@ -15,6 +15,7 @@ from ..attention.identity_bank import IdentityBank
 from .common import CATEGORY_ROOT, DENOISE_INPUT, StoryError, ksample, sampler_inputs
 from .model_signature import check_bank_fits, model_family, self_attention_widths
 from .patch_consistent import FEATURE, ConsistentPatch
+from .patch_consistent_dit import consistent_patch
 from .patch_core import install, installed
 
 CATEGORY = f"{CATEGORY_ROOT}/identity bank"
@@ -154,7 +155,14 @@ def write_model(model, story, names: str, bank, node: str, settings: BankSetting
         check_bank_fits(node, bank, model)
         out_bank.update_from(bank)
     mode = Mode(kind="write", bank=out_bank, labels=labels, node=node)
-    return install(model, ConsistentPatch(_settings_of(model), mode)), out_bank
+    patch = consistent_patch(model, _settings_of(model), mode)
+    if not isinstance(patch, ConsistentPatch) and (settings.keep_rate > 0 or settings.between != "nearest"):
+        raise StoryError(
+            f"{node}: on a {model_family(model)} model (a DiT) the bank stores the tokens CSA shares: set "
+            "bank_keep_rate to 0 and between_steps to nearest (bank_steps, precision and guidance_halves "
+            "apply)."
+        )
+    return install(model, patch), out_bank
 
 
 class IdentityBankWrite:
@@ -296,7 +304,7 @@ class IdentityBankRead:
         labels = read_labels(story, names, node)
         check_bank_fits(node, bank, model)
         mode = Mode(kind="read", bank=bank, labels=labels, node=node)
-        return (install(model, ConsistentPatch(_settings_of(model), mode)),)
+        return (install(model, consistent_patch(model, _settings_of(model), mode)),)
 
 
 # The sampling write node takes a new id; the old id keeps the deprecated patch-only node, so a

@@ -16,12 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 API = ROOT / "example_workflows" / "api"
 
 
-def workflow(name, steps=2, size=64, folder=API):
-    """An example workflow made quick: 2 steps, 64 px, the tiny SD1.5-shaped model (fewest layers)."""
+def workflow(name, steps=2, size=64, folder=API, family="sd15"):
+    """An example workflow made quick: 2 steps, 64 px, the tiny SD1.5-shaped model (fewest layers)
+    or the tiny Flux.1 model (`family="flux"`, the same nodes on a DiT)."""
     prompt = json.loads((folder / name).read_text())
     for node in prompt.values():
         if node["class_type"] == "StoryTestTinyCheckpoint":
-            node["inputs"]["family"] = "sd15"
+            node["inputs"]["family"] = family
         if node["class_type"] in ("KSampler", "StoryDiffIdentityBankWriteSample"):
             node["inputs"]["steps"] = steps
         if node["class_type"] == "EmptyLatentImage":
@@ -35,11 +36,11 @@ def saved_latent(server, entry, node_id) -> torch.Tensor:
     return load_file(str(path))["latent_tensor"]
 
 
-def write_then_read_in_memory():
+def write_then_read_in_memory(family="sd15"):
     """The write workflow plus the read workflow fed by the write run's bank object (no file)."""
-    prompt = workflow("identity_bank_write.json")
+    prompt = workflow("identity_bank_write.json", family=family)
     shared = {"1": "1", "7": "7"}
-    read = workflow("identity_bank_read.json")
+    read = workflow("identity_bank_read.json", family=family)
     rename = {k: shared.get(k, "r" + k) for k in read}
     for k, node in read.items():
         if node["class_type"] == "StoryDiffLoadIdentityBank" or k in shared:
@@ -53,8 +54,9 @@ def write_then_read_in_memory():
     return prompt
 
 
-def test_bank_round_trip_write_save_load_in_a_fresh_server(live_server):
-    entry = run_prompt(live_server, write_then_read_in_memory(), timeout=600)
+@pytest.mark.parametrize("family", ["sd15", "flux"])
+def test_bank_round_trip_write_save_load_in_a_fresh_server(live_server, family):
+    entry = run_prompt(live_server, write_then_read_in_memory(family), timeout=600)
     assert entry["status"]["status_str"] == "success"
     in_memory = saved_latent(live_server, entry, "r10")
     bank_file = Path(live_server.base) / "output" / "identity_banks" / "bob_bank.safetensors"
@@ -67,12 +69,12 @@ def test_bank_round_trip_write_save_load_in_a_fresh_server(live_server):
         from comfy_host import ComfyServer
 
         with ComfyServer(base, with_tiny_models=True) as fresh:
-            entry2 = run_prompt(fresh, workflow("identity_bank_read.json"), timeout=600)
+            entry2 = run_prompt(fresh, workflow("identity_bank_read.json", family=family), timeout=600)
             assert entry2["status"]["status_str"] == "success"
             from_file = saved_latent(fresh, entry2, "10")
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    assert from_file.shape == in_memory.shape == (3, 4, 8, 8)
+    assert from_file.shape == in_memory.shape == (3, 16 if family == "flux" else 4, 8, 8)
     assert torch.equal(from_file, in_memory)
 
 
