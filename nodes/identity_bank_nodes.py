@@ -73,7 +73,7 @@ SIZE_FORMULA = (
     "over the patched self-attention layers of round(keep-rate x tokens) x bytes per token (2 x width in "
     "fp16, width + 4 in int8). SDXL at 1024x1024, 30 steps, CFG, CSA keep-rate 0.5: the full bank (every "
     "step, CSA's keep-rate, fp16) is 3.08 GiB per identity image (105 MiB per step); the defaults (5 steps, "
-    "CSA's keep-rate, int8, both halves) store 263 MiB."
+    "CSA's keep-rate, int8, both halves) store 264 MiB."
 )
 
 BANK_OPTIONS = {
