@@ -80,8 +80,10 @@ def test_bank_round_trip_write_save_load_in_a_fresh_server(live_server, family):
 
 def test_reading_a_character_the_bank_lacks_fails_with_a_clear_message(live_server):
     prompt = workflow("identity_bank_read.json")
-    if not (Path(live_server.base) / "output" / "identity_banks" / "bob_bank.safetensors").is_file():
-        run_prompt(live_server, workflow("identity_bank_write.json"), timeout=600)
+    write = workflow("identity_bank_write.json")  # its own SD1.5 bank: bob_bank may hold the Flux one
+    write["9"]["inputs"]["name"] = "bob_bank_sd15"
+    run_prompt(live_server, write, timeout=600)
+    prompt["8"]["inputs"]["bank_file"] = "bob_bank_sd15.safetensors"
     prompt["2"]["inputs"]["story"] = "[Ann]: a woman with red hair\n[Ann] walks along the sea"
     with pytest.raises(PromptFailed) as e:
         run_prompt(live_server, prompt, timeout=300)
