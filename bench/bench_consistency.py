@@ -149,12 +149,12 @@ def main(argv=None) -> int:
     n1, n2 = len(stories.ONE_CHARACTER), len(stories.TWO_CHARACTERS)
     print(f"\nstory world model, {args.steps} steps euler, cfg {args.cfg:g}, {len(seeds)} seeds; "
           f"{n1} one-character stories x 4 panels, {n2} two-character stories x 3 panels; mean ± sd over seeds (%)")
-    print(f"{'setting':<20} | {'identity: all agree':>19} | {'attr agree':>12} | {'scene acc':>12} | {'leak':>12} | {'correct':>12}")
-    print("-" * 102)
+    print(f"{'setting':<28} | {'identity: all agree':>19} | {'attr agree':>12} | {'scene acc':>12} | {'leak':>12} | {'correct':>12}")
+    print("-" * 110)
     for name, r in ident.items():
-        print(f"{name:<20} | {fmt(r['all']):>19} | {fmt(r['attr']):>12} | {fmt(r['scene']):>12} | {'':>12} | {'':>12}")
+        print(f"{name:<28} | {fmt(r['all']):>19} | {fmt(r['attr']):>12} | {fmt(r['scene']):>12} | {'':>12} | {'':>12}")
     for name, r in iso.items():
-        print(f"{name + ' (2 chars)':<20} | {'':>19} | {'':>12} | {'':>12} | {fmt(r['leak']):>12} | {fmt(r['correct']):>12}")
+        print(f"{name + ' (2 chars)':<28} | {'':>19} | {'':>12} | {'':>12} | {fmt(r['leak']):>12} | {fmt(r['correct']):>12}")
     if args.grid:
         save_grid(shown, Path(args.grid))
         print(f"panels: {args.grid} (one row per setting, seed and story)")

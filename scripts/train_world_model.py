@@ -152,12 +152,14 @@ def set_rng_state(s):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae-steps", type=int, default=500)
+    ap.add_argument("--vae-steps", type=int, default=250)
     ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument("--vae-crop", type=int, default=6, help="latent crop size for decoder training (x8 pixels; latents are 8x8)")
-    ap.add_argument("--unet-steps", type=int, default=2000)
+    ap.add_argument("--unet-steps", type=int, default=800)
+    ap.add_argument("--decoder-every", type=int, default=2,
+                    help="during the UNet stage, one more VAE-decoder step every N UNet steps (0: none); the encoder is frozen")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--keep", type=float, default=0.6, help="probability a caption keeps each attribute")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-bf16", action="store_true", help="train the UNet in float32 (bfloat16 autocast is ~2x faster on CPUs with AVX512-BF16)")
@@ -205,7 +207,11 @@ def main(argv=None) -> int:
     vae_opt = torch.optim.AdamW(vae_params, lr=1e-3, weight_decay=0.0)
     main_params = list(unet.parameters()) + list(text.transformer.parameters())
     opt = torch.optim.AdamW(main_params, lr=args.lr, weight_decay=0.01)
-    st = {"stage": "vae", "step": 0, "losses": [], "latent_mean": 0.0, "latent_std": 1.0, "seconds": 0.0}
+    run_args = {k: v for k, v in vars(args).items() if k not in ("resume", "export", "stop_after", "out", "work")}
+    command = "scripts/train_world_model.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in run_args.items() if v != ap.get_default(k))
+    st = {"stage": "vae", "step": 0, "losses": [], "latent_mean": 0.0, "latent_std": 1.0, "seconds": 0.0,
+          "args": run_args, "command": command}
     if (args.resume or args.export) and state_path.is_file():
         ck = torch.load(state_path, map_location=device, weights_only=False)
         taesd.load_state_dict(ck["taesd"])
@@ -215,6 +221,8 @@ def main(argv=None) -> int:
         opt.load_state_dict(ck["opt"])
         st = ck["st"]
         st["seconds"] = st.get("seconds_at_ck", 0.0)
+        st.setdefault("args", run_args)
+        st.setdefault("command", command)
         set_rng_state(ck["rng"])
         print(f"resumed at stage {st['stage']} step {st['step']}")
 
@@ -236,30 +244,33 @@ def main(argv=None) -> int:
     run_steps = 0
     k_latent = 0.18215  # ComfyUI's SD1.5 latent format scale
 
+    def vae_loss(gen_seed: int, first_index: int, train_encoder: bool):
+        """Encoder (thin TAESD) + TAESD decoder on random latent crops: L1 + L2 (+ a small latent penalty)."""
+        g = torch.Generator().manual_seed(gen_seed)
+        imgs, _ = images_for(range(first_index, first_index + args.vae_batch), args.seed, args.keep)
+        imgs = imgs.to(device)
+        with torch.set_grad_enabled(train_encoder):
+            lat = thin_encode(taesd, imgs)  # [B,4,8,8]
+        n, crop = lat.shape[-1], min(args.vae_crop, lat.shape[-1])
+        oy = torch.randint(0, n - crop + 1, (1,), generator=g).item()
+        ox = torch.randint(0, n - crop + 1, (1,), generator=g).item()
+        z = lat[:, :, oy:oy + crop, ox:ox + crop]
+        noise = torch.randn(z.shape, generator=g).to(device)
+        z = z + 0.05 * z.detach().std() * noise
+        rec = taesd.taesd_decoder(z)
+        tgt = imgs[:, :, oy * 8:(oy + crop) * 8, ox * 8:(ox + crop) * 8]
+        return F.l1_loss(rec, tgt) + F.mse_loss(rec, tgt) + 1e-4 * lat.pow(2).mean()
+
     def stop_now():
         return args.stop_after and run_steps >= args.stop_after
 
     # ---- stage 1: VAE ----
     if st["stage"] == "vae":
         t0, start = time.time(), st["step"]
-        crop = args.vae_crop
         while st["step"] < args.vae_steps:
             step = st["step"]
-            g = torch.Generator().manual_seed(args.seed * 7919 + step)
-            idx = [10_000_000 + step * args.vae_batch + i for i in range(args.vae_batch)]
-            imgs, _ = images_for(idx, args.seed, args.keep)
-            imgs = imgs.to(device)
-            lat = thin_encode(taesd, imgs)  # [B,4,16,16]
-            n = lat.shape[-1]
-            oy = torch.randint(0, n - crop + 1, (1,), generator=g).item()
-            ox = torch.randint(0, n - crop + 1, (1,), generator=g).item()
-            noise = torch.randn(lat[:, :, oy:oy + crop, ox:ox + crop].shape, generator=g).to(device)
-            z = lat[:, :, oy:oy + crop, ox:ox + crop]
-            z = z + 0.05 * z.detach().std() * noise
-            rec = taesd.taesd_decoder(z)
-            tgt = imgs[:, :, oy * 8:(oy + crop) * 8, ox * 8:(ox + crop) * 8]
-            loss = F.l1_loss(rec, tgt) + F.mse_loss(rec, tgt) + 1e-4 * lat.pow(2).mean()
             lr = 1e-3 * min(1.0, (step + 1) / 50) * (0.5 * (1 + math.cos(math.pi * step / args.vae_steps)) * 0.9 + 0.1)
+            loss = vae_loss(args.seed * 7919 + step, 10_000_000 + step * args.vae_batch, train_encoder=True)
             for pg in vae_opt.param_groups:
                 pg["lr"] = lr
             vae_opt.zero_grad(set_to_none=True)
@@ -325,6 +336,14 @@ def main(argv=None) -> int:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(main_params, 1.0)
             opt.step()
+            if args.decoder_every and step % args.decoder_every == 0:  # the decoder keeps learning; latents are fixed
+                dec_loss = vae_loss(args.seed * 15485863 + step, 30_000_000 + step * args.vae_batch, train_encoder=False)
+                for pg in vae_opt.param_groups:
+                    pg["lr"] = 5e-4 * (0.5 * (1 + math.cos(math.pi * step / args.unet_steps)) * 0.9 + 0.1)
+                vae_opt.zero_grad(set_to_none=True)
+                dec_loss.backward()
+                vae_opt.step()
+                st["losses"].append(("decoder", step, dec_loss.item()))
             st["step"] += 1
             run_steps += 1
             st["losses"].append(("unet", step, loss.item()))
@@ -344,8 +363,9 @@ def main(argv=None) -> int:
 
 def export(args, argv, st, unet, text, taesd, device, build, work, seconds) -> int:
     losses = [x[2] for x in st["losses"] if x[0] == "unet"]
-    info = {"command": "scripts/train_world_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "batch": args.batch, "seed": args.seed,
+    run = st.get("args", {})
+    info = {"command": st.get("command", ""), "vae_steps": run.get("vae_steps"), "unet_steps": run.get("unet_steps"),
+            "batch": run.get("batch"), "seed": run.get("seed"),
             "train_seconds": round(seconds or st.get("seconds_at_ck", 0.0)), "device": device.type,
             "stage": st["stage"], "step": st["step"],
             "final_unet_loss_last100": float(np.mean(losses[-100:])) if losses else None}

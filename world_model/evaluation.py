@@ -43,7 +43,13 @@ class Sampling:
 
 
 def draw_story(model, clip, vae, story_text: str, seed: int, s: Sampling, patch=None):
-    """IMAGE [P,H,W,3] of the story's panels; patch(model, story) -> model applies a setting."""
+    """IMAGE [P,H,W,3] of the story's panels; patch(model, story) -> model applies a setting.
+    Runs under inference mode, as ComfyUI's executor runs nodes."""
+    with torch.inference_mode():
+        return _draw_story(model, clip, vae, story_text, seed, s, patch)
+
+
+def _draw_story(model, clip, vae, story_text, seed, s, patch):
     positive, negative, story, _captions, count = run_node("StoryDiffPrompt", clip=clip, story=story_text,
                                                            style="(No style)", negative="")
     m = patch(model, story) if patch is not None else model
