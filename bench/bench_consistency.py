@@ -140,6 +140,9 @@ def main(argv=None) -> int:
     t0 = time.time()
     ev, model, clip, vae, reader_model = load_world()
     sampling = ev.Sampling(steps=args.steps, cfg=args.cfg)
+    through = ev.reader_accuracy_through_vae(vae, reader_model)
+    print("reader accuracy on 200 held-out world pictures through the model's VAE: "
+          + ", ".join(f"{k} {100 * v:.1f}%" for k, v in through.items()))
     seeds = list(range(args.seeds))
     shown = []
     ident = identity_runs(ev, model, clip, vae, reader_model, stories.ONE_CHARACTER, seeds, sampling,

@@ -65,14 +65,20 @@ def labels(pictures) -> dict:
 
 
 def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Blur (a model's pictures are soft), noise and a small colour shift, per image."""
+    """What a model's pictures look like next to the drawings: soft (blurred by a random amount, or
+    reduced and enlarged again), slightly noisy, with a small colour shift; per image."""
     b = x.shape[0]
-    k = torch.tensor([1.0, 2.0, 1.0])
-    k = (k[:, None] * k[None]) / 16
-    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k.expand(3, 1, 3, 3).contiguous(), groups=3)
-    amount = torch.rand(b, 1, 1, 1, generator=g)
-    x = amount * blurred + (1 - amount) * x
-    x = x + 0.03 * torch.randn(x.shape, generator=g) + 0.04 * (torch.rand(b, 3, 1, 1, generator=g) - 0.5)
+    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
+    k = (k[:, None] * k[None]) / 256
+    blur = x
+    for _ in range(2):
+        blur = F.conv2d(F.pad(blur, (2, 2, 2, 2), mode="replicate"), k.expand(3, 1, 5, 5).contiguous(), groups=3)
+    h, w = x.shape[-2:]
+    coarse = F.interpolate(F.avg_pool2d(x, 4), size=(h, w), mode="bilinear", align_corners=False)
+    a = torch.rand(b, 1, 1, 1, generator=g)
+    c = torch.rand(b, 1, 1, 1, generator=g) * 0.5
+    x = (1 - c) * (a * blur + (1 - a) * x) + c * coarse
+    x = x + 0.03 * torch.randn(x.shape, generator=g) + 0.06 * (torch.rand(b, 3, 1, 1, generator=g) - 0.5)
     return x.clamp(0, 1)
 
 
