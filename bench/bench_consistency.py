@@ -34,11 +34,13 @@ for p in (str(ROOT / "tests"), str(host_root())):
         sys.path.insert(0, p)
 
 import torch  # noqa: E402
+
 from comfy.cli_args import args as comfy_args  # noqa: E402
 
 comfy_args.cpu = not torch.cuda.is_available()
 
 import comfy.utils  # noqa: E402
+
 from pack_loader import load_pack, pure, submodule  # noqa: E402
 
 
@@ -52,7 +54,7 @@ def load_world():
 
 
 def identity_runs(ev, model, clip, vae, reader_model, stories, seeds, sampling, settings, images_out=None):
-    """{setting: {"all": [per seed], "attr": [...], "scene": [...]}} (each per-seed value averaged over stories)."""
+    """{setting: {"all": [per seed], "attr": [...], "scene": [...]}}; seed values averaged over stories."""
     metrics = pure("story_world.metrics")
     read = pure("story_world.reader").read
     out = {name: {"all": [], "attr": [], "scene": []} for name in settings}
@@ -78,9 +80,10 @@ def identity_runs(ev, model, clip, vae, reader_model, stories, seeds, sampling, 
 def identity_settings(ev, model, clip, vae, sampling, csa_strength=1.0):
     return {
         "vanilla": lambda story, seed: None,
-        "CSA": lambda story, seed: (lambda m, st: ev.csa(m, strength=csa_strength)),
-        "bank read": lambda story, seed: ev.bank_read_model(model, clip, vae, story, seed, sampling,
-                                                            csa_overrides={"strength": csa_strength}),
+        "CSA": lambda story, seed: lambda m, st: ev.csa(m, strength=csa_strength),
+        "bank read": lambda story, seed: ev.bank_read_model(
+            model, clip, vae, story, seed, sampling, csa_overrides={"strength": csa_strength}
+        ),
     }
 
 
@@ -141,23 +144,57 @@ def main(argv=None) -> int:
     ev, model, clip, vae, reader_model = load_world()
     sampling = ev.Sampling(steps=args.steps, cfg=args.cfg)
     through = ev.reader_accuracy_through_vae(vae, reader_model)
-    print("reader accuracy on 200 held-out world pictures through the model's VAE: "
-          + ", ".join(f"{k} {100 * v:.1f}%" for k, v in through.items()))
+    print(
+        "reader accuracy on 200 held-out world pictures through the model's VAE: "
+        + ", ".join(f"{k} {100 * v:.1f}%" for k, v in through.items())
+    )
     seeds = list(range(args.seeds))
     shown = []
-    ident = identity_runs(ev, model, clip, vae, reader_model, stories.ONE_CHARACTER, seeds, sampling,
-                          identity_settings(ev, model, clip, vae, sampling), shown)
-    iso = isolation_runs(ev, model, clip, vae, reader_model, stories.TWO_CHARACTERS, seeds, sampling,
-                         isolation_settings(ev, clip), shown)
+    ident = identity_runs(
+        ev,
+        model,
+        clip,
+        vae,
+        reader_model,
+        stories.ONE_CHARACTER,
+        seeds,
+        sampling,
+        identity_settings(ev, model, clip, vae, sampling),
+        shown,
+    )
+    iso = isolation_runs(
+        ev,
+        model,
+        clip,
+        vae,
+        reader_model,
+        stories.TWO_CHARACTERS,
+        seeds,
+        sampling,
+        isolation_settings(ev, clip),
+        shown,
+    )
     n1, n2 = len(stories.ONE_CHARACTER), len(stories.TWO_CHARACTERS)
-    print(f"\nstory world model, {args.steps} steps euler, cfg {args.cfg:g}, {len(seeds)} seeds; "
-          f"{n1} one-character stories x 4 panels, {n2} two-character stories x 3 panels; mean ± sd over seeds (%)")
-    print(f"{'setting':<28} | {'identity: all agree':>19} | {'attr agree':>12} | {'scene acc':>12} | {'leak':>12} | {'correct':>12}")
+    print(
+        f"\nstory world model, {args.steps} steps euler, cfg {args.cfg:g}, {len(seeds)} seeds; "
+        f"{n1} one-character stories x 4 panels, {n2} two-character stories x 3 panels; "
+        "mean ± sd over seeds (%)"
+    )
+    print(
+        f"{'setting':<28} | {'identity: all agree':>19} | {'attr agree':>12} | {'scene acc':>12} | "
+        f"{'leak':>12} | {'correct':>12}"
+    )
     print("-" * 110)
     for name, r in ident.items():
-        print(f"{name:<28} | {fmt(r['all']):>19} | {fmt(r['attr']):>12} | {fmt(r['scene']):>12} | {'':>12} | {'':>12}")
+        print(
+            f"{name:<28} | {fmt(r['all']):>19} | {fmt(r['attr']):>12} | {fmt(r['scene']):>12} | "
+            f"{'':>12} | {'':>12}"
+        )
     for name, r in iso.items():
-        print(f"{name + ' (2 chars)':<28} | {'':>19} | {'':>12} | {'':>12} | {fmt(r['leak']):>12} | {fmt(r['correct']):>12}")
+        print(
+            f"{name + ' (2 chars)':<28} | {'':>19} | {'':>12} | {'':>12} | "
+            f"{fmt(r['leak']):>12} | {fmt(r['correct']):>12}"
+        )
     if args.grid:
         save_grid(shown, Path(args.grid))
         print(f"panels: {args.grid} (one row per setting, seed and story)")

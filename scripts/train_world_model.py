@@ -59,8 +59,11 @@ def progress(stage: str, step: int, total: int, t0: float, start: int, loss: flo
     rate = (time.time() - t0) / max(1, done)
     eta = rate * (total - step)
     bar = "#" * int(30 * step / total)
-    print(f"\r[{stage}] |{bar:<30}| {step}/{total} loss {loss:.4f} {rate:.2f}s/step eta {eta / 60:.1f} min",
-          end="", flush=True)
+    print(
+        f"\r[{stage}] |{bar:<30}| {step}/{total} loss {loss:.4f} {rate:.2f}s/step eta {eta / 60:.1f} min",
+        end="",
+        flush=True,
+    )
 
 
 def images_for(indices, seed: int, keep: float):
@@ -126,8 +129,15 @@ def thin_encode(taesd, x01: torch.Tensor) -> torch.Tensor:
 
 def init_weights(module: torch.nn.Module) -> None:
     """PyTorch's default initialisation (ComfyUI's ops skip it: their weights start empty), seeded."""
-    kinds = (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Conv3d, torch.nn.Linear, torch.nn.GroupNorm,
-             torch.nn.LayerNorm, torch.nn.Embedding)
+    kinds = (
+        torch.nn.Conv2d,
+        torch.nn.Conv1d,
+        torch.nn.Conv3d,
+        torch.nn.Linear,
+        torch.nn.GroupNorm,
+        torch.nn.LayerNorm,
+        torch.nn.Embedding,
+    )
     for m in module.modules():
         for cls in kinds:
             if isinstance(m, cls):
@@ -137,8 +147,12 @@ def init_weights(module: torch.nn.Module) -> None:
 
 # ---- state ------------------------------------------------------------------------------------------
 def rng_state():
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(s):
@@ -154,21 +168,43 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae-steps", type=int, default=250)
     ap.add_argument("--vae-batch", type=int, default=16)
-    ap.add_argument("--vae-crop", type=int, default=6, help="latent crop size for decoder training (x8 pixels; latents are 8x8)")
+    ap.add_argument(
+        "--vae-crop",
+        type=int,
+        default=6,
+        help="latent crop size for decoder training (x8 pixels; latents are 8x8)",
+    )
     ap.add_argument("--unet-steps", type=int, default=800)
-    ap.add_argument("--decoder-every", type=int, default=2,
-                    help="during the UNet stage, one more VAE-decoder step every N UNet steps (0: none); the encoder is frozen")
+    ap.add_argument(
+        "--decoder-every",
+        type=int,
+        default=2,
+        help="during the UNet stage, one more VAE-decoder step every N UNet steps (0: none); encoder frozen",
+    )
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--keep", type=float, default=0.6, help="probability a caption keeps each attribute")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-bf16", action="store_true", help="train the UNet in float32 (bfloat16 autocast is ~2x faster on CPUs with AVX512-BF16)")
+    ap.add_argument(
+        "--no-bf16",
+        action="store_true",
+        help="train the UNet in float32 (bfloat16 autocast is ~2x faster on CPUs with AVX512-BF16)",
+    )
     ap.add_argument("--ckpt-minutes", type=float, default=4.0)
     ap.add_argument("--work", default=str(ROOT / "work" / "train_world"))
     ap.add_argument("--out", default=str(ROOT / "models" / "story_world" / "story_world.safetensors"))
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--export", action="store_true", help="only write --out from the last checkpoint (e.g. a preview mid-run)")
-    ap.add_argument("--stop-after", type=int, default=0, help="stop (with a checkpoint) after this many steps of this run (tests of resume)")
+    ap.add_argument(
+        "--export",
+        action="store_true",
+        help="only write --out from the last checkpoint (e.g. a preview mid-run)",
+    )
+    ap.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="stop (with a checkpoint) after this many steps of this run (tests of resume)",
+    )
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -203,15 +239,30 @@ def main(argv=None) -> int:
         for name, p in text.transformer.named_parameters():
             if "embedding" in name:
                 p.normal_(0, 0.02)
-    vae_params = [p for p in taesd.parameters() if p.requires_grad and p is not taesd.vae_scale and p is not taesd.vae_shift]
+    vae_params = [
+        p
+        for p in taesd.parameters()
+        if p.requires_grad and p is not taesd.vae_scale and p is not taesd.vae_shift
+    ]
     vae_opt = torch.optim.AdamW(vae_params, lr=1e-3, weight_decay=0.0)
     main_params = list(unet.parameters()) + list(text.transformer.parameters())
     opt = torch.optim.AdamW(main_params, lr=args.lr, weight_decay=0.01)
-    run_args = {k: v for k, v in vars(args).items() if k not in ("resume", "export", "stop_after", "out", "work")}
+    run_args = {
+        k: v for k, v in vars(args).items() if k not in ("resume", "export", "stop_after", "out", "work")
+    }
     command = "scripts/train_world_model.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in run_args.items() if v != ap.get_default(k))
-    st = {"stage": "vae", "step": 0, "losses": [], "latent_mean": 0.0, "latent_std": 1.0, "seconds": 0.0,
-          "args": run_args, "command": command}
+        f"--{k.replace('_', '-')} {v}" for k, v in run_args.items() if v != ap.get_default(k)
+    )
+    st = {
+        "stage": "vae",
+        "step": 0,
+        "losses": [],
+        "latent_mean": 0.0,
+        "latent_std": 1.0,
+        "seconds": 0.0,
+        "args": run_args,
+        "command": command,
+    }
     if (args.resume or args.export) and state_path.is_file():
         ck = torch.load(state_path, map_location=device, weights_only=False)
         taesd.load_state_dict(ck["taesd"])
@@ -229,8 +280,18 @@ def main(argv=None) -> int:
     def checkpoint():
         st["seconds_at_ck"] = st["seconds"] + time.time() - t_run
         tmp = state_path.with_suffix(".tmp")
-        torch.save({"taesd": taesd.state_dict(), "unet": unet.state_dict(), "text": text.transformer.state_dict(),
-                    "vae_opt": vae_opt.state_dict(), "opt": opt.state_dict(), "st": st, "rng": rng_state()}, tmp)
+        torch.save(
+            {
+                "taesd": taesd.state_dict(),
+                "unet": unet.state_dict(),
+                "text": text.transformer.state_dict(),
+                "vae_opt": vae_opt.state_dict(),
+                "opt": opt.state_dict(),
+                "st": st,
+                "rng": rng_state(),
+            },
+            tmp,
+        )
         tmp.replace(state_path)
 
     if args.export:
@@ -254,11 +315,11 @@ def main(argv=None) -> int:
         n, crop = lat.shape[-1], min(args.vae_crop, lat.shape[-1])
         oy = torch.randint(0, n - crop + 1, (1,), generator=g).item()
         ox = torch.randint(0, n - crop + 1, (1,), generator=g).item()
-        z = lat[:, :, oy:oy + crop, ox:ox + crop]
+        z = lat[:, :, oy : oy + crop, ox : ox + crop]
         noise = torch.randn(z.shape, generator=g).to(device)
         z = z + 0.05 * z.detach().std() * noise
         rec = taesd.taesd_decoder(z)
-        tgt = imgs[:, :, oy * 8:(oy + crop) * 8, ox * 8:(ox + crop) * 8]
+        tgt = imgs[:, :, oy * 8 : (oy + crop) * 8, ox * 8 : (ox + crop) * 8]
         return F.l1_loss(rec, tgt) + F.mse_loss(rec, tgt) + 1e-4 * lat.pow(2).mean()
 
     def stop_now():
@@ -269,7 +330,11 @@ def main(argv=None) -> int:
         t0, start = time.time(), st["step"]
         while st["step"] < args.vae_steps:
             step = st["step"]
-            lr = 1e-3 * min(1.0, (step + 1) / 50) * (0.5 * (1 + math.cos(math.pi * step / args.vae_steps)) * 0.9 + 0.1)
+            lr = (
+                1e-3
+                * min(1.0, (step + 1) / 50)
+                * (0.5 * (1 + math.cos(math.pi * step / args.vae_steps)) * 0.9 + 0.1)
+            )
             loss = vae_loss(args.seed * 7919 + step, 10_000_000 + step * args.vae_batch, train_encoder=True)
             for pg in vae_opt.param_groups:
                 pg["lr"] = lr
@@ -279,7 +344,14 @@ def main(argv=None) -> int:
             st["step"] += 1
             run_steps += 1
             st["losses"].append(("vae", step, loss.item()))
-            progress("vae", st["step"], args.vae_steps, t0, start, float(np.mean([x[2] for x in st["losses"][-20:]])))
+            progress(
+                "vae",
+                st["step"],
+                args.vae_steps,
+                t0,
+                start,
+                float(np.mean([x[2] for x in st["losses"][-20:]])),
+            )
             if time.time() - last_ck > args.ckpt_minutes * 60 or stop_now():
                 checkpoint()
                 last_ck = time.time()
@@ -300,7 +372,7 @@ def main(argv=None) -> int:
 
     # ---- stage 2: text encoder + UNet ----
     sigmas = model.model_sampling.sigmas.to(device)  # SD1.5's 1000 training sigmas
-    acp = 1.0 / (1.0 + sigmas ** 2)
+    acp = 1.0 / (1.0 + sigmas**2)
     tokenizer = clip.tokenizer
     token_cache: dict[str, list[int]] = {}
 
@@ -318,7 +390,7 @@ def main(argv=None) -> int:
             idx = [step * args.batch + i for i in range(args.batch)]
             imgs, caps = images_for(idx, args.seed, args.keep)
             drop = torch.rand(args.batch, generator=g) < 0.1
-            caps = ["" if d else c for c, d in zip(caps, drop.tolist())]
+            caps = ["" if d else c for c, d in zip(caps, drop.tolist(), strict=True)]
             with torch.no_grad():
                 z0 = (thin_encode(taesd, imgs.to(device)) - m) / s
             t = torch.randint(0, 1000, (args.batch,), generator=g)
@@ -329,15 +401,23 @@ def main(argv=None) -> int:
                 ctx = text([tokens(c) for c in caps])[0]
                 pred = unet(xt, t.to(device).float(), context=ctx)
             loss = F.mse_loss(pred.float(), eps)
-            lr = args.lr * min(1.0, (step + 1) / 100) * (0.5 * (1 + math.cos(math.pi * step / args.unet_steps)) * 0.9 + 0.1)
+            lr = (
+                args.lr
+                * min(1.0, (step + 1) / 100)
+                * (0.5 * (1 + math.cos(math.pi * step / args.unet_steps)) * 0.9 + 0.1)
+            )
             for pg in opt.param_groups:
                 pg["lr"] = lr
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(main_params, 1.0)
             opt.step()
-            if args.decoder_every and step % args.decoder_every == 0:  # the decoder keeps learning; latents are fixed
-                dec_loss = vae_loss(args.seed * 15485863 + step, 30_000_000 + step * args.vae_batch, train_encoder=False)
+            if (
+                args.decoder_every and step % args.decoder_every == 0
+            ):  # the decoder keeps learning; latents are fixed
+                dec_loss = vae_loss(
+                    args.seed * 15485863 + step, 30_000_000 + step * args.vae_batch, train_encoder=False
+                )
                 for pg in vae_opt.param_groups:
                     pg["lr"] = 5e-4 * (0.5 * (1 + math.cos(math.pi * step / args.unet_steps)) * 0.9 + 0.1)
                 vae_opt.zero_grad(set_to_none=True)
@@ -347,7 +427,14 @@ def main(argv=None) -> int:
             st["step"] += 1
             run_steps += 1
             st["losses"].append(("unet", step, loss.item()))
-            progress("unet", st["step"], args.unet_steps, t0, start, float(np.mean([x[2] for x in st["losses"][-50:]])))
+            progress(
+                "unet",
+                st["step"],
+                args.unet_steps,
+                t0,
+                start,
+                float(np.mean([x[2] for x in st["losses"][-50:]])),
+            )
             if time.time() - last_ck > args.ckpt_minutes * 60 or stop_now():
                 checkpoint()
                 last_ck = time.time()
@@ -364,11 +451,18 @@ def main(argv=None) -> int:
 def export(args, argv, st, unet, text, taesd, device, build, work, seconds) -> int:
     losses = [x[2] for x in st["losses"] if x[0] == "unet"]
     run = st.get("args", {})
-    info = {"command": st.get("command", ""), "vae_steps": run.get("vae_steps"), "unet_steps": run.get("unet_steps"),
-            "batch": run.get("batch"), "seed": run.get("seed"),
-            "train_seconds": round(seconds or st.get("seconds_at_ck", 0.0)), "device": device.type,
-            "stage": st["stage"], "step": st["step"],
-            "final_unet_loss_last100": float(np.mean(losses[-100:])) if losses else None}
+    info = {
+        "command": st.get("command", ""),
+        "vae_steps": run.get("vae_steps"),
+        "unet_steps": run.get("unet_steps"),
+        "batch": run.get("batch"),
+        "seed": run.get("seed"),
+        "train_seconds": round(seconds or st.get("seconds_at_ck", 0.0)),
+        "device": device.type,
+        "stage": st["stage"],
+        "step": st["step"],
+        "final_unet_loss_last100": float(np.mean(losses[-100:])) if losses else None,
+    }
     build.save(Path(args.out), unet, text.transformer, taesd, info)
     (work / "losses.json").write_text(json.dumps(st["losses"]))
     print(f"saved {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB); {json.dumps(info)}")

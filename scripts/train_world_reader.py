@@ -43,8 +43,11 @@ def main(argv=None) -> int:
     t0 = time.time()
     model = reader.train(args.n_train, args.epochs, args.seed)
     acc = reader.accuracy(model)
-    info = {"command": "scripts/train_world_reader.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "held_out_accuracy": {k: round(v, 4) for k, v in acc.items()}, "seconds": round(time.time() - t0)}
+    info = {
+        "command": "scripts/train_world_reader.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "held_out_accuracy": {k: round(v, 4) for k, v in acc.items()},
+        "seconds": round(time.time() - t0),
+    }
     reader.save(model, Path(args.out), info)
     print(json.dumps(info, indent=1))
     return 0

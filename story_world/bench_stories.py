@@ -12,9 +12,16 @@ class OneCharacterStory:
     scenes: tuple[str, ...]  # world scenes, one panel each
 
     def text(self) -> str:
-        words = {"beach": "on the beach", "forest": "in the forest", "city": "in the city", "night": "at night",
-                 "room": "in a room"}
-        lines = [f"[{self.name}]: {self.description}"] + [f"[{self.name}] {words[s]} #{s}" for s in self.scenes]
+        words = {
+            "beach": "on the beach",
+            "forest": "in the forest",
+            "city": "in the city",
+            "night": "at night",
+            "room": "in a room",
+        }
+        lines = [f"[{self.name}]: {self.description}"] + [
+            f"[{self.name}] {words[s]} #{s}" for s in self.scenes
+        ]
         return "\n".join(lines)
 
     def write_text(self, panels: int = 2) -> str:
@@ -41,8 +48,13 @@ class TwoCharacterStory:
 
     def text(self) -> str:
         (a, aa), (b, bb) = self.left, self.right
-        words = {"beach": "on the beach", "forest": "in the forest", "city": "in the city", "night": "at night",
-                 "room": "in a room"}
+        words = {
+            "beach": "on the beach",
+            "forest": "in the forest",
+            "city": "in the city",
+            "night": "at night",
+            "room": "in a room",
+        }
         lines = [f"[{a}]: {self.describe(aa)}", f"[{b}]: {self.describe(bb)}"]
         lines += [f"[{a}] on the left and [{b}] on the right, {words[s]}" for s in self.scenes]
         return "\n".join(lines)
@@ -56,8 +68,14 @@ ONE_CHARACTER = (
 )
 
 TWO_CHARACTERS = (
-    TwoCharacterStory(("Bob", {"kind": "boy", "hair": "red", "shirt": "blue"}),
-                      ("Ana", {"kind": "girl", "hair": "yellow", "shirt": "green"}), ("beach", "city", "forest")),
-    TwoCharacterStory(("Tom", {"kind": "boy", "hair": "black", "shirt": "orange"}),
-                      ("Mia", {"kind": "girl", "hair": "white", "shirt": "purple"}), ("room", "night", "beach")),
+    TwoCharacterStory(
+        ("Bob", {"kind": "boy", "hair": "red", "shirt": "blue"}),
+        ("Ana", {"kind": "girl", "hair": "yellow", "shirt": "green"}),
+        ("beach", "city", "forest"),
+    ),
+    TwoCharacterStory(
+        ("Tom", {"kind": "boy", "hair": "black", "shirt": "orange"}),
+        ("Mia", {"kind": "girl", "hair": "white", "shirt": "purple"}),
+        ("room", "night", "beach"),
+    ),
 )

@@ -36,7 +36,9 @@ def _scene(d: ImageDraw.ImageDraw, scene: str, rng: random.Random) -> None:
         x = -rng.randint(0, 10)
         while x < S:
             w, h = rng.randint(18, 30), rng.randint(40, 80)
-            d.rectangle([x, 96 - h, x + w, 96], fill=rng.choice([(95, 95, 110), (125, 110, 105), (80, 85, 95)]))
+            d.rectangle(
+                [x, 96 - h, x + w, 96], fill=rng.choice([(95, 95, 110), (125, 110, 105), (80, 85, 95)])
+            )
             for wy in range(96 - h + 6, 90, 10):
                 for wx in range(x + 4, x + w - 4, 8):
                     d.rectangle([wx, wy, wx + 3, wy + 4], fill=(250, 230, 120))
@@ -89,7 +91,13 @@ def _character(d: ImageDraw.ImageDraw, c: Character) -> None:
             d.rectangle([x(-11), top, x(11), top + 3 * s], fill=(250, 250, 250))
     # head and hair cap
     d.ellipse([cx - head_r, head_cy - head_r, cx + head_r, head_cy + head_r], fill=SKIN, outline=OUTLINE)
-    d.chord([cx - head_r - 1, head_cy - head_r - 3, cx + head_r + 1, head_cy + head_r - 2], 180, 360, fill=hair, outline=OUTLINE)
+    d.chord(
+        [cx - head_r - 1, head_cy - head_r - 3, cx + head_r + 1, head_cy + head_r - 2],
+        180,
+        360,
+        fill=hair,
+        outline=OUTLINE,
+    )
     d.rectangle([x(-3), y(63), x(-1), y(61)], fill=OUTLINE)
     d.rectangle([x(1), y(63), x(3), y(61)], fill=OUTLINE)
 

@@ -22,7 +22,7 @@ def pair_agreement(reads: list[dict], attributes=CHARACTER_ATTRIBUTES) -> dict:
 def scene_accuracy(reads: list[dict], scenes: list[str]) -> float:
     if len(reads) != len(scenes):
         raise ValueError(f"{len(reads)} read panels for {len(scenes)} scenes")
-    return sum(r["scene"] == s for r, s in zip(reads, scenes)) / len(scenes)
+    return sum(r["scene"] == s for r, s in zip(reads, scenes, strict=True)) / len(scenes)
 
 
 def leakage(reads: list[dict], left: dict, right: dict) -> dict:

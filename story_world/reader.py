@@ -28,10 +28,18 @@ class Reader(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(3, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(2 * w * 8 * 4, 128), nn.ReLU(),
+            nn.Conv2d(3, w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * w * 8 * 4, 128),
+            nn.ReLU(),
         )
         self.heads = nn.ModuleDict({k: nn.Linear(128, n) for k, n in HEADS.items()})
 
@@ -48,7 +56,9 @@ def split_halves(images: torch.Tensor) -> torch.Tensor:
 
 
 def to_tensor(pictures) -> torch.Tensor:
-    return torch.from_numpy(np.stack([np.asarray(draw(p), dtype=np.float32) / 255.0 for p in pictures])).permute(0, 3, 1, 2)
+    return torch.from_numpy(
+        np.stack([np.asarray(draw(p), dtype=np.float32) / 255.0 for p in pictures])
+    ).permute(0, 3, 1, 2)
 
 
 def labels(pictures) -> dict:
@@ -72,7 +82,9 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     k = (k[:, None] * k[None]) / 256
     blur = x
     for _ in range(2):
-        blur = F.conv2d(F.pad(blur, (2, 2, 2, 2), mode="replicate"), k.expand(3, 1, 5, 5).contiguous(), groups=3)
+        blur = F.conv2d(
+            F.pad(blur, (2, 2, 2, 2), mode="replicate"), k.expand(3, 1, 5, 5).contiguous(), groups=3
+        )
     h, w = x.shape[-2:]
     coarse = F.interpolate(F.avg_pool2d(x, 4), size=(h, w), mode="bilinear", align_corners=False)
     a = torch.rand(b, 1, 1, 1, generator=g)
@@ -98,7 +110,7 @@ def train(n_train: int = 6000, epochs: int = 4, seed: int = 0, batch: int = 64, 
         order = torch.randperm(n, generator=g)
         total = 0.0
         for i in range(0, n - batch + 1, batch):
-            idx = order[i:i + batch]
+            idx = order[i : i + batch]
             out = model(augment(x[idx], g))
             loss = sum(F.cross_entropy(out[k], y[k][idx], ignore_index=-100) for k in HEADS)
             opt.zero_grad()
@@ -113,7 +125,7 @@ def train(n_train: int = 6000, epochs: int = 4, seed: int = 0, batch: int = 64, 
 
 @torch.no_grad()
 def accuracy(model: Reader, n: int = 1000, seed: int = 12345) -> dict:
-    """Held-out accuracy per head (attributes on halves that hold a character), on fresh pictures with augmentation."""
+    """Held-out accuracy per head (attributes on halves holding a character), fresh pictures, augmented."""
     rng = random.Random(seed)
     pics = [random_picture(rng, two_probability=0.4) for _ in range(n)]
     x, y = split_halves(to_tensor(pics)), labels(pics)
@@ -134,7 +146,8 @@ def accuracy(model: Reader, n: int = 1000, seed: int = 12345) -> dict:
 @torch.no_grad()
 def read(model: Reader, images: torch.Tensor) -> list[dict]:
     """images [B,3,H,W] (or [B,H,W,3] as ComfyUI's IMAGE) in [0,1] -> per image:
-    {"scene", "count", "characters": {"left"|"right": {kind, hair, shirt, pattern, "p": presence}}, "main": position}."""
+    {"scene", "count", "characters": {"left"|"right": {kind, hair, shirt, pattern, "p": presence}},
+    "main": position}."""
     if images.shape[-1] == 3 and images.shape[1] != 3:
         images = images.permute(0, 3, 1, 2)
     if images.shape[-2:] != (SIZE, SIZE):
@@ -151,8 +164,14 @@ def read(model: Reader, images: torch.Tensor) -> list[dict]:
             chars[pos] = {a: CLASSES[a][int(out[a][r].argmax())] for a in CHARACTER_ATTRIBUTES}
             chars[pos]["p"] = float(pres[b, j])
         main = POSITIONS[int(pres[b].argmax())]
-        result.append({"scene": CLASSES["scene"][int(scene[b])], "count": int((pres[b] > 0.5).sum()),
-                       "characters": chars, "main": main})
+        result.append(
+            {
+                "scene": CLASSES["scene"][int(scene[b])],
+                "count": int((pres[b] > 0.5).sum()),
+                "characters": chars,
+                "main": main,
+            }
+        )
     return result
 
 
@@ -162,8 +181,11 @@ def save(model: Reader, path: Path, info: dict | None = None) -> None:
     import safetensors.torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
-                                metadata={"info": json.dumps(info or {})})
+    safetensors.torch.save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(path),
+        metadata={"info": json.dumps(info or {})},
+    )
 
 
 def load(path: Path) -> Reader:

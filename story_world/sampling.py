@@ -9,9 +9,16 @@ from .vocabulary import ACTIONS, HAIR, KINDS, NAMES, PATTERNS, SCENE_WORDS, SCEN
 
 
 def random_character(rng: random.Random, position: str) -> Character:
-    return Character(kind=rng.choice(KINDS), hair=rng.choice(tuple(HAIR)), shirt=rng.choice(tuple(SHIRT)),
-                     pattern=rng.choice(PATTERNS), position=position, scale=rng.uniform(0.85, 1.1),
-                     dx=rng.randint(-5, 5), dy=rng.randint(-4, 4))
+    return Character(
+        kind=rng.choice(KINDS),
+        hair=rng.choice(tuple(HAIR)),
+        shirt=rng.choice(tuple(SHIRT)),
+        pattern=rng.choice(PATTERNS),
+        position=position,
+        scale=rng.uniform(0.85, 1.1),
+        dx=rng.randint(-5, 5),
+        dy=rng.randint(-4, 4),
+    )
 
 
 def random_picture(rng: random.Random, two_probability: float = 0.3) -> Picture:

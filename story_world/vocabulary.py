@@ -1,4 +1,4 @@
-"""The world's attributes, their colours and their words (one table, used by drawing, captions and the reader)."""
+"""The world's attributes, their colours and their words (one table for drawing, captions and the reader)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ CANVAS = 128
 
 KINDS = ("boy", "girl")  # a girl has long hair, a boy short hair
 HAIR = {"black": (25, 22, 20), "red": (200, 40, 30), "yellow": (240, 210, 40), "white": (245, 245, 245)}
-SHIRT = {"red": (210, 35, 35), "blue": (40, 80, 220), "green": (40, 170, 60), "purple": (140, 50, 170), "orange": (245, 140, 20)}
+SHIRT = {
+    "red": (210, 35, 35),
+    "blue": (40, 80, 220),
+    "green": (40, 170, 60),
+    "purple": (140, 50, 170),
+    "orange": (245, 140, 20),
+}
 PATTERNS = ("plain", "striped")
 SCENES = ("beach", "forest", "city", "night", "room")
 SCENE_WORDS = {  # how a caption places the panel in its scene (several wordings each)
@@ -20,7 +26,18 @@ SCENE_WORDS = {  # how a caption places the panel in its scene (several wordings
     "room": ("in a room", "at home", "indoors"),
 }
 POSITIONS = ("left", "right")
-ACTIONS = ("", "walks", "stands", "waits", "smiles", "looks around", "wakes up", "reads a letter", "runs", "waves")
+ACTIONS = (
+    "",
+    "walks",
+    "stands",
+    "waits",
+    "smiles",
+    "looks around",
+    "wakes up",
+    "reads a letter",
+    "runs",
+    "waves",
+)
 NAMES = ("Bob", "Alice", "Tom", "Mia", "Leo", "Zoe", "Sam", "Ana")
 
 # attribute -> its classes, in the reader's order

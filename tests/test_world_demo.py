@@ -1,4 +1,4 @@
-"""`make demo` without CKPT: the example workflow with the story world toy model in place of the tiny loader."""
+"""`make demo` without CKPT: the example workflow with the story world toy model, not the tiny loader."""
 
 import json
 import sys
@@ -22,13 +22,18 @@ def test_world_prompt_swaps_the_loader_and_sets_the_worlds_story_size_steps_and_
     assert prompt["story"] == world_demo.WORLD_STORY and prompt["style"] == "(No style)"
     latent = next(n for n in out.values() if n["class_type"] == "EmptyLatentImage")["inputs"]
     assert (latent["width"], latent["height"]) == (64, 64) and isinstance(latent["batch_size"], list)
-    assert next(n for n in out.values() if n["class_type"] == "KSampler")["inputs"]["steps"] == world_demo.WORLD_STEPS
+    assert (
+        next(n for n in out.values() if n["class_type"] == "KSampler")["inputs"]["steps"]
+        == world_demo.WORLD_STEPS
+    )
     assert WORKFLOW["1"]["class_type"] == world_demo.TINY_LOADER  # the template itself is untouched
 
 
 def test_world_prompt_keeps_a_given_story_and_size_and_refuses_a_workflow_without_the_tiny_loader():
     out = world_demo.to_world(WORKFLOW, story="[A]: a boy\n[A] at night", steps=7, width=128, height=128)
-    assert next(n for n in out.values() if n["class_type"] == "StoryDiffPrompt")["inputs"]["story"].endswith("at night")
+    assert next(n for n in out.values() if n["class_type"] == "StoryDiffPrompt")["inputs"]["story"].endswith(
+        "at night"
+    )
     assert next(n for n in out.values() if n["class_type"] == "KSampler")["inputs"]["steps"] == 7
     assert next(n for n in out.values() if n["class_type"] == "EmptyLatentImage")["inputs"]["width"] == 128
     with pytest.raises(ValueError, match="no StoryTestTinyCheckpoint"):
@@ -39,4 +44,6 @@ def test_the_worlds_default_story_parses():
     from pack_loader import pure
 
     story = pure("story.syntax").parse_story(world_demo.WORLD_STORY)
-    assert len(story.panels) == 4 and story.characters == {"Mia": "a girl with red hair and a striped blue shirt"}
+    assert len(story.panels) == 4 and story.characters == {
+        "Mia": "a girl with red hair and a striped blue shirt"
+    }

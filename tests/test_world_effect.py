@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import comfy.utils
+
 from pack_loader import load_pack, pure, submodule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,10 @@ def _leakage(world, strength):
     out = {"vanilla": [], "isolated": []}
     for seed in SEEDS:
         for story in stories:
-            for name, patch in (("vanilla", None), ("isolated", lambda m, st: ev.isolated(m, clip, st, **over))):
+            for name, patch in (
+                ("vanilla", None),
+                ("isolated", lambda m, st: ev.isolated(m, clip, st, **over)),
+            ):
                 images = ev.draw_story(model, clip, vae, story.text(), seed, s, patch=patch)
                 out[name].append(metrics.leakage(read(reader, images), story.left[1], story.right[1])["leak"])
     return {k: _mean(v) for k, v in out.items()}

@@ -10,6 +10,7 @@ import torch
 import comfy.model_patcher
 import comfy.sd
 import comfy.utils
+
 from pack_loader import load_pack, pure, submodule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,9 @@ def world():
 
 
 def _train_script():
-    spec = importlib.util.spec_from_file_location("train_world_model", ROOT / "scripts" / "train_world_model.py")
+    spec = importlib.util.spec_from_file_location(
+        "train_world_model", ROOT / "scripts" / "train_world_model.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -72,17 +75,19 @@ def test_vae_round_trips_world_pictures(world):
 
 
 def test_the_model_draws_what_the_prompt_says(world):
-    """Fully specified prompts: the reader finds the scene, and the described hair and shirt, in most panels."""
+    """Fully specified prompts: the reader finds the scene and the described hair and shirt in most panels."""
     ev, model, clip, vae, reader_model = world
     read = pure("story_world.reader").read
-    story = ("[Ana]: a girl with yellow hair and a green shirt\n[Ana] on the beach\n[Ana] in the city\n"
-             "[Ana] at night\n[Ana] in the forest")
+    story = (
+        "[Ana]: a girl with yellow hair and a green shirt\n[Ana] on the beach\n[Ana] in the city\n"
+        "[Ana] at night\n[Ana] in the forest"
+    )
     scenes = ["beach", "city", "night", "forest"]
     hits = {"scene": 0, "hair": 0, "shirt": 0}
     n = 0
     for seed in (0, 1):
         images = ev.draw_story(model, clip, vae, story, seed, ev.Sampling(steps=16))
-        for r, scene in zip(read(reader_model, images), scenes):
+        for r, scene in zip(read(reader_model, images), scenes, strict=True):
             ch = r["characters"][r["main"]]
             hits["scene"] += r["scene"] == scene
             hits["hair"] += ch["hair"] == "yellow"

@@ -31,7 +31,8 @@ def test_captions_name_only_true_attributes_and_omit_some():
     for i in range(300):
         p, cap = sampling.dataset_item(i)
         assert any(w in cap for w in vocab.SCENE_WORDS[p.scene]) or not any(
-            w in cap for ws in vocab.SCENE_WORDS.values() for w in ws)
+            w in cap for ws in vocab.SCENE_WORDS.values() for w in ws
+        )
         for c in p.characters:
             assert f"a {c.kind}" in cap
             for colour in vocab.HAIR:
@@ -40,8 +41,10 @@ def test_captions_name_only_true_attributes_and_omit_some():
         if len(p.characters) == 1 and "hair" not in cap:
             seen_short = True
     assert seen_short
-    assert sampling.describe(vocab.Character("boy", "white", "orange", "striped", "left"), rng) == \
-        "a boy with white hair and a striped orange shirt"
+    assert (
+        sampling.describe(vocab.Character("boy", "white", "orange", "striped", "left"), rng)
+        == "a boy with white hair and a striped orange shirt"
+    )
 
 
 def test_bench_stories_parse_with_the_story_prompt_syntax():
@@ -74,10 +77,24 @@ def test_pair_agreement_and_scene_accuracy():
 def test_leakage_counts_crossed_attributes():
     left = {"kind": "boy", "hair": "red", "shirt": "blue"}
     right = {"kind": "girl", "hair": "yellow", "shirt": "green"}
-    ok = {"scene": "beach", "count": 2, "main": "left", "characters": {
-        "left": dict(left, pattern="plain", p=1.0), "right": dict(right, pattern="plain", p=1.0)}}
-    swapped = {"scene": "beach", "count": 2, "main": "left", "characters": {
-        "left": dict(left, hair="yellow", pattern="plain", p=1.0), "right": dict(right, pattern="plain", p=1.0)}}
+    ok = {
+        "scene": "beach",
+        "count": 2,
+        "main": "left",
+        "characters": {
+            "left": dict(left, pattern="plain", p=1.0),
+            "right": dict(right, pattern="plain", p=1.0),
+        },
+    }
+    swapped = {
+        "scene": "beach",
+        "count": 2,
+        "main": "left",
+        "characters": {
+            "left": dict(left, hair="yellow", pattern="plain", p=1.0),
+            "right": dict(right, pattern="plain", p=1.0),
+        },
+    }
     assert metrics.leakage([ok], left, right) == {"correct": 1.0, "leak": 0.0}
     r = metrics.leakage([ok, swapped], left, right)
     assert abs(r["leak"] - 1 / 12) < 1e-9 and abs(r["correct"] - 11 / 12) < 1e-9

@@ -14,8 +14,16 @@ TINY = ["--vae-steps", "3", "--unet-steps", "3", "--vae-batch", "2", "--batch", 
 
 
 def train(work: Path, *extra) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "scripts" / "train_world_model.py"), *TINY, "--work", str(work),
-           "--out", str(work / "model.safetensors"), *extra]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "train_world_model.py"),
+        *TINY,
+        "--work",
+        str(work),
+        "--out",
+        str(work / "model.safetensors"),
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 

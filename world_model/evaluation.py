@@ -50,12 +50,24 @@ def draw_story(model, clip, vae, story_text: str, seed: int, s: Sampling, patch=
 
 
 def _draw_story(model, clip, vae, story_text, seed, s, patch):
-    positive, negative, story, _captions, count = run_node("StoryDiffPrompt", clip=clip, story=story_text,
-                                                           style="(No style)", negative="")
+    positive, negative, story, _captions, count = run_node(
+        "StoryDiffPrompt", clip=clip, story=story_text, style="(No style)", negative=""
+    )
     m = patch(model, story) if patch is not None else model
     latent = run_node("EmptyLatentImage", width=s.size, height=s.size, batch_size=count)[0]
-    samples = run_node("KSampler", model=m, seed=seed, steps=s.steps, cfg=s.cfg, sampler_name=s.sampler,
-                       scheduler=s.scheduler, positive=positive, negative=negative, latent_image=latent, denoise=1.0)[0]
+    samples = run_node(
+        "KSampler",
+        model=m,
+        seed=seed,
+        steps=s.steps,
+        cfg=s.cfg,
+        sampler_name=s.sampler,
+        scheduler=s.scheduler,
+        positive=positive,
+        negative=negative,
+        latent_image=latent,
+        denoise=1.0,
+    )[0]
     return run_node("VAEDecode", vae=vae, samples=samples)[0]
 
 
@@ -70,7 +82,7 @@ def isolated(model, clip, story, **overrides):
 
 
 def bank_read_model(model, clip, vae, one_story, seed: int, s: Sampling, csa_overrides=None):
-    """Identity bank: a write run of solo panels of the character (CSA defaults), then a read-patched model."""
+    """Identity bank: a write run of solo panels of the character (CSA defaults), then a read model."""
     base = csa(model, **(csa_overrides or {}))
     holder = {}
 
@@ -80,7 +92,9 @@ def bank_read_model(model, clip, vae, one_story, seed: int, s: Sampling, csa_ove
         return wm
 
     draw_story(base, clip, vae, one_story.write_text(), seed + 1000, s, patch=lambda m, st: write(base, st))
-    return lambda m, story: run_node("StoryDiffIdentityBankRead", model=base, bank=holder["bank"], story=story)[0]
+    return lambda m, story: run_node(
+        "StoryDiffIdentityBankRead", model=base, bank=holder["bank"], story=story
+    )[0]
 
 
 def mean_sd(values) -> tuple[float, float]:
@@ -108,7 +122,7 @@ def reader_accuracy_through_vae(vae, reader_model, n: int = 200, seed: int = 424
         decoded = vae.decode(vae.encode(images))
         reads = reader_mod.read(reader_model, decoded)
     hits = {k: [] for k in ("present", *CHARACTER_ATTRIBUTES, "scene", "count")}
-    for p, r in zip(pics, reads):
+    for p, r in zip(pics, reads, strict=True):
         hits["scene"].append(r["scene"] == p.scene)
         hits["count"].append(r["count"] == len(p.characters))
         for pos in ("left", "right"):
