@@ -57,9 +57,10 @@ def identity_runs(ev, model, clip, vae, reader_model, stories, seeds, sampling, 
     """{setting: {"all": [per seed], "attr": [...], "scene": [...]}}; seed values averaged over stories."""
     metrics = pure("story_world.metrics")
     read = pure("story_world.reader").read
-    out = {name: {"all": [], "attr": [], "scene": []} for name in settings}
+    keys = ("all", "attr", "kind", "hair", "shirt", "pattern", "scene")
+    out = {name: {k: [] for k in keys} for name in settings}
     for seed in seeds:
-        acc = {name: {"all": [], "attr": [], "scene": []} for name in settings}
+        acc = {name: {k: [] for k in keys} for name in settings}
         for story in stories:
             for name, make in settings.items():
                 patch = make(story, seed)
@@ -67,9 +68,8 @@ def identity_runs(ev, model, clip, vae, reader_model, stories, seeds, sampling, 
                 if images_out is not None:
                     images_out.append((name, seed, story.name, images))
                 reads = read(reader_model, images)
-                agree = metrics.pair_agreement(reads)
-                acc[name]["all"].append(agree["all"])
-                acc[name]["attr"].append(agree["attr"])
+                for k, v in metrics.pair_agreement(reads).items():
+                    acc[name][k].append(v)
                 acc[name]["scene"].append(metrics.scene_accuracy(reads, list(story.scenes)))
         for name in settings:
             for k in acc[name]:
@@ -195,6 +195,10 @@ def main(argv=None) -> int:
             f"{name + ' (2 chars)':<28} | {'':>19} | {'':>12} | {'':>12} | "
             f"{fmt(r['leak']):>12} | {fmt(r['correct']):>12}"
         )
+    print("\nidentity agreement per attribute (share of panel pairs that agree; %)")
+    print(f"{'setting':<28} | " + " | ".join(f"{k:>12}" for k in ("kind", "hair", "shirt", "pattern")))
+    for name, r in ident.items():
+        print(f"{name:<28} | " + " | ".join(f"{fmt(r[k]):>12}" for k in ("kind", "hair", "shirt", "pattern")))
     if args.grid:
         save_grid(shown, Path(args.grid))
         print(f"panels: {args.grid} (one row per setting, seed and story)")

@@ -13,7 +13,10 @@ an interrupted run resumed from its last checkpoint gives bit-identical weights:
          sees unit-variance latents through ComfyUI's SD1.5 latent format.
 2. unet: ComfyUI's SD1.5 UNet (small widths) + ComfyUI's SD1 CLIP text encoder (small widths),
          epsilon prediction on SD1.5's own noise schedule, captions dropped 10% of the time so
-         classifier-free guidance works.
+         classifier-free guidance works; every --decoder-every steps the VAE decoder takes a step
+         too (the encoder is frozen from here on, so the UNet's latents never change).
+3. decoder: the VAE decoder alone, its loss weighted towards the characters' pixels (they are
+         small; identity lives there).
 
 Checkpoints every --ckpt-minutes to --work; the final weights go to --out (one safetensors file
 with unet./clip./vae. prefixes and the configs in its metadata; world_model/build.py loads it).
@@ -23,6 +26,7 @@ One torch thread by default (--threads raises it); a CUDA device is used when pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import math
@@ -76,6 +80,19 @@ def images_for(indices, seed: int, keep: float):
         pics.append(np.asarray(draw(p), dtype=np.float32) / 255.0)
         caps.append(c)
     return torch.from_numpy(np.stack(pics)).permute(0, 3, 1, 2).contiguous(), caps
+
+
+def character_masks(indices, seed: int, keep: float) -> torch.Tensor:
+    """[B,1,H,W] 1 where the characters are drawn (the picture differs from its empty scene)."""
+    draw = _pack("story_world.draw").draw
+    item = _pack("story_world.sampling").dataset_item
+    masks = []
+    for i in indices:
+        p, _ = item(int(i), seed, keep)
+        full = np.asarray(draw(p), dtype=np.int16)
+        empty = np.asarray(draw(dataclasses.replace(p, characters=())), dtype=np.int16)
+        masks.append((np.abs(full - empty).sum(-1) > 0).astype(np.float32))
+    return torch.from_numpy(np.stack(masks))[:, None]
 
 
 # ---- the thin encoder inside TAESD's encoder layout -------------------------------------------------
@@ -180,6 +197,12 @@ def main(argv=None) -> int:
         type=int,
         default=2,
         help="during the UNet stage, one more VAE-decoder step every N UNet steps (0: none); encoder frozen",
+    )
+    ap.add_argument(
+        "--decoder-steps", type=int, default=150, help="stage 3: decoder-only steps after the UNet"
+    )
+    ap.add_argument(
+        "--character-weight", type=float, default=8.0, help="stage 3: extra loss weight of character pixels"
     )
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=8e-4)
@@ -305,11 +328,16 @@ def main(argv=None) -> int:
     run_steps = 0
     k_latent = 0.18215  # ComfyUI's SD1.5 latent format scale
 
-    def vae_loss(gen_seed: int, first_index: int, train_encoder: bool):
-        """Encoder (thin TAESD) + TAESD decoder on random latent crops: L1 + L2 (+ a small latent penalty)."""
+    def vae_loss(gen_seed: int, first_index: int, train_encoder: bool, character_weight: float = 0.0):
+        """Encoder (thin TAESD) + TAESD decoder on random latent crops: L1 + L2 (+ a small latent penalty);
+        character_weight > 0 weighs the characters' pixels 1 + character_weight times."""
         g = torch.Generator().manual_seed(gen_seed)
-        imgs, _ = images_for(range(first_index, first_index + args.vae_batch), args.seed, args.keep)
+        indices = range(first_index, first_index + args.vae_batch)
+        imgs, _ = images_for(indices, args.seed, args.keep)
         imgs = imgs.to(device)
+        weight = None
+        if character_weight:
+            weight = 1 + character_weight * character_masks(indices, args.seed, args.keep).to(device)
         with torch.set_grad_enabled(train_encoder):
             lat = thin_encode(taesd, imgs)  # [B,4,8,8]
         n, crop = lat.shape[-1], min(args.vae_crop, lat.shape[-1])
@@ -320,6 +348,10 @@ def main(argv=None) -> int:
         z = z + 0.05 * z.detach().std() * noise
         rec = taesd.taesd_decoder(z)
         tgt = imgs[:, :, oy * 8 : (oy + crop) * 8, ox * 8 : (ox + crop) * 8]
+        if weight is not None:
+            w = weight[:, :, oy * 8 : (oy + crop) * 8, ox * 8 : (ox + crop) * 8]
+            err = (rec - tgt).abs() + (rec - tgt).pow(2)
+            return (w * err).sum() / (w.sum() * 3)
         return F.l1_loss(rec, tgt) + F.mse_loss(rec, tgt) + 1e-4 * lat.pow(2).mean()
 
     def stop_now():
@@ -434,6 +466,45 @@ def main(argv=None) -> int:
                 t0,
                 start,
                 float(np.mean([x[2] for x in st["losses"][-50:]])),
+            )
+            if time.time() - last_ck > args.ckpt_minutes * 60 or stop_now():
+                checkpoint()
+                last_ck = time.time()
+                if stop_now():
+                    print("\nstopped (--stop-after)")
+                    return 0
+        print()
+        st["stage"], st["step"] = "decoder", 0
+        checkpoint()
+        last_ck = time.time()
+
+    # ---- stage 3: the decoder alone, weighted towards the characters (latents and UNet unchanged) ----
+    if st["stage"] == "decoder":
+        t0, start = time.time(), st["step"]
+        while st["step"] < args.decoder_steps:
+            step = st["step"]
+            loss = vae_loss(
+                args.seed * 32452843 + step,
+                40_000_000 + step * args.vae_batch,
+                train_encoder=False,
+                character_weight=args.character_weight,
+            )
+            lr = 5e-4 * (0.5 * (1 + math.cos(math.pi * step / args.decoder_steps)) * 0.9 + 0.1)
+            for pg in vae_opt.param_groups:
+                pg["lr"] = lr
+            vae_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            vae_opt.step()
+            st["step"] += 1
+            run_steps += 1
+            st["losses"].append(("decoder3", step, loss.item()))
+            progress(
+                "decoder",
+                st["step"],
+                args.decoder_steps,
+                t0,
+                start,
+                float(np.mean([x[2] for x in st["losses"][-20:]])),
             )
             if time.time() - last_ck > args.ckpt_minutes * 60 or stop_now():
                 checkpoint()

@@ -9,14 +9,16 @@ from .vocabulary import CHARACTER_ATTRIBUTES
 
 def pair_agreement(reads: list[dict], attributes=CHARACTER_ATTRIBUTES) -> dict:
     """Over all panel pairs of one story (the main character of each panel): the share of pairs whose
-    attributes ALL agree ("all") and the mean share of agreeing attributes ("attr")."""
+    attributes ALL agree ("all"), the mean share of agreeing attributes ("attr") and, per attribute,
+    the share of pairs that agree on it."""
     chars = [r["characters"][r["main"]] for r in reads]
     pairs = list(combinations(chars, 2))
     if not pairs:
         raise ValueError("pair_agreement needs at least two panels")
     all_agree = sum(all(a[k] == b[k] for k in attributes) for a, b in pairs) / len(pairs)
     attr = sum(sum(a[k] == b[k] for k in attributes) / len(attributes) for a, b in pairs) / len(pairs)
-    return {"all": all_agree, "attr": attr}
+    per = {k: sum(a[k] == b[k] for a, b in pairs) / len(pairs) for k in attributes}
+    return {"all": all_agree, "attr": attr, **per}
 
 
 def scene_accuracy(reads: list[dict], scenes: list[str]) -> float:

@@ -67,10 +67,18 @@ def _read(kind, hair, shirt, pattern="plain", scene="beach", main="left", right=
 
 def test_pair_agreement_and_scene_accuracy():
     same = [_read("girl", "red", "blue"), _read("girl", "red", "blue", main="right", scene="city")]
-    assert metrics.pair_agreement(same) == {"all": 1.0, "attr": 1.0}
+    assert metrics.pair_agreement(same) == {
+        "all": 1.0,
+        "attr": 1.0,
+        "kind": 1.0,
+        "hair": 1.0,
+        "shirt": 1.0,
+        "pattern": 1.0,
+    }
     mixed = same + [_read("girl", "red", "green")]  # 3 pairs: one all-agree, two with 3/4 attributes
     r = metrics.pair_agreement(mixed)
     assert abs(r["all"] - 1 / 3) < 1e-9 and abs(r["attr"] - (1 + 0.75 + 0.75) / 3) < 1e-9
+    assert r["hair"] == 1.0 and abs(r["shirt"] - 1 / 3) < 1e-9
     assert metrics.scene_accuracy(same, ["beach", "beach"]) == 0.5
 
 
