@@ -144,6 +144,18 @@ def thin_encode(taesd, x01: torch.Tensor) -> torch.Tensor:
     return h
 
 
+def trainable_clip_layers() -> None:
+    """ComfyUI's CLIP layers add their residuals in place (fine for inference, not for autograd);
+    for training, the same sums out of place (identical outputs)."""
+    import comfy.clip_model
+
+    def forward(self, x, mask=None, optimized_attention=None):
+        x = x + self.self_attn(self.layer_norm1(x), mask, optimized_attention)
+        return x + self.mlp(self.layer_norm2(x))
+
+    comfy.clip_model.CLIPLayer.forward = forward
+
+
 def init_weights(module: torch.nn.Module) -> None:
     """PyTorch's default initialisation (ComfyUI's ops skip it: their weights start empty), seeded."""
     kinds = (
@@ -257,6 +269,9 @@ def main(argv=None) -> int:
                     p.zero_()
     clip = build.build_clip(device=device)
     text = clip.cond_stage_model.clip_l
+    trainable_clip_layers()
+    for p in text.transformer.parameters():  # ComfyUI's SDClipModel freezes its weights on construction
+        p.requires_grad_(True)
     init_weights(text.transformer)
     with torch.no_grad():
         for name, p in text.transformer.named_parameters():

@@ -10,7 +10,20 @@ import safetensors.torch
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--vae-steps", "3", "--unet-steps", "3", "--vae-batch", "2", "--batch", "2", "--ckpt-minutes", "100"]
+TINY = [
+    "--decoder-steps",
+    "2",
+    "--vae-steps",
+    "3",
+    "--unet-steps",
+    "3",
+    "--vae-batch",
+    "2",
+    "--batch",
+    "2",
+    "--ckpt-minutes",
+    "100",
+]
 
 
 def train(work: Path, *extra) -> subprocess.CompletedProcess:
