@@ -20,8 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DISABLED = os.environ.get("STORY_WORLD_EFFECT_DISABLE") == "1"
 SEEDS = (0, 1, 2, 3)
 STEPS = 16
-CSA_MARGIN = None  # set from the benchmark
-LEAK_MARGIN = None
+# What a real effect must show on this fixed set. bench/bench_consistency.py (4 seeds, 20 steps) measured on
+# the shipped model: mean attribute agreement vanilla 42.7 ± 12.1 %, CSA 46.4 ± 19.3 %; leakage vanilla
+# 31.9 ± 6.6 %, Isolated Attention 34.7 ± 9.2 %: no effect beyond the spread over seeds yet (the model
+# follows its prompts weakly and its VAE blurs the characters' colours), hence the strict xfails below:
+# they turn into failures (XPASS) the day a better-trained model shows the effect.
+CSA_MARGIN = 0.10
+LEAK_MARGIN = 0.05
+NOT_YET = "effect not established on the shipped story world model (README: figures and what was tried)"
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +55,7 @@ def _agreement(world, csa_strength):
         for story in stories:
             for name, patch in (("vanilla", None), ("CSA", lambda m, st: ev.csa(m, strength=csa_strength))):
                 images = ev.draw_story(model, clip, vae, story.text(), seed, s, patch=patch)
-                out[name].append(metrics.pair_agreement(read(reader, images))["all"])
+                out[name].append(metrics.pair_agreement(read(reader, images))["attr"])
     return {k: _mean(v) for k, v in out.items()}
 
 
@@ -73,13 +79,15 @@ def _leakage(world, strength):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_consistent_self_attention_raises_identity_agreement(world):
     r = _agreement(world, 0.0 if DISABLED else 1.0)
-    print(f"identity agreement (all attributes), {len(SEEDS)} seeds x 4 stories: {r}")
+    print(f"mean attribute agreement, {len(SEEDS)} seeds x 4 stories: {r}")
     assert r["CSA"] >= r["vanilla"] + CSA_MARGIN, r
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_isolated_attention_lowers_leakage(world):
     r = _leakage(world, 0.0 if DISABLED else None)
     print(f"attribute leakage between two characters, {len(SEEDS)} seeds x 2 stories: {r}")
