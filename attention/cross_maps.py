@@ -25,17 +25,29 @@ import torch
 import torch.nn.functional as F
 
 
+def token_key(token):
+    """A comparable key for one prompt token: the id of a vocabulary token, or the bytes of a
+    textual-inversion vector (ComfyUI's tokenizer puts the embedding's vectors themselves in
+    the token list for `embedding:name`), so the same embedding matches itself and never an id."""
+    if torch.is_tensor(token):
+        t = token.detach().float().cpu().contiguous()
+        return ("vector", tuple(t.shape), t.numpy().tobytes())
+    return int(token)
+
+
 def find_phrase(prompt: list[tuple[int, int]], phrase: list[int]) -> list[int]:
     """Positions (in the flattened context) of every occurrence of `phrase` in `prompt`.
 
-    prompt: (token_id, word_id) per context position, all 77-token windows concatenated;
+    prompt: (token, word_id) per context position, all 77-token windows concatenated;
     positions whose word_id is 0 (BOS, EOS, padding) are skipped, so a phrase may straddle
-    a window boundary. phrase: the token ids to find (no special tokens).
+    a window boundary. phrase: the tokens to find (no special tokens). A token is an id or an
+    embedding vector (tensor); they are compared by `token_key`.
     """
     if not phrase:
         return []
-    kept = [(pos, tok) for pos, (tok, word) in enumerate(prompt) if word != 0]
+    kept = [(pos, token_key(tok)) for pos, (tok, word) in enumerate(prompt) if word != 0]
     ids = [tok for _, tok in kept]
+    phrase = [token_key(t) for t in phrase]
     out: list[int] = []
     n = len(phrase)
     for i in range(len(ids) - n + 1):
