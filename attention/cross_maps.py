@@ -5,8 +5,10 @@ to locate each character in each panel from the model's own cross-attention (OIA
 
 Decisions (the paper leaves them open; see README "Object Isolated Attention: decided points"):
 
-* **Character tokens**: every sub-token of the character's *name* where it occurs in the panel's
-  prompt (all occurrences); if the name does not occur, every sub-token of its description.
+* **Character tokens**: every sub-token of the character's *name* where the Story Prompt wrote
+  it for a tag (the glue picks those occurrences; a name inside another character's description
+  does not count); for stories without that record, every occurrence of the name, else every
+  sub-token of its description. Embedding vectors (`embedding:name`) compare by value.
   BOS/EOS/padding (word id 0 in ComfyUI's tokenizers) never count. The map of a character is the
   *mean* over its sub-tokens of the head-averaged attention probability.
 * **Long prompts / tiled contexts**: CLIP contexts are 77-token windows concatenated for prompts
@@ -43,17 +45,19 @@ def find_phrase(prompt: list[tuple[int, int]], phrase: list[int]) -> list[int]:
     a window boundary. phrase: the tokens to find (no special tokens). A token is an id or an
     embedding vector (tensor); they are compared by `token_key`.
     """
+    return sorted({pos for occurrence in phrase_occurrences(prompt, phrase) for pos in occurrence})
+
+
+def phrase_occurrences(prompt: list[tuple], phrase: list) -> list[list[int]]:
+    """Each occurrence of `phrase` in `prompt` (same conventions as `find_phrase`), in order,
+    as the list of its context positions."""
     if not phrase:
         return []
     kept = [(pos, token_key(tok)) for pos, (tok, word) in enumerate(prompt) if word != 0]
     ids = [tok for _, tok in kept]
     phrase = [token_key(t) for t in phrase]
-    out: list[int] = []
     n = len(phrase)
-    for i in range(len(ids) - n + 1):
-        if ids[i:i + n] == phrase:
-            out.extend(kept[i + j][0] for j in range(n))
-    return sorted(set(out))
+    return [[kept[i + j][0] for j in range(n)] for i in range(len(ids) - n + 1) if ids[i:i + n] == phrase]
 
 
 def selection_matrix(positions: list[list[list[int]]], lengths: list[int], context_len: int,

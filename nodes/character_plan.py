@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..attention.cross_maps import find_phrase
+from ..attention.cross_maps import find_phrase, phrase_occurrences
 from ..attention.isolation_run import CharacterPlan, first_appearances
 from .common import StoryError
 
@@ -25,6 +25,32 @@ def _flat_tokens(clip, text: str) -> list[tuple[int, int]]:
 
 def _phrase_ids(clip, text: str) -> list[int]:
     return [tok for tok, word in _flat_tokens(clip, text) if word != 0]
+
+
+def written_name_positions(clip, story, p: int, text: str, name: str) -> list[int] | None:
+    """Token positions of `name` where the Story Prompt wrote it into panel p's text (its tags),
+    never where the name occurs inside a description ("[Alice]: a woman, Bob's sister").
+
+    The k-th written mention is the c-th occurrence of the name's tokens in the whole text, where
+    c counts the occurrences in the text up to the end of that mention (the tokenizer splits a
+    name from the ', ' that follows it, so the prefix tokenizes like the whole). None when the
+    story carries no mentions (built by hand) or its prompt is not inside `text`.
+    """
+    panel = story.panels[p] if p < len(story.panels) else None
+    offsets = [at for who, at in getattr(panel, "mentions", ()) if who == name]
+    base = text.find(panel.prompt) if panel is not None else -1
+    if not offsets or base < 0:
+        return None
+    phrase = _phrase_ids(clip, name)
+    occurrences = phrase_occurrences(_flat_tokens(clip, text), phrase)
+    out: list[int] = []
+    for at in offsets:
+        end = base + at + len(name)
+        c = len(phrase_occurrences(_flat_tokens(clip, text[:end]), phrase))
+        if not 0 < c <= len(occurrences):
+            return None
+        out.extend(occurrences[c - 1])
+    return sorted(set(out))
 
 
 def check_story(node: str, story) -> list[str]:
@@ -57,7 +83,8 @@ def build_plan(node: str, clip, story) -> CharacterPlan:
                 row_present.append(False)
                 row_pos.append([])
                 continue
-            pos = find_phrase(flat, _phrase_ids(clip, name)) or find_phrase(flat, _phrase_ids(clip, story.characters[name]))
+            pos = (written_name_positions(clip, story, p, text, name) or find_phrase(flat, _phrase_ids(clip, name))
+                   or find_phrase(flat, _phrase_ids(clip, story.characters[name])))
             if not pos:
                 raise StoryError(
                     f"{node}: panel {p + 1} tags [{name}] but neither the name nor the description of [{name}] is found in "

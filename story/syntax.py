@@ -42,6 +42,10 @@ class Panel:
     characters: tuple[str, ...]  # names tagged in this panel, in order of appearance
     caption: str
     no_character: bool
+    # (name, offset): where this parser wrote each tagged character's name into `prompt`. The
+    # attention nodes use only these occurrences: a name inside another character's description
+    # ("[Alice]: a woman, Bob's sister") is not Bob.
+    mentions: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -70,10 +74,28 @@ def _clean_name(raw: str, line_no: int) -> str:
     return name
 
 
+PLACEHOLDER = "\x00"  # marks a substituted name until whitespace is normalised (never in user text)
+PLACEHOLDER_RE = re.compile(f"{PLACEHOLDER}(\\d+){PLACEHOLDER}")
+
+
+def _place_names(prompt: str, written: list[str]) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """Replace the name placeholders by the names; return the text and (name, offset) of each."""
+    out, mentions, at = [], [], 0
+    for match in PLACEHOLDER_RE.finditer(prompt):
+        out.append(prompt[at:match.start()])
+        name = written[int(match.group(1))]
+        mentions.append((name, sum(len(x) for x in out)))
+        out.append(name)
+        at = match.end()
+    out.append(prompt[at:])
+    return "".join(out), tuple(mentions)
+
+
 def parse_story(text: str) -> Story:
     """Parse a story text into declarations and panels (see the module docstring)."""
     if not isinstance(text, str):
         raise StorySyntaxError("the story must be text")
+    text = text.replace(PLACEHOLDER, "")
     story = Story()
     panel_lines: list[tuple[int, str]] = []
     for line_no, raw in enumerate(text.splitlines(), start=1):
@@ -104,6 +126,7 @@ def parse_story(text: str) -> Story:
         body, sep, caption = line.partition("#")
         caption = caption.strip() if sep else ""
         names: list[str] = []
+        written: list[str] = []  # name per placeholder, in order of appearance
         no_character = False
 
         def substitute(match: re.Match, line_no=line_no) -> str:
@@ -122,15 +145,18 @@ def parse_story(text: str) -> Story:
                 )
             if canonical not in names:
                 names.append(canonical)
-            return f"{canonical}, {story.characters[canonical]}"
+            written.append(canonical)
+            return f"{PLACEHOLDER}{len(written) - 1}{PLACEHOLDER}, {story.characters[canonical]}"
 
         prompt = TAG_RE.sub(substitute, body)
         prompt = re.sub(r"\s+", " ", prompt).strip(" ,")
+        prompt, mentions = _place_names(prompt, written)
         if no_character and names:
             raise StorySyntaxError(f"line {line_no}: [NC] marks a panel with no character, but the line also tags {names}; remove one of them.")
         if not prompt:
             raise StorySyntaxError(f"line {line_no}: the panel has no prompt text before '#'; describe the scene.")
         story.panels.append(
-            Panel(index=index, line=line_no, prompt=prompt, characters=tuple(names), caption=caption, no_character=no_character)
+            Panel(index=index, line=line_no, prompt=prompt, characters=tuple(names), caption=caption,
+                  no_character=no_character, mentions=mentions)
         )
     return story

@@ -82,3 +82,58 @@ def test_textual_inversion_in_a_description_works_in_isolated_attention_and_mask
                               sampler_name="euler", scheduler="normal", layers="up, lowest resolution",
                               start_percent=0.0, end_percent=1.0, blur=0.0, dilate=0, min_area=0.0)
     assert masks.shape == (P * 2, 64, 64) and masks[0].any()
+
+
+# ---- only the positions where the Story Prompt wrote the name (finding 10) ------------
+def test_a_name_inside_another_characters_description_does_not_count(sd15_clip):
+    text = "[Alice]: a woman, Bob's sister\n[Bob]: a man, blue coat\n[Alice] and [Bob] meet\n[Bob] waves"
+    _, _, story, _ = encode_story(sd15_clip, text)
+    plan = plan_mod.build_plan("test", sd15_clip, story)
+    prompt = story.encoded_prompts[0]
+    bobs = name_positions(sd15_clip, prompt, "Bob")
+    assert len(bobs) == 2  # "Bob's" inside Alice's description, then the tag the story wrote
+    assert plan.positions[0][1] == bobs[1]
+    assert plan.positions[0][0] == name_positions(sd15_clip, prompt, "Alice")[0]
+    assert plan.positions[1][1] == name_positions(sd15_clip, story.encoded_prompts[1], "Bob")[0]
+
+
+@pytest.mark.parametrize("style", ["(No style)", "Photographic"])
+def test_sub_word_names_take_every_sub_token_at_the_written_place(sd15_clip, style):
+    text = "[Zorbulax Quen]: a tall alien, silver skin\n[Zorbulax Quen] waves at the camera"
+    _, _, story, _ = encode_story(sd15_clip, text, style=style)
+    plan = plan_mod.build_plan("test", sd15_clip, story)
+    name_ids = [t for t, w in flat(sd15_clip, "Zorbulax Quen") if w]
+    assert len(name_ids) >= 3  # really split into sub-words
+    prompt = story.encoded_prompts[0]
+    before = len([t for t, w in flat(sd15_clip, prompt[:prompt.index("Zorbulax")]) if w])
+    want = list(range(1 + before, 1 + before + len(name_ids)))  # after BOS and the style's prefix
+    assert plan.positions[0][0] == want
+    toks = flat(sd15_clip, prompt)
+    assert [toks[i][0] for i in want] == name_ids
+
+
+def test_weighted_text_and_a_weighted_tag(sd15_clip):
+    text = "[Bob]: a man, red jacket\n(masterpiece:1.2), ([Bob]:1.3) runs (through the rain:1.1)"
+    _, _, story, _ = encode_story(sd15_clip, text)
+    plan = plan_mod.build_plan("test", sd15_clip, story)
+    prompt = story.encoded_prompts[0]
+    assert prompt == "(masterpiece:1.2), (Bob, a man, red jacket:1.3) runs (through the rain:1.1)"
+    toks = sd15_clip.tokenize(prompt, return_word_ids=True)["l"][0]
+    bob = [t for t, w in flat(sd15_clip, "Bob") if w]
+    masterpiece = [t for t, w in flat(sd15_clip, "masterpiece,") if w]
+    pos = plan.positions[0][0]
+    assert pos == [1 + len(masterpiece)] and [toks[i][0] for i in pos] == bob
+    assert toks[pos[0]][1] == pytest.approx(1.3)  # the weight ComfyUI gives that token
+
+
+def test_long_prompt_names_beyond_the_first_77_tokens(sd15_clip):
+    filler = ", ".join(["a small wooden house with a red roof"] * 9)
+    text = f"[Bob]: a man, red jacket\n{filler} and [Bob] in front of it"
+    _, _, story, _ = encode_story(sd15_clip, text)
+    plan = plan_mod.build_plan("test", sd15_clip, story)
+    prompt = story.encoded_prompts[0]
+    toks = flat(sd15_clip, prompt)
+    assert len(toks) >= 154
+    pos = plan.positions[0][0]
+    assert len(pos) == 1 and pos[0] > 77 and toks[pos[0]][0] == [t for t, w in flat(sd15_clip, "Bob") if w][0]
+    assert plan.lengths[0] == len(toks)

@@ -63,3 +63,12 @@ def test_style_wraps_prompt_and_merges_negatives():
     assert styles.apply_style(styles.NO_STYLE, "a cat") == ("a cat", "")
     with pytest.raises(ValueError, match="choose one of"):
         styles.apply_style("Nope", "a cat")
+
+
+def test_mentions_are_where_the_parser_wrote_each_name():
+    story = syntax.parse_story("[Alice]: a woman, Bob's sister\n[Bob]: a man\n[Alice] and  [Bob] meet\n[bob] waves")
+    p = story.panels[0]
+    assert p.prompt == "Alice, a woman, Bob's sister and Bob, a man meet"
+    assert p.mentions == (("Alice", 0), ("Bob", p.prompt.index("Bob, a man")))
+    assert story.panels[1].mentions == (("Bob", 0),)
+    assert syntax.parse_story("a lighthouse").panels[0].mentions == ()
