@@ -57,7 +57,17 @@ def test_reference_table_windows_slide_and_stay_flat():
 
 def test_downscale_level_follows_ceil_rounding():
     assert [cs.downscale_level((10, 14), hw) for hw in [(10, 14), (5, 7), (3, 4), (2, 2)]] == [0, 1, 2, 3]
-    assert cs.downscale_level((16, 16), (3, 3)) is None
+
+
+def test_downscale_level_of_a_deep_shrink_size_is_the_nearest_level():
+    # Kohya Deep Shrink x1.5 after input block 3 of a 128x128 latent: 64 -> 43, then 22, 11; each lies
+    # just below the geometric middle of two levels (45, 23, 11.3), so it takes the smaller level's rate
+    assert [cs.downscale_level((128, 128), (s, s)) for s in (43, 22, 11)] == [2, 3, 4]
+    assert [cs.downscale_level((128, 128), (s, s)) for s in (48, 24, 12)] == [1, 2, 3]
+    # x3 at a 16x16 latent: 8 -> 3 (between 4x4 and 2x2: 9 tokens is nearer 16 than 4 in log scale)
+    assert cs.downscale_level((16, 16), (3, 3)) == 2
+    assert cs.downscale_level((16, 16), (5, 5)) == 2
+    assert cs.downscale_level((10, 14), (4, 5)) == 2
 
 
 def _qkv(b=4, n=24, c=32, seed=0):

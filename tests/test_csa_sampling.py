@@ -202,3 +202,29 @@ def test_plan_skips_svd_temporal_calls_and_blocks_not_chosen():
     assert plan.indices is None or plan.indices.shape == (2, 8)  # keep-rate 0.5 at 1/16 (latent/2)
     assert patch.plan(32, 2, dict(extra)) is None  # SVD temporal call: rows = chunks*h*w, tokens = frames
     assert patch.plan(4, 16, dict(extra, block=("input", 4))) is None  # 'up' blocks only by default
+
+
+def test_deep_shrink_by_a_factor_that_is_not_a_power_of_two_still_shares(sd15):
+    """Kohya Deep Shrink (core PatchModelAddDownscale) x1.5 for the whole run: the up blocks run
+    at 5x5 and 3x3 instead of 4x4 and 2x2; every one of them must still share tokens."""
+    from comfy_extras.nodes_model_downscale import PatchModelAddDownscale
+
+    model, clip, _ = sd15
+    shrunk = PatchModelAddDownscale.execute(model, 3, 1.5, 0.0, 1.0, True, "bicubic", "bicubic").result[0]
+    m = csa(shrunk, **dict(ALWAYS, blocks="up"))
+    patch = hooks.installed_patch(m)
+    seen = {}
+    plan = patch.plan
+
+    def spy(rows, tokens, extra):
+        p = plan(rows, tokens, extra)
+        if p is not None:
+            seen.setdefault((p.layer, tokens), set()).add(p.indices is not None and p.indices.shape[1] > 0)
+        return p
+
+    patch.plan = spy
+    out = sample(m, clip, steps=2, hw=16)
+    assert torch.isfinite(out).all()
+    sizes = {tokens for _, tokens in seen}
+    assert {9, 25} <= sizes  # the shrunk sizes were really met
+    assert all(shared == {True} for shared in seen.values()), {k: v for k, v in seen.items() if v != {True}}
