@@ -5,6 +5,8 @@ Errors name the node, the input and the fix (StoryError), and are raised before 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..attention.cross_maps import find_phrase, phrase_occurrences
@@ -98,9 +100,31 @@ def build_plan(node: str, clip, story) -> CharacterPlan:
                          ref_panel=first_appearances(present))
 
 
+def regional_texts(story, name: str) -> list[str] | None:
+    """The text each panel's region of `name` attends to: the Story Prompt's regional prompt of
+    that panel (description + the panel's action, styled), 'Name, description' where the panel
+    does not tag the character. None for a story without regional prompts (built by hand)."""
+    regional = list(getattr(story, "encoded_regional", None) or [])
+    if len(regional) != len(story.tags):
+        return None
+    plain = f"{name}, {story.characters[name]}"
+    return [row.get(name, plain) for row in regional]
+
+
+def _encode_rows(clip, texts: list[str]) -> torch.Tensor:
+    """[len(texts), T, C] contexts, each tiled to the LCM of their lengths (as ComfyUI batches them)."""
+    cache: dict[str, torch.Tensor] = {}
+    for text in texts:
+        if text not in cache:
+            cache[text] = clip.encode_from_tokens(clip.tokenize(text), return_dict=True)["cond"]
+    length = math.lcm(*[c.shape[1] for c in cache.values()])
+    return torch.cat([cache[t].repeat(1, length // cache[t].shape[1], 1) for t in texts], 0)
+
+
 def character_contexts(node: str, clip, story, overrides: dict[int, list]) -> list[torch.Tensor]:
-    """Per character: the description context [1 or P, T, C]; a connected CONDITIONING wins,
-    otherwise 'Name, description' from the story is encoded with the clip."""
+    """Per character: the context its regions attend to, [1 or P, T, C]. A connected CONDITIONING
+    wins; otherwise each panel's regional prompt from the story (`regional_texts`), or, for a story
+    without them, 'Name, description' encoded with the clip."""
     names = list(story.characters)
     P = len(story.tags)
     out = []
@@ -109,8 +133,8 @@ def character_contexts(node: str, clip, story, overrides: dict[int, list]) -> li
         if cond is not None:
             ctx = conditioning_tensor(node, f"character_{k + 1}", cond, P)
         else:
-            enc = clip.encode_from_tokens(clip.tokenize(f"{name}, {story.characters[name]}"), return_dict=True)
-            ctx = enc["cond"]
+            texts = regional_texts(story, name) or [f"{name}, {story.characters[name]}"]
+            ctx = _encode_rows(clip, texts)
         out.append(ctx)
     for k in overrides:
         if k >= len(names):

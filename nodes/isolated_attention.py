@@ -45,8 +45,9 @@ class IsolatedAttention:
         }
         for i in range(1, SLOTS + 1):
             optional[f"character_{i}"] = ("CONDITIONING", {
-                "tooltip": f"Description prompt of the story's character #{i} (in declaration order). Empty: its story "
-                           f"description is encoded with the clip."})
+                "tooltip": f"Regional prompt of the story's character #{i} (in declaration order), e.g. its description "
+                           f"alone. Empty: each panel's own line with only this character's tag filled in (the "
+                           f"panel's action and style kept, other characters removed), encoded with the clip."})
         for i in range(1, SLOTS + 1):
             optional[f"mask_{i}"] = ("MASK", {
                 "tooltip": f"Region of character #{i} (1 mask for every panel or one per panel). Empty: computed online "

@@ -46,6 +46,11 @@ class Panel:
     # attention nodes use only these occurrences: a name inside another character's description
     # ("[Alice]: a woman, Bob's sister") is not Bob.
     mentions: tuple[tuple[str, int], ...] = ()
+    # (name, text) per tagged character: the regional prompt of that character's region in this
+    # panel for Isolated Attention: the panel line with only this character's tag substituted and
+    # the other characters' tags removed ("[Bob] and [Alice] walk" -> "Bob, <his description> and
+    # walk"), so the region keeps the panel's action and style, not the description alone.
+    regional: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -55,6 +60,8 @@ class Story:
     # The exact (styled) texts the Story Prompt node encoded, one per panel; attention nodes
     # find character tokens in these. Empty for a story that was only parsed.
     encoded_prompts: list[str] = field(default_factory=list)
+    # Per panel, name -> the styled regional prompt (Panel.regional through the same style).
+    encoded_regional: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def tags(self) -> list[list[str]]:
@@ -89,6 +96,19 @@ def _place_names(prompt: str, written: list[str]) -> tuple[str, tuple[tuple[str,
         at = match.end()
     out.append(prompt[at:])
     return "".join(out), tuple(mentions)
+
+
+def _regional_prompt(body: str, name: str, characters: dict[str, str], known: dict[str, str]) -> str:
+    """The panel line with only `name`'s tag substituted; other tags (and [NC]) removed."""
+
+    def keep_one(match: re.Match) -> str:
+        canonical = known.get(match.group(1).strip().casefold())
+        return f"{name}, {characters[name]}" if canonical == name else ""
+
+    text = re.sub(r"\s+", " ", TAG_RE.sub(keep_one, body))
+    text = re.sub(r"\s*,(\s*,)+", ",", text)
+    text = re.sub(r",\s*([:;.!?])", r"\1", re.sub(r"\s+,", ",", text))
+    return text.strip(" ,")
 
 
 def parse_story(text: str) -> Story:
@@ -151,12 +171,13 @@ def parse_story(text: str) -> Story:
         prompt = TAG_RE.sub(substitute, body)
         prompt = re.sub(r"\s+", " ", prompt).strip(" ,")
         prompt, mentions = _place_names(prompt, written)
+        regional = tuple((name, _regional_prompt(body, name, story.characters, known)) for name in names)
         if no_character and names:
             raise StorySyntaxError(f"line {line_no}: [NC] marks a panel with no character, but the line also tags {names}; remove one of them.")
         if not prompt:
             raise StorySyntaxError(f"line {line_no}: the panel has no prompt text before '#'; describe the scene.")
         story.panels.append(
             Panel(index=index, line=line_no, prompt=prompt, characters=tuple(names), caption=caption,
-                  no_character=no_character, mentions=mentions)
+                  no_character=no_character, mentions=mentions, regional=regional)
         )
     return story

@@ -72,3 +72,11 @@ def test_mentions_are_where_the_parser_wrote_each_name():
     assert p.mentions == (("Alice", 0), ("Bob", p.prompt.index("Bob, a man")))
     assert story.panels[1].mentions == (("Bob", 0),)
     assert syntax.parse_story("a lighthouse").panels[0].mentions == ()
+
+
+def test_regional_prompt_texts():
+    story = syntax.parse_story("[Bob]: a man\n[Alice]: a woman\n[Bob] and [Alice] run through the rain\n"
+                               "[Alice], [Bob]: they talk #caption")
+    assert dict(story.panels[0].regional) == {"Bob": "Bob, a man and run through the rain",
+                                              "Alice": "and Alice, a woman run through the rain"}
+    assert dict(story.panels[1].regional) == {"Alice": "Alice, a woman: they talk", "Bob": "Bob, a man: they talk"}
