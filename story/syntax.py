@@ -14,6 +14,7 @@ One text, one panel per line, in the familiar StoryDiffusion form::
 * ``[NC]`` marks a panel without a character (it takes no part in identity sharing).
 * ``#`` starts the caption: it is shown under the panel on a comic page, never encoded.
 * Empty lines and lines starting with ``//`` are ignored.
+* Square brackets are only for tags: an unclosed ``[`` or a stray ``]`` is an error at its line.
 
 Errors name the line and the fix (``StorySyntaxError``); the node reports them at
 validation time, before anything is queued.
@@ -98,6 +99,23 @@ def _place_names(prompt: str, written: list[str]) -> tuple[str, tuple[tuple[str,
     return "".join(out), tuple(mentions)
 
 
+def _check_brackets(body: str, line_no: int) -> None:
+    """A '[' or ']' left over once the well-formed [tags] are taken out is a tag typo: an unclosed
+    tag would otherwise become literal prompt text on an untagged panel."""
+    rest = TAG_RE.sub(lambda m: " " * len(m.group(0)), body)
+    opening, closing = rest.find("["), rest.find("]")
+    if opening >= 0 and (closing < 0 or opening < closing):
+        fragment = body[opening:].strip()
+        fragment = fragment if len(fragment) <= 40 else fragment[:37] + "..."
+        raise StorySyntaxError(
+            f"line {line_no}: '{fragment}' has no closing ']'; close the tag as in '[Name]' (or '[Name]: description' "
+            "for a declaration). Square brackets are only for character tags.")
+    if closing >= 0:
+        raise StorySyntaxError(
+            f"line {line_no}: ']' without an opening '[' ('{body.strip()[:40]}'); write the tag as '[Name]'. "
+            "Square brackets are only for character tags.")
+
+
 def _regional_prompt(body: str, name: str, characters: dict[str, str], known: dict[str, str]) -> str:
     """The panel line with only `name`'s tag substituted; other tags (and [NC]) removed."""
 
@@ -145,6 +163,7 @@ def parse_story(text: str) -> Story:
     for index, (line_no, line) in enumerate(panel_lines):
         body, sep, caption = line.partition("#")
         caption = caption.strip() if sep else ""
+        _check_brackets(body, line_no)
         names: list[str] = []
         written: list[str] = []  # name per placeholder, in order of appearance
         no_character = False

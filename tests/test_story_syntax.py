@@ -80,3 +80,14 @@ def test_regional_prompt_texts():
     assert dict(story.panels[0].regional) == {"Bob": "Bob, a man and run through the rain",
                                               "Alice": "and Alice, a woman run through the rain"}
     assert dict(story.panels[1].regional) == {"Alice": "Alice, a woman: they talk", "Bob": "Bob, a man: they talk"}
+
+
+@pytest.mark.parametrize("text, line, fragment", [
+    ("[Bob]: a man\n[Bob] wakes up\n[Bob walks to school", 3, "'[Bob walks to school' has no closing ']'"),
+    ("[Bob]: a man\nBob] walks to school", 2, "']' without an opening '['"),
+    ("[Bob: a man\n[Bob] walks to school", 1, "'[Bob: a man' has no closing ']'"),
+])
+def test_unclosed_tag_is_an_error_at_its_own_line(text, line, fragment):
+    with pytest.raises(syntax.StorySyntaxError) as e:
+        syntax.parse_story(text)
+    assert str(e.value).startswith(f"line {line}:") and fragment in str(e.value), str(e.value)
