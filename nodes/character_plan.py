@@ -176,3 +176,22 @@ def user_masks(node: str, masks: dict[int, torch.Tensor], story) -> dict[int, to
             )
         out[k] = m.float()
     return out
+
+
+LATENT_SCALE = 8  # image pixels per latent pixel of the UNet families the pack patches
+
+
+def check_mask_aspect(node: str, masks: dict[int, torch.Tensor], latent_hw: tuple[int, int]) -> None:
+    """Refuse a user mask whose aspect ratio differs from the image's (it would be stretched).
+
+    Masks are scaled to the latent grid; a mask of the same aspect at any size is fine, and so is
+    a difference of up to one latent pixel (rounding of odd sizes)."""
+    lh, lw = int(latent_hw[0]), int(latent_hw[1])
+    for k, m in sorted(masks.items()):
+        mh, mw = int(m.shape[-2]), int(m.shape[-1])
+        if abs(mh * lw / mw - lh) <= 1.0 and abs(mw * lh / mh - lw) <= 1.0:
+            continue
+        raise StoryError(
+            f"{node}: mask_{k + 1} is {mw}×{mh} px (width×height) but the image is {lw * LATENT_SCALE}×"
+            f"{lh * LATENT_SCALE} (latent {lw}×{lh}): its aspect ratio differs, so it would be stretched. Give a mask "
+            f"of the image's aspect ratio (e.g. the image's own size; crop or pad it first).")

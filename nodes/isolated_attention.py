@@ -50,8 +50,8 @@ class IsolatedAttention:
                            f"panel's action and style kept, other characters removed), encoded with the clip."})
         for i in range(1, SLOTS + 1):
             optional[f"mask_{i}"] = ("MASK", {
-                "tooltip": f"Region of character #{i} (1 mask for every panel or one per panel). Empty: computed online "
-                           f"from the model's cross-attention during sampling."})
+                "tooltip": f"Region of character #{i} (1 mask for every panel or one per panel), of the image's aspect "
+                           f"ratio (any size). Empty: computed online from the model's cross-attention during sampling."})
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model to patch (SD1.5- or SDXL-style UNet)."}),

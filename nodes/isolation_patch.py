@@ -31,6 +31,7 @@ from ..attention.isolated_cross import regional_blend
 from ..attention.isolated_self import isolated_self_attention
 from ..attention.isolation_run import IsolationRun
 from ..attention.otsu import masks_to_tokens, normalise
+from .character_plan import check_mask_aspect
 from .common import StoryError
 
 STATE_KEY = "storydiff_isolation"
@@ -360,6 +361,9 @@ def install(model, state: IsolationState):
     m.model_options["transformer_options"][STATE_KEY] = state
 
     def outer_sample(executor, *args, **kwargs):
+        noise = args[0] if args else kwargs.get("noise")
+        if noise is not None and noise.ndim >= 4:
+            check_mask_aspect(state.config.node, state.run.user_masks, tuple(noise.shape[-2:]))
         state.run.reset()
         state._sel, state._act, state._proj, state._tok = {}, {}, {}, {}
         try:

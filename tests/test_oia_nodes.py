@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from comfy.sample import sample as comfy_sample
 from oia_helpers import TWO_CHARACTERS, encode_story, isolated, sample, state_of
 from pack_loader import pure, submodule
 
@@ -292,6 +293,20 @@ def test_mask_batch_must_be_one_or_the_panel_count(sd15):
     model, clip, pos, neg, story, P = sd15
     with pytest.raises(StoryError, match="mask_2.*batch of 2.*3 panels"):
         isolated(model, clip, story, mask_2=torch.ones(2, 16, 16))
+
+
+def test_user_mask_of_another_aspect_ratio_is_refused_before_sampling(sd15):
+    model, clip, pos, neg, story, P = sd15
+    steps = []
+    m = isolated(model, clip, story, mask_1=torch.ones(24, 40))  # 40x24 px for a 64x64 image
+    with pytest.raises(StoryError, match=r"mask_1 is 40×24 px.*image is 64×64.*aspect ratio"):
+        latent = torch.zeros(P, 4, 8, 8)
+        comfy_sample(m, torch.zeros_like(latent), 2, 5.0, "euler", "normal", pos, neg, latent,
+                     callback=lambda *a: steps.append(a[0]))
+    assert steps == []  # refused before the first step
+    # the same aspect at another size is fine (scaled, not stretched), and so is a rounding pixel
+    for mask in (torch.ones(P, 128, 128), torch.ones(63, 64)):
+        assert torch.isfinite(sample(isolated(model, clip, story, mask_1=mask), pos, neg, P, steps=2)).all()
 
 
 def test_tag_without_description_and_tokens_not_found(sd15):
