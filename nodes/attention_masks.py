@@ -84,14 +84,11 @@ class StoryAttentionMasks:
             },
         }
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, start_percent=0.0, end_percent=1.0):
-        return check_step_window(NODE, start_percent, end_percent)
-
     def sample(self, model, clip, story, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler,
                layers, start_percent, end_percent, blur, dilate, min_area, denoise=1.0):
         import nodes as comfy_nodes  # ComfyUI's nodes.py (common_ksampler), never our package
 
+        check_step_window(NODE, start_percent, end_percent)
         plan = build_plan(NODE, clip, story)
         samples = latent_image["samples"]
         if samples.shape[0] != plan.panels:

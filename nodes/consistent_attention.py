@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..attention.token_sampling import parse_probability_schedule
-from .common import CATEGORY_ROOT, StoryError
+from .common import CATEGORY_ROOT, StoryError, check_step_window
 from .csa_hooks import CSAConfig, CSAPatch, install
 
 NODE = "Consistent Self-Attention"
@@ -45,16 +45,13 @@ def csa_inputs() -> dict:
     return req
 
 
-def validate_settings(node: str, apply_probability, start_percent=None, end_percent=None):
+def validate_settings(node: str, apply_probability):
+    """VALIDATE_INPUTS check of apply_probability alone (ComfyUI reports the error on every input
+    the check takes; the step window's order is checked when the node runs, see check_step_window)."""
     try:
         parse_probability_schedule(apply_probability)
     except ValueError as e:
         return f"{node}: apply_probability: {e}"
-    for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
-        if value is not None and not 0.0 <= float(value) <= 100.0:
-            return f"{node}: {name} must be within 0..100, got {value}."
-    if start_percent is not None and end_percent is not None and float(start_percent) > float(end_percent):
-        return f"{node}: start_percent ({start_percent}) is after end_percent ({end_percent}); swap them."
     return True
 
 
@@ -63,6 +60,7 @@ def config_from(settings: dict, node: str = NODE) -> CSAConfig:
         schedule = parse_probability_schedule(settings["apply_probability"])
     except ValueError as e:
         raise StoryError(f"{node}: apply_probability: {e}") from None
+    check_step_window(node, settings["start_percent"], settings["end_percent"])
     if settings["blocks"] not in BLOCKS:
         raise StoryError(f"{node}: blocks must be one of {BLOCKS}, got {settings['blocks']!r}.")
     return CSAConfig(
@@ -89,8 +87,8 @@ class ConsistentSelfAttention:
                              **csa_inputs()}}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, apply_probability, start_percent, end_percent):
-        return validate_settings(NODE, apply_probability, start_percent, end_percent)
+    def VALIDATE_INPUTS(cls, apply_probability):
+        return validate_settings(NODE, apply_probability)
 
     def patch(self, model, **settings):
         return (install(model, CSAPatch(config_from(settings))),)

@@ -22,7 +22,7 @@ from ..attention.identity_bank import IdentityBank
 from ..attention.token_sampling import (
     ProbabilitySchedule, gate_draw, sample_token_indices, step_progress, step_sigma,
 )
-from .common import StoryError
+from .common import sampler_time_error
 
 WRAPPER_KEY = "storydiff_csa"
 OPTIONS_KEY = "storydiff_csa"  # transformer_options key holding the installed CSAPatch
@@ -116,16 +116,16 @@ class CSAPatch:
         if mode.kind == "plain" or batch is None:
             return
         if len(mode.labels) not in (1, batch):
-            raise StoryError(
-                f"{mode.node}: {len(mode.labels)} panels/characters are given but the latent batch is {batch}; "
+            raise sampler_time_error(
+                mode.node, f"{len(mode.labels)} panels/characters are given but the latent batch is {batch}",
                 "connect the Story Prompt's panel_count to the latent's batch_size (or give one name per image).")
         if mode.kind == "read":
             missing = sorted({c for names in mode.labels for c in names} - set(mode.bank.characters))
             if missing:
                 have = ", ".join(f"[{c}]" for c in mode.bank.characters) or "nothing yet"
-                raise StoryError(
-                    f"{mode.node}: the identity bank has no tokens for {', '.join(f'[{c}]' for c in missing)} "
-                    f"(it holds {have}). Run an Identity Bank Write for them first (connect its LATENT to "
+                raise sampler_time_error(
+                    mode.node, f"the identity bank has no tokens for {', '.join(f'[{c}]' for c in missing)} "
+                    f"(it holds {have})", "run an Identity Bank Write for them first (connect its LATENT to "
                     "'after' so it samples before this run), load a bank that has them, or untag them.")
 
     def _labels(self, images: int) -> tuple:

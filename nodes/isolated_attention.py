@@ -70,12 +70,9 @@ class IsolatedAttention:
             "optional": optional,
         }
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, start_percent=0.0, end_percent=1.0):
-        return check_step_window(NODE, start_percent, end_percent)
-
     def patch(self, model, clip, story, strength, reweight, start_percent, end_percent, scene=None,
               identity_bank=None, **slots):
+        check_step_window(NODE, start_percent, end_percent)
         if strength == 0:
             return (model,)
         plan = build_plan(NODE, clip, story)

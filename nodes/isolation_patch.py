@@ -32,7 +32,7 @@ from ..attention.isolated_self import isolated_self_attention
 from ..attention.isolation_run import IsolationRun
 from ..attention.otsu import masks_to_tokens, normalise
 from .character_plan import check_mask_aspect
-from .common import StoryError
+from .common import StoryError, sampler_time_error
 
 STATE_KEY = "storydiff_isolation"
 WRAPPER_KEY = "storydiff_isolation"
@@ -154,10 +154,10 @@ def _layout(state, q, extra):
     P = state.run.plan.panels
     per = q.shape[0] // len(cou)
     if per != P:
-        raise StoryError(
-            f"{state.config.node}: the latent batch has {per} images but the story has {P} panels; connect the Story "
-            f"Prompt's panel_count to the latent's batch_size."
-        )
+        raise sampler_time_error(
+            state.config.node, f"the latent batch has {per} images but the story has {P} panels",
+            "connect the Story Prompt's panel_count to the latent's batch_size, or give the node the story of this "
+            "batch.")
     return [i for i, c in enumerate(cou) if c == 0], P
 
 

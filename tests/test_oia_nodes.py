@@ -346,11 +346,3 @@ def test_story_attention_masks_node(sd15):
     assert masks2.shape == masks.shape and masks2[0].any()
     with pytest.raises(StoryError, match="latent_image has 2 images"):
         node.sample(model, clip, story, pos, neg, {"samples": torch.zeros(2, 4, 8, 8)}, **args)
-
-
-def test_step_window_is_validated_before_queueing():
-    for mod, cls in (("nodes.isolated_attention", "IsolatedAttention"), ("nodes.attention_masks", "StoryAttentionMasks")):
-        node = getattr(submodule(mod), cls)
-        assert node.VALIDATE_INPUTS(start_percent=0.2, end_percent=0.8) is True
-        assert "start_percent" in node.VALIDATE_INPUTS(start_percent=0.8, end_percent=0.2)
-        assert "end_percent" in node.VALIDATE_INPUTS(start_percent=0.0, end_percent=1.5)
