@@ -51,6 +51,26 @@ def reference_table(num_images: int, window: int = 0, groups: Sequence | None = 
     return table
 
 
+def story_reference_table(tags: Sequence[Sequence[str]], window: int = 0) -> list[tuple[int, ...]]:
+    """Story-aware references: image i takes the shared tokens of image j only when every
+    character j shows is one that i shows too.
+
+    A panel of Bob alone takes from Bob's other solo panels (never from a panel where Alice
+    appears beside him, whose tokens are half Alice); a panel of Bob and Alice takes from Bob's,
+    Alice's and other Bob-and-Alice panels; a panel without characters (``[NC]`` or untagged)
+    neither gives nor takes. window W keeps the W-1 nearest of those candidates (ties to the
+    earlier image), as in `reference_table`.
+    """
+    shows = [frozenset(t) for t in tags]
+    table = []
+    for i, mine in enumerate(shows):
+        cand = [j for j, theirs in enumerate(shows) if j != i and mine and theirs and theirs <= mine]
+        if window and len(cand) > window - 1:
+            cand = sorted(cand, key=lambda j: (abs(j - i), j))[: max(0, window - 1)]
+        table.append(tuple(sorted(cand)))
+    return table
+
+
 def downscale_level(latent_hw: tuple[int, int], hw: tuple[int, int], max_level: int = 6) -> int:
     """The resolution level of an attention layer whose activations are hw for a latent_hw latent.
 

@@ -102,3 +102,17 @@ def test_no_references_is_plain_attention_and_rows_can_differ():
     assert torch.equal(out[0], cs.sdpa(q[:1], k[:1], v[:1], 4)[0])
     ref1 = cs.sdpa(q[1:2], torch.cat([k[1:2], ek[None]], 1), torch.cat([v[1:2], ev[None]], 1), 4)
     assert torch.allclose(out[1], ref1[0], atol=1e-12)
+
+
+def test_story_references_share_only_through_the_characters_a_panel_shows():
+    tags = [["Bob"], ["Alice"], ["Bob", "Alice"], [], ["Bob"], ["Alice", "Bob"]]
+    assert cs.story_reference_table(tags) == [
+        (4,),  # Bob alone: Bob's other solo panel only, never a panel with Alice in it
+        (),  # Alice alone: nobody else shows only Alice
+        (0, 1, 4, 5),  # Bob and Alice: each of their panels
+        (),  # [NC]: neither gives nor takes
+        (0,),
+        (0, 1, 2, 4),
+    ]
+    assert cs.story_reference_table(tags, window=2) == [(4,), (), (1,), (), (0,), (4,)]
+    assert cs.story_reference_table([["Bob"]] * 3) == cs.reference_table(3)
