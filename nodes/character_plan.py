@@ -10,7 +10,7 @@ import math
 import torch
 
 from ..attention.cross_maps import find_phrase, phrase_occurrences
-from ..attention.isolation_run import CharacterPlan, first_appearances
+from ..attention.isolated_run import CharacterPlan, first_appearances
 from .common import StoryError
 
 

@@ -11,7 +11,7 @@ import safetensors.torch
 import torch
 
 import folder_paths
-from oia_helpers import encode_story, isolated, sample, state_of
+from isolated_helpers import encode_story, isolated, sample, state_of
 from pack_loader import submodule
 from tiny_models import factory
 
@@ -75,7 +75,7 @@ def test_textual_inversion_in_a_description_works_in_isolated_attention_and_mask
     m = isolated(model, embedding_clip, story)
     out = sample(m, pos, neg, P, steps=2, size=(8, 8))
     assert torch.isfinite(out).all()
-    assert state_of(m).run.result["maps"] is not None
+    assert state_of(m).run.result.maps is not None
     node = submodule("nodes.attention_masks").StoryAttentionMasks()
     latent = {"samples": torch.zeros(P, 4, 8, 8)}
     _, masks, _ = node.sample(model, embedding_clip, story, pos, neg, latent, seed=0, steps=2, cfg=5.0,

@@ -36,7 +36,7 @@ def split_and_whole(model, positive, negative, n, steps=8, cut=4, hw=8, **kw):
 @pytest.fixture(scope="module")
 def sd15(tiny):
     model, clip, _ = tiny("sd15")
-    from oia_helpers import encode_story
+    from isolated_helpers import encode_story
 
     text = "[Bob]: a man, red jacket\n[Bob] waits\n[Bob] runs\n[Bob] sleeps"
     positive, negative, story, panels = encode_story(clip, text)

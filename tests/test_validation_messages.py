@@ -64,7 +64,7 @@ def test_a_window_input_out_of_range_is_one_message_on_that_input(pack, class_ty
 def test_a_start_after_the_end_is_one_message_naming_start_percent(pack, tiny, class_type, inputs, window):
     assert validation_errors(pack, class_type, dict(inputs, **window)) == []  # not two copies at queue time...
     model, clip, _ = tiny("sd15")
-    from oia_helpers import encode_story
+    from isolated_helpers import encode_story
 
     pos, neg, story, P = encode_story(clip)
     node = pack.NODE_CLASS_MAPPINGS[class_type]()
@@ -81,7 +81,7 @@ def test_a_start_after_the_end_is_one_message_naming_start_percent(pack, tiny, c
 def test_batch_mismatch_raised_in_the_sampler_names_the_pack_node_to_fix(tiny):
     """The batch is known only when the sampler runs, so ComfyUI shows these errors on the KSampler;
     the message must send the user to the pack's node (and the latent) instead."""
-    from oia_helpers import encode_story, isolated, sample
+    from isolated_helpers import encode_story, isolated, sample
 
     model, clip, _ = tiny("sd15")
     pos, neg, story, P = encode_story(clip)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import comfy.sample
-from oia_helpers import encode_story
+from isolated_helpers import encode_story
 from pack_loader import submodule
 
 ca = submodule("nodes.consistent_attention")
