@@ -67,8 +67,9 @@ class IsolatedAttention:
                 "CONDITIONING",
                 {
                     "tooltip": f"Regional prompt of the story's character #{i} (in declaration order), e.g. "
-                    "its description alone. Empty: each panel's own line with only this character's tag filled "
-                    "in (the panel's action and style kept, other characters removed), encoded with the clip."
+                    "its description alone. Empty: each panel's own line with only this character's tag "
+                    "filled in (the panel's action and style kept, other characters removed), encoded with "
+                    "the clip."
                 },
             )
         for i in range(1, SLOTS + 1):
@@ -76,8 +77,8 @@ class IsolatedAttention:
                 "MASK",
                 {
                     "tooltip": f"Region of character #{i} (1 mask for every panel or one per panel), of the "
-                    "image's aspect ratio (any size). Empty: computed online from the model's cross-attention "
-                    "during sampling."
+                    "image's aspect ratio (any size). Empty: computed online from the model's "
+                    "cross-attention during sampling."
                 },
             )
         return {

@@ -11,6 +11,7 @@ import safetensors.torch
 import torch
 
 import folder_paths
+
 from isolated_helpers import encode_story, isolated, sample, state_of
 from pack_loader import submodule
 from tiny_models import factory
@@ -29,8 +30,8 @@ def name_positions(clip, text, name):
     toks = flat(clip, text)
     out = []
     for i in range(len(toks) - len(name_ids) + 1):
-        window = toks[i:i + len(name_ids)]
-        if all(isinstance(t, int) and t == n for (t, _), n in zip(window, name_ids)):
+        window = toks[i : i + len(name_ids)]
+        if all(isinstance(t, int) and t == n for (t, _), n in zip(window, name_ids, strict=True)):
             out.append(list(range(i, i + len(name_ids))))
     return out
 
@@ -78,9 +79,25 @@ def test_textual_inversion_in_a_description_works_in_isolated_attention_and_mask
     assert state_of(m).run.result.maps is not None
     node = submodule("nodes.attention_masks").StoryAttentionMasks()
     latent = {"samples": torch.zeros(P, 4, 8, 8)}
-    _, masks, _ = node.sample(model, embedding_clip, story, pos, neg, latent, seed=0, steps=2, cfg=5.0,
-                              sampler_name="euler", scheduler="normal", layers="up, lowest resolution",
-                              start_percent=0.0, end_percent=1.0, blur=0.0, dilate=0, min_area=0.0)
+    _, masks, _ = node.sample(
+        model,
+        embedding_clip,
+        story,
+        pos,
+        neg,
+        latent,
+        seed=0,
+        steps=2,
+        cfg=5.0,
+        sampler_name="euler",
+        scheduler="normal",
+        layers="up, lowest resolution",
+        start_percent=0.0,
+        end_percent=1.0,
+        blur=0.0,
+        dilate=0,
+        min_area=0.0,
+    )
     assert masks.shape == (P * 2, 64, 64) and masks[0].any()
 
 
@@ -105,7 +122,7 @@ def test_sub_word_names_take_every_sub_token_at_the_written_place(sd15_clip, sty
     name_ids = [t for t, w in flat(sd15_clip, "Zorbulax Quen") if w]
     assert len(name_ids) >= 3  # really split into sub-words
     prompt = story.encoded_prompts[0]
-    before = len([t for t, w in flat(sd15_clip, prompt[:prompt.index("Zorbulax")]) if w])
+    before = len([t for t, w in flat(sd15_clip, prompt[: prompt.index("Zorbulax")]) if w])
     want = list(range(1 + before, 1 + before + len(name_ids)))  # after BOS and the style's prefix
     assert plan.positions[0][0] == want
     toks = flat(sd15_clip, prompt)

@@ -10,14 +10,26 @@ import pytest
 import torch
 
 import comfy.sample
+
 from isolated_helpers import encode_story
 from pack_loader import submodule
 
 ca = submodule("nodes.consistent_attention")
 StoryError = submodule("nodes.common").StoryError
-ALWAYS = dict(keep_rate_1_8=0.5, keep_rate_1_16=0.5, keep_rate_1_32=0.5, keep_rate_1_64=0.5, blocks="all",
-              warmup_steps=0, start_percent=0.0, end_percent=100.0, apply_probability="1", window=0,
-              seed=0, strength=1.0)
+ALWAYS = dict(
+    keep_rate_1_8=0.5,
+    keep_rate_1_16=0.5,
+    keep_rate_1_32=0.5,
+    keep_rate_1_64=0.5,
+    blocks="all",
+    warmup_steps=0,
+    start_percent=0.0,
+    end_percent=100.0,
+    apply_probability="1",
+    window=0,
+    seed=0,
+    strength=1.0,
+)
 STORY = """[Bob]: a man, red jacket
 [Alice]: a woman, green dress
 [Bob] waits at a bus stop
@@ -46,7 +58,9 @@ def renoised(noise, panel, seed=99):
     return other
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 finding 1 / issue 14 item 3: CSA has no STORY input yet (fix follows)")
+@pytest.mark.xfail(
+    strict=True, reason="issue 10 finding 1 / issue 14 item 3: CSA has no STORY input yet (fix follows)"
+)
 def test_panels_without_characters_neither_give_nor_take(setup):
     model, pos, neg, story, P = setup
     noise = torch.randn(P, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -58,11 +72,18 @@ def test_panels_without_characters_neither_give_nor_take(setup):
         others = [p for p in range(P) if p != empty]
         assert torch.equal(out[others], base[others]), empty
     # ...and re-noising every other panel leaves them as they were
-    out = run(m, pos, neg, torch.stack([noise[p] if p in (2, 5) else renoised(noise, p, 7 + p)[p] for p in range(P)]))
+    out = run(
+        m,
+        pos,
+        neg,
+        torch.stack([noise[p] if p in (2, 5) else renoised(noise, p, 7 + p)[p] for p in range(P)]),
+    )
     assert torch.equal(out[[2, 5]], base[[2, 5]])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 finding 1 / issue 14 item 3: CSA has no STORY input yet (fix follows)")
+@pytest.mark.xfail(
+    strict=True, reason="issue 10 finding 1 / issue 14 item 3: CSA has no STORY input yet (fix follows)"
+)
 def test_a_panel_takes_only_from_panels_whose_characters_it_shows(setup):
     model, pos, neg, story, P = setup
     noise = torch.randn(P, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -87,7 +108,9 @@ def test_without_a_story_every_image_shares_with_every_other(setup):
     assert all(not torch.equal(out[p], base[p]) for p in range(P))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 finding 1 / issue 14 item 3: CSA has no STORY input yet (fix follows)")
+@pytest.mark.xfail(
+    strict=True, reason="issue 10 finding 1 / issue 14 item 3: CSA has no STORY input yet (fix follows)"
+)
 def test_batch_size_must_be_the_panel_count_before_sampling(setup):
     """Issue 14, item 3: caught before the first step, naming batch_size and panel_count."""
     model, pos, neg, story, P = setup
@@ -95,8 +118,19 @@ def test_batch_size_must_be_the_panel_count_before_sampling(setup):
     steps = []
     noise = torch.zeros(2, 4, 8, 8)
     with pytest.raises(StoryError) as e:
-        comfy.sample.sample(m, noise, 2, 5.0, "euler", "normal", pos, neg, torch.zeros_like(noise), seed=0,
-                            callback=lambda *a: steps.append(a[0]))
+        comfy.sample.sample(
+            m,
+            noise,
+            2,
+            5.0,
+            "euler",
+            "normal",
+            pos,
+            neg,
+            torch.zeros_like(noise),
+            seed=0,
+            callback=lambda *a: steps.append(a[0]),
+        )
     msg = str(e.value)
     assert steps == [] and "batch_size" in msg and "panel_count" in msg and "6" in msg and "2" in msg, msg
     assert "Fix it at the Consistent Self-Attention node" in msg

@@ -200,7 +200,7 @@ def test_online_masks_localise_where_injected_attention_puts_each_character(sd15
     model, clip, pos, neg, story, P = sd15
     side = 32  # latent; the captured layers are 8x8
     columns = [{name: _name_columns(clip, text, name) for name in tags}
-               for text, tags in zip(story.encoded_prompts, story.tags)]
+               for text, tags in zip(story.encoded_prompts, story.tags, strict=True)]
     regions = {"Bob": (slice(None), slice(0, 4)), "Alice": (slice(None), slice(4, 8))}
     decoy = (slice(0, 3), slice(None))  # top rows: what a wrong column would see
 

@@ -11,18 +11,54 @@ import torch
 from pack_loader import submodule
 
 ca = submodule("nodes.consistent_attention")
-CSA = dict(keep_rate_1_8=0.5, keep_rate_1_16=0.5, keep_rate_1_32=0.5, keep_rate_1_64=0.5, blocks="up",
-           warmup_steps=1, start_percent=0.0, end_percent=100.0, apply_probability="0.7, 0.9@40", window=0,
-           seed=0, strength=1.0)
+CSA = dict(
+    keep_rate_1_8=0.5,
+    keep_rate_1_16=0.5,
+    keep_rate_1_32=0.5,
+    keep_rate_1_64=0.5,
+    blocks="up",
+    warmup_steps=1,
+    start_percent=0.0,
+    end_percent=100.0,
+    apply_probability="0.7, 0.9@40",
+    window=0,
+    seed=0,
+    strength=1.0,
+)
 
 
-def ksampler_advanced(model, positive, negative, latent, steps, start, end, add_noise, leftover, seed=0,
-                      sampler="euler", scheduler="normal"):
+def ksampler_advanced(
+    model,
+    positive,
+    negative,
+    latent,
+    steps,
+    start,
+    end,
+    add_noise,
+    leftover,
+    seed=0,
+    sampler="euler",
+    scheduler="normal",
+):
     import nodes as comfy_nodes
 
     node = comfy_nodes.KSamplerAdvanced()
-    return node.sample(model, "enable" if add_noise else "disable", seed, steps, 5.0, sampler, scheduler, positive,
-                       negative, latent, start, end, "enable" if leftover else "disable")[0]
+    return node.sample(
+        model,
+        "enable" if add_noise else "disable",
+        seed,
+        steps,
+        5.0,
+        sampler,
+        scheduler,
+        positive,
+        negative,
+        latent,
+        start,
+        end,
+        "enable" if leftover else "disable",
+    )[0]
 
 
 def split_and_whole(model, positive, negative, n, steps=8, cut=4, hw=8, **kw):
@@ -47,7 +83,9 @@ def gap(a, b):
     return float((a - b).abs().max())
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 finding 2: step position from the stage's own schedule (fix follows)")
+@pytest.mark.xfail(
+    strict=True, reason="issue 10 finding 2: step position from the stage's own schedule (fix follows)"
+)
 @pytest.mark.parametrize("scheduler", ["normal", "karras"])
 def test_csa_split_at_step_4_of_8_equals_the_whole_run(sd15, scheduler):
     model, clip, pos, neg, story, P = sd15
