@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .consistent import consistent_attention, downscale_level, reference_table
+from .consistent import consistent_attention, downscale_level, reference_table, story_reference_table
 from .identity_bank import IdentityBank
 from .steps import StepWindow, step_progress, step_sigma
 from .token_sampling import ProbabilitySchedule, gate_draw, sample_token_indices
@@ -56,6 +56,23 @@ class Mode:
     bank: IdentityBank | None = None
     labels: tuple = ()  # write: character per image (None = not an identity image); read: names per image
     node: str = "Consistent Self-Attention"
+    # The characters each image shows (a connected STORY): sharing follows the story
+    # (`story_reference_table`); None = every image shares with every other (no story).
+    tags: tuple | None = None
+
+    def sharing(self, images: int, window: int) -> list:
+        """The images each image takes shared tokens from (plain and write runs)."""
+        if self.kind == "write":  # identity images share only with the same character's identity images
+            tags = (
+                self.tags
+                if self.tags is not None
+                else tuple(() if lab is None else (lab,) for lab in self.labels)
+            )
+            tags = tags * images if len(tags) == 1 else tags
+            return story_reference_table(tags, window)
+        if self.tags is not None and len(self.tags) == images:
+            return story_reference_table(self.tags, window)
+        return reference_table(images, window)
 
 
 @dataclass
@@ -140,12 +157,7 @@ class ConsistentRun:
                     self.indices, self.gather, self.repeated = {}, {}, {}
                 self.indices[key] = sample_token_indices(images, tokens, rate, cfg.seed, sigma)
             plan.indices = self.indices[key]
-        if kind == "plain":
-            plan.refs = reference_table(images, cfg.window)
-        elif kind == "write":
-            plan.refs = reference_table(images, cfg.window, groups=self.labels(images))
-        else:
-            plan.refs = [()] * images
+        plan.refs = self.mode.sharing(images, cfg.window) if kind in ("plain", "write") else [()] * images
         extra[PLAN_KEY] = plan
         return plan
 

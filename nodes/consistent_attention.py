@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from ..attention.consistent_run import ConsistentConfig
+from ..attention.consistent_run import ConsistentConfig, Mode
 from ..attention.steps import is_legacy_percent, window_from_inputs
 from ..attention.token_sampling import parse_probability_schedule
+from .character_plan import check_story
 from .common import CATEGORY_ROOT, StoryError, check_step_window, step_window_inputs
 from .patch_consistent import ConsistentPatch
 from .patch_core import install
@@ -109,6 +110,12 @@ def csa_inputs() -> dict:
     return req
 
 
+def story_tags(node: str, story) -> tuple[tuple[str, ...], ...]:
+    """The characters each panel shows, from a connected STORY (checked like the other story nodes)."""
+    check_story(node, story)
+    return tuple(tuple(tags) for tags in story.tags)
+
+
 def config_from(settings: dict, node: str = NODE) -> ConsistentConfig:
     try:
         schedule = parse_probability_schedule(settings["apply_probability"])
@@ -145,8 +152,11 @@ class ConsistentSelfAttention:
     DESCRIPTION = (
         "StoryDiffusion's Consistent Self-Attention on your MODEL: every image of the batch (one per story "
         "panel) also attends to a seeded random share of the other images' self-attention tokens, so "
-        "characters keep their face and clothes across panels. Works on SD1.5 and SDXL UNets at any size "
-        "and with LoRA, ControlNet and other attention patches. Batch of one = unchanged model."
+        "characters keep their face and clothes across panels. With the Story Prompt's story connected, a "
+        "panel shares only with panels whose characters it all shows ([NC] and untagged panels take no "
+        "part, exactly as if sampled alone); without it, every image shares with every other. Works on "
+        "SD1.5 and SDXL UNets at any size and with LoRA, ControlNet and other attention patches. Batch of "
+        "one = unchanged model."
     )
     CATEGORY = f"{CATEGORY_ROOT}/attention"
     FUNCTION = "patch"
@@ -159,7 +169,18 @@ class ConsistentSelfAttention:
             "required": {
                 "model": ("MODEL", {"tooltip": "The model to patch (it is cloned, never changed)."}),
                 **csa_inputs(),
-            }
+            },
+            "optional": {
+                "story": (
+                    "STORY",
+                    {
+                        "tooltip": "The Story Prompt's story (recommended): a panel takes tokens only from "
+                        "panels whose characters it all shows, so Bob's panels never take Alice's tokens and "
+                        "[NC] or untagged panels neither give nor take; the latent's batch_size must be its "
+                        "panel_count. Empty: every image shares with every other."
+                    },
+                ),
+            },
         }
 
     @classmethod
@@ -168,8 +189,10 @@ class ConsistentSelfAttention:
         check runs once when the node runs (ComfyUI would show a check here on each input it takes)."""
         return True
 
-    def patch(self, model, **settings) -> tuple:
-        return (install(model, ConsistentPatch(config_from(settings))),)
+    def patch(self, model, story=None, **settings) -> tuple:
+        config = config_from(settings)
+        mode = Mode(tags=story_tags(NODE, story)) if story is not None else Mode()
+        return (install(model, ConsistentPatch(config, mode)),)
 
 
 NODE_CLASS_MAPPINGS = {"StoryDiffConsistentSelfAttention": ConsistentSelfAttention}

@@ -72,7 +72,15 @@ class ConsistentPatch(FeaturePatch):
 
     def _check_batch(self, batch: int | None) -> None:
         mode = self.mode
-        if mode.kind == "plain" or batch is None:
+        if batch is None:
+            return
+        if mode.kind == "plain":
+            if mode.tags is not None and len(mode.tags) != batch:
+                raise sampler_time_error(
+                    mode.node,
+                    f"the latent's batch_size is {batch} but the story's panel_count is {len(mode.tags)}",
+                    "connect the Story Prompt's panel_count to the latent's batch_size (one image per panel).",
+                )
             return
         if len(mode.labels) not in (1, batch):
             raise sampler_time_error(

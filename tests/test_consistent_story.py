@@ -58,9 +58,6 @@ def renoised(noise, panel, seed=99):
     return other
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 10 finding 1 / issue 14 item 3: CSA has no STORY input yet (fix follows)"
-)
 def test_panels_without_characters_neither_give_nor_take(setup):
     model, pos, neg, story, P = setup
     noise = torch.randn(P, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -81,9 +78,6 @@ def test_panels_without_characters_neither_give_nor_take(setup):
     assert torch.equal(out[[2, 5]], base[[2, 5]])
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 10 finding 1 / issue 14 item 3: CSA has no STORY input yet (fix follows)"
-)
 def test_a_panel_takes_only_from_panels_whose_characters_it_shows(setup):
     model, pos, neg, story, P = setup
     noise = torch.randn(P, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -108,9 +102,6 @@ def test_without_a_story_every_image_shares_with_every_other(setup):
     assert all(not torch.equal(out[p], base[p]) for p in range(P))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 10 finding 1 / issue 14 item 3: CSA has no STORY input yet (fix follows)"
-)
 def test_batch_size_must_be_the_panel_count_before_sampling(setup):
     """Issue 14, item 3: caught before the first step, naming batch_size and panel_count."""
     model, pos, neg, story, P = setup
