@@ -79,7 +79,8 @@ class ConsistentPatch(FeaturePatch):
                 raise sampler_time_error(
                     mode.node,
                     f"the latent's batch_size is {batch} but the story's panel_count is {len(mode.tags)}",
-                    "connect the Story Prompt's panel_count to the latent's batch_size (one image per panel).",
+                    "connect the Story Prompt's panel_count to the latent's batch_size (one image per "
+                    "panel).",
                 )
             return
         if len(mode.labels) not in (1, batch):
