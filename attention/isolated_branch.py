@@ -99,8 +99,8 @@ class IsolatedBranch:
         self._proj: dict = {}
         self._tok: dict = {}
 
-    def reset(self) -> None:
-        self.run.reset()
+    def reset(self, clock=None) -> None:
+        self.run.reset(clock)
         self._clear()
 
     def release(self) -> None:
@@ -176,7 +176,9 @@ class IsolatedBranch:
 
     def _isolating(self, step: int) -> bool:
         cfg = self.config
-        return step > 0 and cfg.lam != 0 and cfg.steps.contains(self.run.fraction(step))
+        # no `step > 0` rule: online masks come from earlier steps' maps, so a run's first step has
+        # none anyway, while given masks isolate from the first step of every stage of a split run
+        return cfg.lam != 0 and cfg.steps.contains(self.run.fraction(step))
 
     # ---- attn2: capture + isolated cross-attention --------------------------------------
     def _character_outputs(self, key, module, qc, tok_any, heads: int, attn: Kernel) -> torch.Tensor:

@@ -5,12 +5,15 @@ glue resets it when sampling starts and releases its caches when sampling ends (
 wrapper with try/finally), so an interrupted run leaves nothing stale.
 
 Decisions:
-* Step index = position of the current sigma in the run's schedule (`sample_sigmas`); sigmas
-  between two schedule entries (second-order samplers) belong to the earlier step. Never
-  call counts.
+* Step index = position of the current sigma in the run's schedule (`sample_sigmas`) by the
+  shared rule of `steps.py` (a midpoint between two sigmas belongs to the earlier step; Heun's
+  second call at the next sigma is the next step's call). Never call counts. Windows use the
+  step's place in the model's noise schedule (`NoiseClock`) when sampling knows the model.
 * Masks used at step s come from the maps of steps < s ("the steps so far", as in the paper:
-  one sampling run, no second generation). No masks exist at step 0, so isolation starts at
-  the first step that has maps and lies in the node's step range.
+  one sampling run, no second generation). No online masks exist at a run's first step, so
+  isolation starts at the first step that has maps and lies in the node's step range; given
+  masks isolate from the first step. A run split over two samplers restarts its online masks in
+  the second one (ComfyUI may rerun the second stage alone; see README).
 * Maps are captured in the capture step window only; masks are recomputed once per step and
   cached for that step.
 * User-supplied masks replace the online masks of their character for every step; overlaps
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 
 from .cross_maps import MapAccumulator
 from .otsu import panel_masks
-from .steps import StepWindow, step_count, step_index
+from .steps import NoiseClock, StepWindow, step_count, step_index
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,8 @@ class IsolationRun:
         self.reset()
 
     # ---- lifecycle -------------------------------------------------------------------
-    def reset(self) -> None:
+    def reset(self, clock: NoiseClock | None = None) -> None:
+        self.clock = clock  # places sigmas in the model's noise schedule (see steps.py)
         self.acc: MapAccumulator | None = None
         self.schedule: list[float] | None = None
         self._sig_obj = None
@@ -123,6 +127,11 @@ class IsolationRun:
         return self._sig_step
 
     def fraction(self, step: int) -> float:
+        """Position of `step` in the run: in the model's noise schedule when sampling knows the
+        model (so a split run's second stage places its steps where the single run does), else
+        step / steps."""
+        if self.clock is not None and self.schedule and step < len(self.schedule):
+            return self.clock.progress(self.schedule[step])
         return step / self.total_steps
 
     def capturing(self, step: int) -> bool:

@@ -114,7 +114,8 @@ class IsolatedAttention:
                     },
                 ),
                 **step_window_inputs(
-                    "Isolate from this fraction of the steps (masks exist from the 2nd step).",
+                    "Isolate from this fraction of the model's noise schedule (online masks exist from "
+                    "the 2nd step; given masks from the 1st).",
                     "Isolate until this fraction of the steps.",
                 ),
             },

@@ -63,7 +63,7 @@ class ConsistentPatch(FeaturePatch):
 
     def begin(self, noise: torch.Tensor | None) -> None:
         self._check_batch(int(noise.shape[0]) if noise is not None else None)
-        self.state.reset()
+        self.state.reset(self.clock)
 
     def end(self, completed: bool) -> None:
         if completed and self.mode.kind == "write" and self.state.staging is not None:

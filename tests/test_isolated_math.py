@@ -163,7 +163,8 @@ def test_step_index_from_sigmas():
     sched = [14.6, 7.0, 3.0, 1.0, 0.0]
     assert steps.step_index(14.6, sched) == 0
     assert steps.step_index(3.0, sched) == 2
-    assert steps.step_index(2.0, sched) == 2  # second-order midpoint belongs to the earlier step
+    assert steps.step_index(2.0, sched) == 2  # DPM-2's midpoint (between two sigmas) belongs to the earlier step
+    assert steps.step_index(1.0, sched) == 3  # Heun's 2nd call of step 2 lands on sigma[3]: it is step 3's call
     assert run_mod.first_appearances([[True, False], [False, False], [True, True]]) == [0, 2]
 
 
