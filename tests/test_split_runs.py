@@ -138,7 +138,5 @@ def test_isolation_with_given_masks_split_equals_the_whole_run(tiny):
     split, whole = split_and_whole(m, pos, neg, P)
     _, plain = split_and_whole(model.clone(), pos, neg, P)
     assert gap(whole, plain) > 1.0  # isolation acts
-    print(
-        f"\n[split run] isolation with given masks: vanilla gap {vanilla:.2e}, isolated gap {gap(split, whole):.2e}"
-    )
+    print(f"\n[split run] given masks: vanilla gap {vanilla:.2e}, isolated gap {gap(split, whole):.2e}")
     assert gap(split, whole) <= max(10 * vanilla, 1e-4)
