@@ -27,6 +27,44 @@ def check_identity_bank(bank) -> object:
     return bank
 
 
+GUARD_DEFAULTS = {"min_area": 0.01, "min_separation": 0.8, "evidence_steps": 2}
+GUARD_INPUTS = {
+    "min_area": (
+        "FLOAT",
+        {
+            "default": GUARD_DEFAULTS["min_area"],
+            "min": 0.0,
+            "max": 0.9,
+            "step": 0.005,
+            "tooltip": "Guard: an online mask covering less than this fraction of the panel is dropped "
+            "(that character is not isolated there).",
+        },
+    ),
+    "min_separation": (
+        "FLOAT",
+        {
+            "default": GUARD_DEFAULTS["min_separation"],
+            "min": 0.0,
+            "max": 1.0,
+            "step": 0.01,
+            "tooltip": "Guard: how clearly a character's cross-attention map must split into region and "
+            "background (Otsu's separation: a clear blob ≈ 0.95, noise 0.6-0.75) before its mask is used. "
+            "Otsu finds a 'region' in any map, noise included. 0 = no guard.",
+        },
+    ),
+    "evidence_steps": (
+        "INT",
+        {
+            "default": GUARD_DEFAULTS["evidence_steps"],
+            "min": 1,
+            "max": 100,
+            "tooltip": "Guard: online masks are used once the maps of this many steps are averaged (1 = "
+            "from the first step's map alone, as the paper). Given masks are used from the first step.",
+        },
+    ),
+}
+
+
 class IsolatedAttention:
     DESCRIPTION = (
         "Object Isolated Attention for multi-character stories. In the up-sampling blocks an extra branch "
@@ -81,6 +119,7 @@ class IsolatedAttention:
                     "cross-attention during sampling."
                 },
             )
+        optional.update(GUARD_INPUTS)
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": f"The model to patch ({UNET.name})."}),
@@ -162,7 +201,15 @@ class IsolatedAttention:
             scene=conditioning_tensor(NODE, "scene", scene, P) if scene is not None else None,
             identity_bank=check_identity_bank(identity_bank),
         )
-        return (install(model, IsolatedPatch(IsolatedBranch(config, IsolationRun(plan, user_masks=masks)))),)
+        guard = {name: slots.get(name, default) for name, default in GUARD_DEFAULTS.items()}
+        run = IsolationRun(
+            plan,
+            user_masks=masks,
+            min_area=float(guard["min_area"]),
+            min_separation=float(guard["min_separation"]),
+            evidence_steps=int(guard["evidence_steps"]),
+        )
+        return (install(model, IsolatedPatch(IsolatedBranch(config, run))),)
 
 
 NODE_CLASS_MAPPINGS = {"StoryDiffIsolatedAttention": IsolatedAttention}
