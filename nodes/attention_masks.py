@@ -163,7 +163,9 @@ class StoryAttentionMasks:
         require_family(model, NODE, IsolatedPatch.families)
         branch = installed_branch(model)
         if branch is None:
-            config = IsolationConfig(node=NODE, isolate=False, capture=layers)
+            config = IsolationConfig(
+                node=NODE, isolate=False, capture=layers, story_cond=getattr(story, "positive", None)
+            )
             branch = IsolatedBranch(
                 config, IsolationRun(plan, capture=StepWindow(start_percent, end_percent))
             )

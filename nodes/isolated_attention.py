@@ -200,6 +200,7 @@ class IsolatedAttention:
             characters=character_contexts(NODE, clip, story, overrides),
             scene=conditioning_tensor(NODE, "scene", scene, P) if scene is not None else None,
             identity_bank=check_identity_bank(identity_bank),
+            story_cond=getattr(story, "positive", None),
         )
         guard = {name: slots.get(name, default) for name, default in GUARD_DEFAULTS.items()}
         run = IsolationRun(

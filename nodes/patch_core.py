@@ -131,6 +131,7 @@ class FeaturePatch:
     def __init__(self, state: RunState):
         self.state = state
         self.clock: NoiseClock | None = None  # the model's noise schedule, set when sampling starts
+        self.guider = None  # the sampler's guider while it samples (its conds), else None
         self.family: Family | None = None
         self.hooks: list[LayerHook] = []
 
@@ -153,6 +154,7 @@ class FeaturePatch:
     # ---- wrappers --------------------------------------------------------------------
     def outer_sample(self, executor, *args, **kwargs) -> Any:
         self.clock = noise_clock(executor)
+        self.guider = getattr(executor, "class_obj", None)  # the sampler's conds, for begin()
         self.begin(args[0] if args else kwargs.get("noise"))
         completed = False
         try:
@@ -160,6 +162,7 @@ class FeaturePatch:
             completed = True
             return out
         finally:
+            self.guider = None
             self.end(completed)
 
     def apply_model(self, executor, *args, **kwargs) -> Any:

@@ -48,6 +48,7 @@ class IsolatedPatch(FeaturePatch):
                     "story of this batch.",
                 )
             check_mask_aspect(self.node, self.branch.run.user_masks, tuple(noise.shape[-2:]))
+        self.branch.story_uuids = story_cond_uuids(self.guider, self.branch.config.story_cond)
         super().begin(noise)
 
     def layer_hooks(self, model, family: Family) -> list[LayerHook]:
@@ -110,6 +111,18 @@ def _user_errors(fn, *args) -> torch.Tensor:
         return fn(*args)
     except IsolationInputError as e:
         raise StoryError(str(e)) from None
+
+
+def story_cond_uuids(guider, story_cond) -> set | None:
+    """The sampler's positive cond entries that are the story's own rows: the entry holding the
+    Story Prompt's positive tensor, never an area- or mask-restricted one. Without it (a story built
+    elsewhere, a conditioning re-encoded on the way) every full-frame positive entry; None when the
+    sampler tells nothing."""
+    entries = (getattr(guider, "conds", None) or {}).get("positive") or []
+    full = [e for e in entries if isinstance(e, dict) and "area" not in e and "mask" not in e and "uuid" in e]
+    mine = [e for e in full if story_cond is not None and e.get("cross_attn") is story_cond]
+    chosen = mine or full
+    return {e["uuid"] for e in chosen} if chosen else None
 
 
 def installed_branch(model) -> IsolatedBranch | None:

@@ -63,6 +63,9 @@ class Story:
     encoded_prompts: list[str] = field(default_factory=list)
     # Per panel, name -> the styled regional prompt (Panel.regional through the same style).
     encoded_regional: list[dict[str, str]] = field(default_factory=list)
+    # The positive conditioning tensor the Story Prompt returned (the sampler's story rows are the
+    # cond entry holding this very tensor); None for a story that was only parsed.
+    positive: object = field(default=None, repr=False, compare=False)
 
     @property
     def tags(self) -> list[list[str]]:

@@ -422,3 +422,38 @@ def test_clear_maps_isolate_once_two_steps_agree(sd15, monkeypatch):
     run.masks = spy
     sample(m, pos, neg, P, steps=4, size=(16, 16))
     assert seen.get(1) is False and seen[2] is True and seen[3] is True, seen
+
+
+# ---- other positive conds beside the story's (issue 10, finding 5) ------------------------
+def _step0_maps(model, clip, story, pos, neg, P):
+    """The maps the isolation run records at step 0 (same noise: identical whatever else samples)."""
+    m = isolated(model, clip, story, **NO_GUARD)
+    run = state_of(m).run
+    add, seen = run.add_maps, []
+
+    def spy(step, maps, grid):
+        if step == 0:
+            seen.append((tuple(grid), maps.detach().clone()))
+        return add(step, maps, grid)
+
+    run.add_maps = spy
+    sample(m, pos, neg, P, steps=2, size=(16, 16))
+    return seen
+
+
+@pytest.mark.parametrize("extra", ["area", "full"])
+def test_only_the_storys_own_cond_rows_feed_the_isolation(sd15, extra):
+    """An area-restricted cond (ConditioningSetArea) or a second full-frame cond combined with the
+    story's positive: the isolation reads only the story's own rows, at their own grid."""
+    import nodes as comfy_nodes
+
+    model, clip, pos, neg, story, P = sd15
+    other = comfy_nodes.CLIPTextEncode().encode(clip, "a red balloon in the sky")[0]
+    other = [[other[0][0].repeat(P, 1, 1), dict(other[0][1])]]
+    if extra == "area":
+        other = comfy_nodes.ConditioningSetArea().append(other, 64, 64, 0, 0, 1.0)[0]
+    combined = comfy_nodes.ConditioningCombine().combine(pos, other)[0]
+    alone = _step0_maps(model, clip, story, pos, neg, P)
+    both = _step0_maps(model, clip, story, combined, neg, P)
+    assert [g for g, _ in both] == [g for g, _ in alone]  # no crop-sized call, no extra rows
+    assert all(torch.allclose(a, b, atol=1e-6) for (_, a), (_, b) in zip(alone, both, strict=True))
