@@ -9,7 +9,8 @@ from ..attention.steps import is_legacy_percent, window_from_inputs
 from ..attention.token_sampling import parse_probability_schedule
 from .character_plan import check_story
 from .common import CATEGORY_ROOT, StoryError, check_step_window, step_window_inputs
-from .patch_consistent import ConsistentPatch
+from .dit_settings import dit_inputs
+from .patch_consistent_dit import consistent_patch
 from .patch_core import install
 
 NODE = "Consistent Self-Attention"
@@ -155,8 +156,9 @@ class ConsistentSelfAttention:
         "characters keep their face and clothes across panels. With the Story Prompt's story connected, a "
         "panel shares only with panels whose characters it all shows ([NC] and untagged panels take no "
         "part, exactly as if sampled alone); without it, every image shares with every other. Works on "
-        "SD1.5 and SDXL UNets at any size and with LoRA, ControlNet and other attention patches. Batch of "
-        "one = unchanged model."
+        "SD1.5 and SDXL UNets at any size and with LoRA, ControlNet and other attention patches, and on "
+        "Flux.1/.2, Chroma, Qwen-Image, SD3.5 and Z-Image (image tokens shared in their joint attention, "
+        "text never; the keep_rate_double/single and dit_positions inputs). Batch of one = unchanged model."
     )
     CATEGORY = f"{CATEGORY_ROOT}/attention"
     FUNCTION = "patch"
@@ -180,6 +182,7 @@ class ConsistentSelfAttention:
                         "panel_count. Empty: every image shares with every other."
                     },
                 ),
+                **dit_inputs(),
             },
         }
 
@@ -190,9 +193,8 @@ class ConsistentSelfAttention:
         return True
 
     def patch(self, model, story=None, **settings) -> tuple:
-        config = config_from(settings)
         mode = Mode(tags=story_tags(NODE, story)) if story is not None else Mode()
-        return (install(model, ConsistentPatch(config, mode)),)
+        return (install(model, consistent_patch(model, config_from(settings), mode, settings=settings)),)
 
 
 NODE_CLASS_MAPPINGS = {"StoryDiffConsistentSelfAttention": ConsistentSelfAttention}

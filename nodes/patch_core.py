@@ -12,9 +12,10 @@ Interface of a feature patch (subclass `FeaturePatch`):
 * `node`: the node's display name (errors name it); `families`: the `Family` objects it supports.
   `install` checks the model's family first and raises `StoryError` naming the family it got and
   the families supported.
-* `state`: the per-run state holder (any object with `reset()` and `release()`); `begin(noise)`
-  runs when sampling starts (checks, then `state.reset()`), `end(completed)` in `finally`
-  (`state.release()`), through an OUTER_SAMPLE wrapper: a cancelled run leaves nothing stale.
+* `state`: the per-run state holder (any object with `reset(clock)` and `release()`); `begin(noise)`
+  runs when sampling starts (checks, then `state.reset(clock)` with the model's noise schedule
+  from the guider), `end(completed)` in `finally` (`state.release()`), through an OUTER_SAMPLE
+  wrapper: a cancelled run leaves nothing stale.
 * `layer_hooks(model, family) -> list[LayerHook]`: which replace slots ("attn1", "attn2", or a
   DiT family's "dit") and layer keys the feature wraps, and `make(previous) -> replace`.
   The replaces are not stored in the MODEL: an APPLY_MODEL wrapper injects them into the
