@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import comfy.sample
-from pack_loader import submodule
+from pack_loader import pure, submodule
 
 ca = submodule("nodes.consistent_attention")
 core = submodule("nodes.patch_core")
@@ -200,12 +200,13 @@ def test_bad_schedule_is_one_clear_error():
 
 
 def test_plan_skips_svd_temporal_calls_and_blocks_not_chosen():
-    patch = run_mod.ConsistentRun(run_mod.ConsistentConfig(warmup_steps=0))
+    always = pure("attention.token_sampling").ProbabilitySchedule(((0.0, 1.0),))
+    patch = run_mod.ConsistentRun(run_mod.ConsistentConfig(warmup_steps=0, schedule=always))
     extra = {"block": ("output", 3), "block_index": 0, "activations_shape": (4, 8, 4, 4), "original_shape": (4, 4, 8, 8),
              "cond_or_uncond": [1, 0], "sigmas": torch.tensor([1.0, 1.0]), "sample_sigmas": torch.tensor([2.0, 1.0, 0.0])}
     plan = patch.plan(4, 16, dict(extra))
     assert plan is not None and plan.images == 2 and plan.layer == ("output", 3, 0) and plan.sigma == 1.0
-    assert plan.indices is None or plan.indices.shape == (2, 8)  # keep-rate 0.5 at 1/16 (latent/2)
+    assert plan.active and plan.indices.shape == (2, 8)  # keep-rate 0.5 at 1/16 (latent/2)
     assert patch.plan(32, 2, dict(extra)) is None  # SVD temporal call: rows = chunks*h*w, tokens = frames
     assert patch.plan(4, 16, dict(extra, block=("input", 4))) is None  # 'up' blocks only by default
 
