@@ -235,6 +235,7 @@ def test_z_image_keep_rate_one_equals_dense_joint_attention_on_real_layer_calls(
 def test_story_aware_sharing_on_a_dit():
     """The story input on a DiT (tiny Flux.1): an [NC] panel neither gives nor takes, bit for bit."""
     import comfy.sample
+
     from pack_loader import pure
 
     family = "flux"
