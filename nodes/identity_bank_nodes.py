@@ -154,7 +154,8 @@ def write_model(model, story, names: str, bank, node: str, settings: BankSetting
     if bank is not None:
         check_bank_fits(node, bank, model)
         out_bank.update_from(bank)
-    mode = Mode(kind="write", bank=out_bank, labels=labels, node=node)
+    tags = tuple(tuple(p.characters) for p in story.panels) if story is not None else None
+    mode = Mode(kind="write", bank=out_bank, labels=labels, node=node, tags=tags)
     patch = consistent_patch(model, _settings_of(model), mode)
     if not isinstance(patch, ConsistentPatch) and (settings.keep_rate > 0 or settings.between != "nearest"):
         raise StoryError(
