@@ -25,7 +25,7 @@ import torch
 
 from .consistent import consistent_attention, downscale_level, reference_table, story_reference_table
 from .identity_bank import BankMismatch, IdentityBank
-from .steps import NoiseClock, StepWindow, step_progress, step_sigma, warmup_step
+from .steps import NoiseClock, StepWindow, step_index, step_progress, step_sigma, warmup_step
 from .token_sampling import ProbabilitySchedule, gate_draw, sample_token_indices
 
 PLAN_KEY = "storydiff_consistent_plan"  # per-block-call note from the attn1 patch to the replace
@@ -168,7 +168,7 @@ class ConsistentRun:
             chunks=chunks,
             images=images,
             active=active,
-            step=t,
+            step=step_index(sigma_now, sample_sigmas) if self.mode.kind == "write" else 0,
             steps=total,
             rate=rate,
         )

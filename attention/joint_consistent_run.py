@@ -29,7 +29,7 @@ import torch
 
 from .consistent_run import Mode
 from .joint_consistent import JointLayout, joint_consistent_attention, rotate_pairs
-from .steps import NoiseClock, StepWindow, step_progress, step_sigma, warmup_step
+from .steps import NoiseClock, StepWindow, step_index, step_progress, step_sigma, warmup_step
 from .token_sampling import ProbabilitySchedule, gate_draw, sample_token_indices
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -148,7 +148,9 @@ class JointConsistentRun:
             kind == "write"
             and indices is not None
             and self.staging is not None
-            and self.staging.settings.records_step(t, total, cfg.warmup_steps)  # the bank's recorded steps
+            and self.staging.settings.records_step(  # the bank's recorded steps
+                step_index(call.sigma, call.sample_sigmas), total, cfg.warmup_steps
+            )
         ):
             self._record(k, v, lay, indices, call, sigma, layer, images)
         if not active:
