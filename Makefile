@@ -1,5 +1,8 @@
 # The README's commands. Each one does its own set-up (scripts/setup_env.sh, a no-op when done).
-PY := .venv/bin/python
+# COMFYUI_PATH=/path/to/ComfyUI: your own ComfyUI instead of the embedded 0.3.75, in its own .venv-comfyui.
+VENV ?= $(if $(COMFYUI_PATH),.venv-comfyui,.venv)
+PY := $(VENV)/bin/python
+export STORY_VENV := $(VENV)
 CKPT ?=
 ARGS ?=
 
@@ -12,9 +15,11 @@ setup:
 demo: setup
 	@$(PY) scripts/run_story.py $(if $(CKPT),--ckpt "$(CKPT)") $(ARGS)
 
-## Every test: pure math, in-process nodes on tiny models, live-server tests through /prompt.
-test: setup
-	@$(PY) -m pytest $(ARGS)
+## Every test: pure math, in-process nodes on tiny models, live-server and browser tests, on every
+## host (scripts/test_matrix.py: embedded 0.3.75, and 0.33.0 when ../shared/hosts has it; HOSTS=0.3.75 for one).
+HOSTS ?=
+test:
+	@STORY_HOSTS="$(HOSTS)" python3 scripts/test_matrix.py $(ARGS)
 
 ## ComfyUI with the pack, for the browser canvas (http://127.0.0.1:$(PORT)).
 PORT ?= 8188

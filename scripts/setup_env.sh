@@ -38,7 +38,7 @@ fi
 
 log() { echo "[setup] $*"; }
 pin_of() { grep -iE "^$1==" requirements-dev.txt | head -1; }  # e.g. pin_of torch -> torch==2.15.0
-norm() { tr 'A-Z' 'a-z' | sed -E 's/[-_.]+/-/g'; }           # package names as pip compares them
+norm() { awk -F'==' '{ n = tolower($1); gsub(/[-_.]+/, "-", n); print n "==" $2 }'; }  # names as pip compares them
 
 # ---- 1. the host -----------------------------------------------------------------
 if [ -n "${COMFYUI_PATH:-}" ]; then
