@@ -15,11 +15,14 @@ setup:
 demo: setup
 	@$(PY) scripts/run_story.py $(if $(CKPT),--ckpt "$(CKPT)") $(ARGS)
 
-## Every test: pure math, in-process nodes on tiny models, live-server and browser tests, on every
-## host (scripts/test_matrix.py: embedded 0.3.75, and 0.33.0 when ../shared/hosts has it; HOSTS=0.3.75 for one).
+## Every test: the linter and format check (ruff, once), then on every host (scripts/test_matrix.py:
+## the embedded 0.3.75, and 0.33.0 when ../shared/hosts has it; HOSTS=0.3.75 for one) pure math,
+## in-process nodes on tiny models, live-server and browser tests.
 HOSTS ?=
-test:
-	@STORY_HOSTS="$(HOSTS)" python3 scripts/test_matrix.py $(ARGS)
+test: setup
+	@$(PY) -m ruff check .
+	@$(PY) -m ruff format --check .
+	@STORY_HOSTS="$(HOSTS)" $(PY) scripts/test_matrix.py $(ARGS)
 
 ## ComfyUI with the pack, for the browser canvas (http://127.0.0.1:$(PORT)).
 PORT ?= 8188

@@ -56,10 +56,18 @@ SVD_UNET = {
     "use_temporal_attention": True, "disable_temporal_crossattention": False,
 }
 
+# A DiT the pack does not patch (yet): Flux's layout with one double and one single block, width 64.
+FLUX_DIT = {
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": 32,
+    "context_in_dim": 64, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
+    "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "guidance_embed": True,
+}
+
 FAMILIES = {
     "sd15": (comfy.supported_models.SD15, SD15_UNET),
     "sdxl": (comfy.supported_models.SDXL, SDXL_UNET),
     "svd": (comfy.supported_models.SVD_img2vid, SVD_UNET),
+    "flux": (comfy.supported_models.Flux, FLUX_DIT),
 }
 
 # Text encoders keep their real hidden sizes (so contexts are 768 / 2048 wide and pooled

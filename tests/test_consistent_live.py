@@ -16,13 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 API = ROOT / "example_workflows" / "api"
 
 
-def workflow(name, steps=2, size=64):
+def workflow(name, steps=2, size=64, folder=API):
     """An example workflow made quick: 2 steps, 64 px, the tiny SD1.5-shaped model (fewest layers)."""
-    prompt = json.loads((API / name).read_text())
+    prompt = json.loads((folder / name).read_text())
     for node in prompt.values():
         if node["class_type"] == "StoryTestTinyCheckpoint":
             node["inputs"]["family"] = "sd15"
-        if node["class_type"] == "KSampler":
+        if node["class_type"] in ("KSampler", "StoryDiffIdentityBankWriteSample"):
             node["inputs"]["steps"] = steps
         if node["class_type"] == "EmptyLatentImage":
             node["inputs"].update(width=size, height=size)
@@ -46,7 +46,7 @@ def write_then_read_in_memory():
             continue
         inputs = {n: ([rename[v[0]], v[1]] if isinstance(v, list) else v) for n, v in node["inputs"].items()}
         if node["class_type"] == "StoryDiffIdentityBankRead":
-            inputs.update(bank=["8", 1], after=["4", 0])
+            inputs.update(bank=["8", 1])  # plain dataflow: the write node has sampled when it returns the bank
         prompt[rename[k]] = dict(node, inputs=inputs)
     return prompt
 
@@ -82,3 +82,23 @@ def test_reading_a_character_the_bank_lacks_fails_with_a_clear_message(live_serv
     with pytest.raises(PromptFailed) as e:
         run_prompt(live_server, prompt, timeout=300)
     assert "Identity Bank Read" in str(e.value) and "[Ann]" in str(e.value)
+
+
+def test_a_workflow_saved_before_the_fractions_and_the_sampling_write_node_runs_as_before(live_server):
+    """The write workflow as saved by release 0.1 (CSA end_percent 100, the patch-only write node,
+    a KSampler, the bank saved after its LATENT) writes the same bank and images as today's."""
+    from safetensors.torch import load_file as load_bank
+
+    old = workflow("identity_bank_write_v0.json", folder=ROOT / "tests" / "legacy_workflows")
+    assert old["7"]["inputs"]["end_percent"] == 100.0 and old["8"]["class_type"] == "StoryDiffIdentityBankWrite"
+    old["9"]["inputs"]["name"] = "bob_bank_v0"
+    old["10"] = {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "latents/write_v0"}}
+    new = workflow("identity_bank_write.json")
+    new["9"]["inputs"]["name"] = "bob_bank_now"
+    new["10"] = {"class_type": "SaveLatent", "inputs": {"samples": ["8", 0], "filename_prefix": "latents/write_now"}}
+    entries = [run_prompt(live_server, p, timeout=600) for p in (old, new)]
+    assert [e["status"]["status_str"] for e in entries] == ["success", "success"]
+    assert torch.equal(saved_latent(live_server, entries[0], "10"), saved_latent(live_server, entries[1], "10"))
+    banks = [load_bank(str(Path(live_server.base) / "output" / "identity_banks" / f"bob_bank_{v}.safetensors"))
+             for v in ("v0", "now")]
+    assert banks[0].keys() == banks[1].keys() and all(torch.equal(banks[0][k], banks[1][k]) for k in banks[0])
