@@ -61,12 +61,14 @@ def test_our_nodes_appear_in_the_node_search(browser, live_server):
                 f"double-clicking the canvas opened no node search (see {browser.screenshot('search_failed')})"
             )
         page.keyboard.type(display)
-        results.first.wait_for(timeout=10_000)
+        deprecated = info[node_id].get("deprecated")
+        if not deprecated:  # a deprecated node may leave the list empty (1.48 shows no option at all)
+            results.first.wait_for(timeout=10_000)
         page.wait_for_timeout(700)  # the search is debounced
         texts = results.all_inner_texts()
         if node_id == "StoryDiffComicPage":
             browser.screenshot("node_search")
-        if info[node_id].get("deprecated"):  # kept for saved workflows, hidden from the search
+        if deprecated:  # kept for saved workflows, hidden from the search
             assert not any(display in t for t in texts), f"deprecated {display} is offered: {texts[:5]}"
         else:
             assert any(display in t for t in texts[:5]), f"{display} not among the first results: {texts[:5]}"

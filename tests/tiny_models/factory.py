@@ -63,11 +63,22 @@ FLUX_DIT = {
     "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "guidance_embed": True,
 }
 
+def _for_this_host(config: dict) -> dict:
+    """FLUX_DIT plus what this host's Flux requires: ComfyUI 0.33 added `txt_ids_dims` to FluxParams
+    (`[]` for plain Flux, as its model detection sets it); older hosts have no such field."""
+    import dataclasses
+
+    from comfy.ldm.flux.model import FluxParams
+
+    fields = {f.name for f in dataclasses.fields(FluxParams)}
+    return {**config, **({"txt_ids_dims": []} if "txt_ids_dims" in fields else {})}
+
+
 FAMILIES = {
     "sd15": (comfy.supported_models.SD15, SD15_UNET),
     "sdxl": (comfy.supported_models.SDXL, SDXL_UNET),
     "svd": (comfy.supported_models.SVD_img2vid, SVD_UNET),
-    "flux": (comfy.supported_models.Flux, FLUX_DIT),
+    "flux": (comfy.supported_models.Flux, _for_this_host(FLUX_DIT)),
 }
 
 # Text encoders keep their real hidden sizes (so contexts are 768 / 2048 wide and pooled
