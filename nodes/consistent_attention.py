@@ -8,7 +8,8 @@ from ..attention.consistent_run import ConsistentConfig
 from ..attention.steps import is_legacy_percent, window_error, window_from_inputs
 from ..attention.token_sampling import parse_probability_schedule
 from .common import CATEGORY_ROOT, StoryError, step_window_inputs
-from .patch_consistent import ConsistentPatch
+from .dit_settings import dit_inputs
+from .patch_consistent_dit import consistent_patch
 from .patch_core import install
 
 NODE = "Consistent Self-Attention"
@@ -155,7 +156,9 @@ class ConsistentSelfAttention:
         "StoryDiffusion's Consistent Self-Attention on your MODEL: every image of the batch (one per story "
         "panel) also attends to a seeded random share of the other images' self-attention tokens, so "
         "characters keep their face and clothes across panels. Works on SD1.5 and SDXL UNets at any size "
-        "and with LoRA, ControlNet and other attention patches. Batch of one = unchanged model."
+        "and with LoRA, ControlNet and other attention patches, and on Flux.1/.2, Chroma, Qwen-Image, "
+        "SD3.5 and Z-Image (image tokens shared in their joint attention, text never; the keep_rate_double/"
+        "single and dit_positions inputs). Batch of one = unchanged model."
     )
     CATEGORY = f"{CATEGORY_ROOT}/attention"
     FUNCTION = "patch"
@@ -168,7 +171,8 @@ class ConsistentSelfAttention:
             "required": {
                 "model": ("MODEL", {"tooltip": "The model to patch (it is cloned, never changed)."}),
                 **csa_inputs(),
-            }
+            },
+            "optional": dit_inputs(),
         }
 
     @classmethod
@@ -176,7 +180,7 @@ class ConsistentSelfAttention:
         return validate_settings(NODE, apply_probability, start_percent, end_percent)
 
     def patch(self, model, **settings) -> tuple:
-        return (install(model, ConsistentPatch(config_from(settings))),)
+        return (install(model, consistent_patch(model, config_from(settings), settings=settings)),)
 
 
 NODE_CLASS_MAPPINGS = {"StoryDiffConsistentSelfAttention": ConsistentSelfAttention}

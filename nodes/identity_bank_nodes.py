@@ -10,7 +10,8 @@ from __future__ import annotations
 from ..attention.consistent_run import ConsistentConfig, Mode
 from ..attention.identity_bank import IdentityBank
 from .common import CATEGORY_ROOT, DENOISE_INPUT, StoryError, ksample, sampler_inputs
-from .patch_consistent import FEATURE, ConsistentPatch
+from .patch_consistent import FEATURE
+from .patch_consistent_dit import consistent_patch
 from .patch_core import install, installed
 
 CATEGORY = f"{CATEGORY_ROOT}/identity bank"
@@ -70,7 +71,7 @@ def write_model(model, story, names: str, bank, node: str) -> tuple:
     if bank is not None:
         out_bank.update_from(bank)
     mode = Mode(kind="write", bank=out_bank, labels=labels, node=node)
-    return install(model, ConsistentPatch(_settings_of(model), mode)), out_bank
+    return install(model, consistent_patch(model, _settings_of(model), mode)), out_bank
 
 
 class IdentityBankWrite:
@@ -203,7 +204,7 @@ class IdentityBankRead:
         node = "Identity Bank Read"
         labels = read_labels(story, names, node)
         mode = Mode(kind="read", bank=bank, labels=labels, node=node)
-        return (install(model, ConsistentPatch(_settings_of(model), mode)),)
+        return (install(model, consistent_patch(model, _settings_of(model), mode)),)
 
 
 # The sampling write node takes a new id; the old id keeps the deprecated patch-only node, so a

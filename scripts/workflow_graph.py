@@ -18,7 +18,8 @@ TEST_ONLY_PREFIX = "StoryTestTiny"
 # core loaders a test-only node may stand for (chosen by identical output types) and the model
 # file name suggested to users until they pick their own
 CORE_LOADERS = {
-    "CheckpointLoaderSimple": {"sdxl": "sd_xl_base_1.0.safetensors", "sd15": "v1-5-pruned-emaonly.safetensors", "": "sd_xl_base_1.0.safetensors"},
+    "CheckpointLoaderSimple": {"sdxl": "sd_xl_base_1.0.safetensors", "sd15": "v1-5-pruned-emaonly.safetensors",
+                               "flux": "flux1-dev-fp8.safetensors", "": "sd_xl_base_1.0.safetensors"},
     "ImageOnlyCheckpointLoader": {"": "svd_xt.safetensors"},
     "CLIPVisionLoader": {"": "clip_vision_h.safetensors"},
 }
@@ -63,7 +64,7 @@ def _is_link(value) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
 
 
-REAL_SIZE = {"sdxl": 1024, "sd15": 512}  # latent size for a real checkpoint of the family
+REAL_SIZE = {"sdxl": 1024, "sd15": 512, "flux": 1024}  # latent size for a real checkpoint of the family
 REAL_STEPS = 30
 
 
@@ -73,10 +74,10 @@ def for_users(api: dict, object_info: dict) -> dict:
     checkpoint needs (as scripts/run_story.py does with CKPT)."""
     families = {str(n["inputs"].get("family")) for n in api.values() if n["class_type"].startswith(TEST_ONLY_PREFIX)}
     out = swap_test_only_nodes(api, object_info)
-    size = next((REAL_SIZE[f] for f in ("sdxl", "sd15") if f in families), None)
+    size = next((REAL_SIZE[f] for f in ("sdxl", "sd15", "flux") if f in families), None)
     for node in out.values():
         inputs = node["inputs"]
-        if size and node["class_type"] == "EmptyLatentImage":
+        if size and node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage"):
             inputs.update({k: size for k in ("width", "height") if not _is_link(inputs.get(k))})
         if families and node["class_type"] in ("KSampler", "KSamplerAdvanced") and not _is_link(inputs.get("steps")):
             inputs["steps"] = max(int(inputs.get("steps", 0)), REAL_STEPS)

@@ -164,7 +164,8 @@ def test_every_step_window_input_is_a_fraction(node_classes):
 
 @pytest.fixture(scope="module")
 def flux():
-    return factory.tiny_unet("flux")
+    """A DiT family none of the pack's nodes supports (AuraFlow; Flux runs CSA since the DiT module)."""
+    return factory.tiny_unet("auraflow")
 
 
 def test_unsupported_family_is_a_clear_error(flux, sd15):
@@ -195,7 +196,9 @@ def test_unsupported_family_is_a_clear_error(flux, sd15):
         with pytest.raises(StoryError) as e:
             call()
         msg = str(e.value)
-        assert msg.startswith(node) and "Flux" in msg and "SDXL" in msg and "supported" in msg, msg
+        assert msg.startswith(node) and "AuraFlow" in msg and "SDXL" in msg and "supported" in msg, msg
+        if node != "Isolated Attention":
+            assert "Flux.1" in msg and "Qwen-Image" in msg, msg  # the DiT families are listed too
 
 
 def test_isolated_attention_refuses_a_video_unet(tiny, sd15):

@@ -56,29 +56,18 @@ SVD_UNET = {
     "use_temporal_attention": True, "disable_temporal_crossattention": False,
 }
 
-# A DiT the pack does not patch (yet): Flux's layout with one double and one single block, width 64.
-FLUX_DIT = {
-    "image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": 32,
-    "context_in_dim": 64, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
-    "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "guidance_embed": True,
+# A DiT family the pack does not patch: AuraFlow's layout (one double, one single block), width 64.
+# (The DiT families the pack patches are built by dit_factory.py.)
+AURAFLOW_DIT = {
+    "in_channels": 4, "out_channels": 4, "patch_size": 2, "dim": 64, "n_layers": 2, "n_double_layers": 1,
+    "n_heads": 2, "global_conddim": 64, "cond_seq_dim": 64, "max_seq": 32 * 32,
 }
-
-def _for_this_host(config: dict) -> dict:
-    """FLUX_DIT plus what this host's Flux requires: ComfyUI 0.33 added `txt_ids_dims` to FluxParams
-    (`[]` for plain Flux, as its model detection sets it); older hosts have no such field."""
-    import dataclasses
-
-    from comfy.ldm.flux.model import FluxParams
-
-    fields = {f.name for f in dataclasses.fields(FluxParams)}
-    return {**config, **({"txt_ids_dims": []} if "txt_ids_dims" in fields else {})}
-
 
 FAMILIES = {
     "sd15": (comfy.supported_models.SD15, SD15_UNET),
     "sdxl": (comfy.supported_models.SDXL, SDXL_UNET),
     "svd": (comfy.supported_models.SVD_img2vid, SVD_UNET),
-    "flux": (comfy.supported_models.Flux, _for_this_host(FLUX_DIT)),
+    "auraflow": (comfy.supported_models.AuraFlow, AURAFLOW_DIT),
 }
 
 # Text encoders keep their real hidden sizes (so contexts are 768 / 2048 wide and pooled
