@@ -1,5 +1,8 @@
 # The README's commands. Each one does its own set-up (scripts/setup_env.sh, a no-op when done).
-PY := .venv/bin/python
+# COMFYUI_PATH=/path/to/ComfyUI: your own ComfyUI instead of the embedded 0.3.75, in its own .venv-comfyui.
+VENV ?= $(if $(COMFYUI_PATH),.venv-comfyui,.venv)
+PY := $(VENV)/bin/python
+export STORY_VENV := $(VENV)
 CKPT ?=
 ARGS ?=
 
@@ -12,12 +15,14 @@ setup:
 demo: setup
 	@$(PY) scripts/run_story.py $(if $(CKPT),--ckpt "$(CKPT)") $(ARGS)
 
-## Every test: the linter and format check (ruff), then pure math, in-process nodes on tiny
-## models, live-server tests through /prompt.
+## Every test: the linter and format check (ruff, once), then on every host (scripts/test_matrix.py:
+## the embedded 0.3.75, and 0.33.0 when ../shared/hosts has it; HOSTS=0.3.75 for one) pure math,
+## in-process nodes on tiny models, live-server and browser tests.
+HOSTS ?=
 test: setup
 	@$(PY) -m ruff check .
 	@$(PY) -m ruff format --check .
-	@$(PY) -m pytest $(ARGS)
+	@STORY_HOSTS="$(HOSTS)" $(PY) scripts/test_matrix.py $(ARGS)
 
 ## ComfyUI with the pack, for the browser canvas (http://127.0.0.1:$(PORT)).
 PORT ?= 8188

@@ -1,7 +1,7 @@
 """API-format workflows -> UI-format workflows (what the front end's "Save" writes), with a thumbnail.
 
     .venv/bin/python scripts/api_to_ui.py            # every example_workflows/api/<name>.json
-    .venv/bin/python scripts/api_to_ui.py --check    # exit 1 when a UI workflow is out of date
+    .venv/bin/python scripts/api_to_ui.py --check    # exit 1 when a UI workflow means another graph
     .venv/bin/python scripts/api_to_ui.py --server http://127.0.0.1:8188 my_api.json --out my_ui.json
 
 For each example_workflows/api/<name>.json this writes example_workflows/<name>.json (listed by
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workflow_graph import convert  # noqa: E402
+from workflow_graph import convert, graph_meaning, meaning_differences  # noqa: E402
 from workflow_thumbnail import draw_thumbnail  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,19 @@ def build(api_path: Path, object_info: dict) -> dict:
     return convert(api, object_info, note=note_for(api_path), workflow_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"storydiffusion/{name}")))
 
 
+def stale_reasons(target: Path, built: dict) -> list[str]:
+    """Why the UI workflow at `target` is not the twin of `built` (empty when it is). Compared by
+    graph meaning (nodes, links, widget values), so the check holds on any host: positions,
+    sizes and titles follow the host's display names and sockets."""
+    if not target.is_file():
+        return ["missing"]
+    found = json.loads(target.read_text())
+    reasons = meaning_differences(graph_meaning(built), graph_meaning(found))
+    if not target.with_suffix(".jpg").is_file():
+        reasons.append(f"no thumbnail {target.with_suffix('.jpg').name}")
+    return reasons
+
+
 def heading(api_path: Path) -> str:
     return api_path.stem.replace("_", " ").capitalize()
 
@@ -67,7 +80,8 @@ def main(argv=None) -> int:
     p.add_argument("api", nargs="*", help="API-format workflows (default: every example_workflows/api/*.json)")
     p.add_argument("--server", default="", help="a running ComfyUI with the pack (default: start a temporary one)")
     p.add_argument("--out", default="", help="output file, with a single input workflow")
-    p.add_argument("--check", action="store_true", help="write nothing; exit 1 when a UI workflow differs from its API twin")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 when a UI workflow's nodes, links or widget values differ from its API twin")
     args = p.parse_args(argv)
 
     sources = [Path(a) for a in args.api] or sorted(API_DIR.glob("*.json"))
@@ -77,11 +91,13 @@ def main(argv=None) -> int:
     stale = []
     for src in sources:
         target = Path(args.out) if args.out else EXAMPLES / f"{src.stem}.json"
-        text = dump(build(src, info))
+        built = build(src, info)
         if args.check:
-            if not target.is_file() or target.read_text() != text or not target.with_suffix(".jpg").is_file():
-                stale.append(target)
+            reasons = stale_reasons(target, built)
+            if reasons:
+                stale.append(f"{target}: " + "; ".join(reasons[:5]) + (f" (+{len(reasons) - 5} more)" if len(reasons) > 5 else ""))
             continue
+        text = dump(built)
         target.write_text(text)
         draw_thumbnail(json.loads(text), heading(src)).save(target.with_suffix(".jpg"), quality=88)
         print(f"wrote {target} and {target.with_suffix('.jpg').name}")

@@ -1,8 +1,9 @@
 """Locate the ComfyUI host and run it headless with the pack installed.
 
 Used by the README's commands (scripts/run_story.py, `make serve`) and by the live-server
-tests. The host is $COMFYUI_PATH when set, else what scripts/setup_env.sh recorded, else the
-embedded ComfyUI 0.3.75 in .host/ComfyUI. Standard library only.
+tests. The host is $COMFYUI_PATH when set, else the host scripts/setup_env.sh recorded in the
+running virtual environment (each host has its own), else the embedded ComfyUI 0.3.75 in
+.host/ComfyUI. Standard library only.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def host_root() -> Path:
     env = os.environ.get("COMFYUI_PATH")
     if env:
         return Path(env).resolve()
-    recorded = ROOT / ".venv" / "comfyui-host-path"
+    recorded = Path(sys.prefix) / "comfyui-host-path"
     if recorded.is_file():
         path = Path(recorded.read_text().strip())
         if (path / "main.py").is_file():

@@ -227,3 +227,33 @@ def convert(api: dict, object_info: dict, note: str | None = None, workflow_id: 
         # the view opens with the whole graph in sight, clear of the toolbars
         "extra": {"ds": {"scale": scale, "offset": [round(60 / scale), round(170 / scale)]}}, "version": 0.4,
     }
+
+
+def graph_meaning(ui: dict) -> dict:
+    """What a UI-format workflow means, free of any host's presentation: each node's type and
+    widget values by node id, and each link as (source id, output slot, target id, input name,
+    type). Positions, sizes, titles, unlinked output sockets and display names are left out:
+    they follow the host's /object_info (a host that adds an output socket or renames a node
+    draws the same graph differently)."""
+    nodes = {n["id"]: {"type": n["type"], "widgets_values": n.get("widgets_values", [])} for n in ui["nodes"]}
+    input_names = {(n["id"], slot): inp["name"] for n in ui["nodes"] for slot, inp in enumerate(n.get("inputs", []))}
+    links = sorted((src, src_slot, dst, input_names.get((dst, dst_slot), f"#{dst_slot}"), kind)
+                   for _, src, src_slot, dst, dst_slot, kind in ui["links"])
+    return {"nodes": nodes, "links": links}
+
+
+def meaning_differences(expected: dict, actual: dict) -> list[str]:
+    """Readable differences between two graph_meaning() results (empty when they agree)."""
+    out = []
+    a, b = expected["nodes"], actual["nodes"]
+    for nid in sorted(set(a) | set(b)):
+        if nid not in b:
+            out.append(f"node {nid} ({a[nid]['type']}) is missing")
+        elif nid not in a:
+            out.append(f"node {nid} ({b[nid]['type']}) is extra")
+        elif a[nid] != b[nid]:
+            out.append(f"node {nid}: expected {a[nid]}, found {b[nid]}")
+    want, got = set(map(tuple, expected["links"])), set(map(tuple, actual["links"]))
+    out += [f"link {link} is missing" for link in sorted(want - got)]
+    out += [f"link {link} is extra" for link in sorted(got - want)]
+    return out

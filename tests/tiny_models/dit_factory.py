@@ -177,12 +177,29 @@ def _seeded_init(module: torch.nn.Module, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * (fan_in**-0.5))
 
 
+def _for_this_host(config: dict) -> dict:
+    """ComfyUI 0.33 added fields without defaults to the Flux-style params: `txt_ids_dims` ([3] for
+    Flux.2, [] otherwise) and, for Chroma, `vec_in_dim` (None: no vector input), set as its model
+    detection sets them. Older hosts have neither, so they are added only where the host has them."""
+    import dataclasses
+
+    from comfy.ldm.chroma.model import ChromaParams
+    from comfy.ldm.flux.model import FluxParams
+
+    params = {"flux": FluxParams, "flux2": FluxParams, "chroma": ChromaParams}.get(config.get("image_model"))
+    if params is None:
+        return config
+    fields = {f.name for f in dataclasses.fields(params)}
+    wanted = {"txt_ids_dims": [3] if config["image_model"] == "flux2" else [], "vec_in_dim": None}
+    return {**{k: v for k, v in wanted.items() if k in fields}, **config}
+
+
 def tiny_dit(family: str = "flux", seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     """A MODEL (ModelPatcher) of the given DiT family with seeded random weights, on the CPU."""
     if family not in DIT_FAMILIES:
         raise ValueError(f"unknown DiT family {family!r}; one of {sorted(DIT_FAMILIES)}")
     config_cls, unet_config = DIT_FAMILIES[family]
-    model_config = config_cls(dict(unet_config))
+    model_config = config_cls(_for_this_host(dict(unet_config)))
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({}, device=torch.device("cpu"))
     model.diffusion_model.to(torch.float32)

@@ -78,7 +78,9 @@ function attach(node) {
     update();
     return r;
   };
-  storyWidget.inputEl?.addEventListener("input", update);
+  // the story's textarea: `element` on every front end (1.32 and 1.48); `inputEl` warns as
+  // deprecated on 1.48. Input events bubble, so a wrapper element would do as well.
+  storyWidget.element?.addEventListener("input", update);
   const configure = node.onConfigure;
   node.onConfigure = function (...args) {
     const r = configure?.apply(this, args);
