@@ -143,8 +143,8 @@ class IsolatedAttention:
         dit = family is FLUX
         if dit and identity_bank is not None:
             raise StoryError(
-                f"{NODE}: identity_bank is not read by the isolated branch on {family.name} yet (characters use "
-                "their first panel as reference there); disconnect identity_bank."
+                f"{NODE}: identity_bank is not read by the isolated branch on {family.name} yet "
+                "(characters use their first panel as reference there); disconnect identity_bank."
             )
         plan = build_plan(NODE, clip, story, "t5xxl" if dit else None)
         if not plan.names:

@@ -59,7 +59,7 @@ class DiTIsolatedPatch(IsolatedPatch):
         args = list(args)
         topts = args[5] if len(args) > 5 else kwargs.get("transformer_options") or {}
         x, context = args[0], args[3] if len(args) > 3 else kwargs.get("c_crossattn")
-        branch, run, cfg = self.branch, self.branch.run, self.branch.config
+        branch, run = self.branch, self.branch.run
         chunks = [int(c) for c in topts.get("cond_or_uncond") or [0]]
         P = run.plan.panels
         if x.shape[0] != P * len(chunks):
