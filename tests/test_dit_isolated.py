@@ -109,7 +109,7 @@ def test_isolation_is_exact_on_real_block_calls():
     n = GRID[0] * GRID[1]
     region = {0: bob.flatten() > 0, 1: alice.flatten() > 0}
     checked = backgrounds = 0
-    for panel, (q, k, v, mask, block, info) in calls:
+    for panel, (q, k, _v, mask, _block, info) in calls:
         seg = info.segments
         L = q.shape[2]
         start = L - n
@@ -176,7 +176,7 @@ def test_text_attention_in_a_region_is_the_characters_prompt_alone():
         alone_pe = torch.cat([pe[:, :, : ctx.shape[1]], pe[:, :, seg.text :]], 2)
         got = {}
 
-        def keep(func, *x, **kw):
+        def keep(func, *x, got=got, **kw):
             got["k"], got["v"] = x[1], x[2]
             return func(*x, **kw)
 
@@ -217,7 +217,7 @@ def test_masks_from_known_maps_land_on_their_image_tokens():
     expect = {c: known[0, c].flatten() > 0 for c in (0, 1)}
     calls = isolated_calls(probe)
     assert calls
-    for panel, (q, k, v, mask, block, info) in calls:
+    for panel, (q, _k, _v, mask, _block, info) in calls:
         seg, L = info.segments, q.shape[2]
         img_rows = mask[0, 0, L - GRID[0] * GRID[1] :, :L]
         for c in (0, 1):
