@@ -147,8 +147,9 @@ def test_isolation_is_exact_on_real_block_calls():
 
 
 def test_text_attention_in_a_region_is_the_characters_prompt_alone():
-    """At the first double block, the keys/values A's region attends as text are exactly those the
-    block computes for A's prompt alone (T5 context of 'Name, description', nothing else)."""
+    """At the first double block, the keys/values A's region attends as text are those the block
+    computes for A's prompt alone (T5 context of 'Name, description', nothing else), and A's text
+    stream leaves the block as it would alone beside this image."""
     bob, alice = halves()
     probe, seen = Probe(), {}
     model = tiny_dit("flux")
@@ -157,9 +158,13 @@ def test_text_attention_in_a_region_is_the_characters_prompt_alone():
 
     def first_block(args, extra):
         info = args["transformer_options"].get("storydiff_dit_isolated")
-        if info is not None and info.segments is not None and "args" not in seen:
-            seen["args"] = {key: val for key, val in args.items()}
-        return extra["original_block"](args)
+        first = info is not None and info.segments is not None and "args" not in seen
+        if first:  # copies: the block adds into its inputs in place
+            seen["args"] = {key: val.clone() if torch.is_tensor(val) else val for key, val in args.items()}
+        out = extra["original_block"](args)
+        if first:
+            seen["out"] = {key: val.clone() for key, val in out.items()}
+        return out
 
     m.set_model_patch_replace(first_block, "dit", "double_block", 0)
     _, patched = run(probe.install(m), mask_1=bob, mask_2=alice)
@@ -180,8 +185,8 @@ def test_text_attention_in_a_region_is_the_characters_prompt_alone():
             got["k"], got["v"] = x[1], x[2]
             return func(*x, **kw)
 
-        dm.double_blocks[0](
-            img=args["img"][row : row + 1],
+        _, txt_out = dm.double_blocks[0](
+            img=args["img"][row : row + 1].clone(),  # the block adds into it in place
             txt=dm.txt_in(ctx),
             vec=args["vec"][row : row + 1],
             pe=alone_pe[row : row + 1] if alone_pe.shape[0] > 1 else alone_pe,
@@ -193,6 +198,9 @@ def test_text_attention_in_a_region_is_the_characters_prompt_alone():
             alone = got_t[0, :, : ctx.shape[1]]
             err = float((iso_t[0, :, span] - alone.detach()).abs().max())
             assert err < 1e-5, (a, err)  # float32 rounding of different matmul shapes only
+        # the segment's stream leaves the block as A's prompt alone would (it saw only itself + image)
+        err = float((seen["out"]["txt"][row, span] - txt_out[0].detach()).abs().max())
+        assert err < 1e-5, (a, "block output", err)
 
 
 def test_masks_from_known_maps_land_on_their_image_tokens():
