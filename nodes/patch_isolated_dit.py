@@ -13,11 +13,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from ..attention.isolated_branch import IsolatedBranch, _chunk_rows
+from ..attention.isolated_branch import IsolatedBranch, IsolationInputError, _chunk_rows
 from ..attention.isolated_merge import merge
 from ..attention.joint_isolated import SCENE, Segments, base_bias, isolated_bias, text_probabilities
 from .common import StoryError
@@ -34,6 +34,13 @@ class IsolatedCall:
     chunks: list[int]  # cond_or_uncond
     segments: Segments | None  # None: not isolating in this call (input unchanged)
     tokens: torch.Tensor | None  # [P, K, n] bool regions on the image grid
+    masks: dict = field(default_factory=dict)  # (L, dtype, device) -> base mask, shared by the blocks
+
+    def base(self, length: int, dtype, device) -> torch.Tensor:
+        key = (length, dtype, str(device))
+        if key not in self.masks:
+            self.masks[key] = base_bias(self.segments, length, dtype, device)[None, None]
+        return self.masks[key]
 
 
 class DiTIsolatedPatch(IsolatedPatch):
@@ -123,11 +130,14 @@ class DiTIsolatedPatch(IsolatedPatch):
         run, cfg = self.branch.run, self.branch.config
         P, L, start, n = run.plan.panels, q.shape[2], layout.img_start, layout.img_len
         seg = info.segments
-        bias = None if seg is None else base_bias(seg, L, q.dtype, q.device)
-        out = kernel(q, k, v, mask if bias is None else bias[None, None])
+        bias = None if seg is None else info.base(L, q.dtype, q.device)
+        out = kernel(q, k, v, mask if bias is None else bias)
         conds = [i for i, c in enumerate(info.chunks) if c == 0]
         if block[0] == "double" and conds and run.capturing(info.step):
-            self._capture(q, k, bias if bias is not None else mask, conds, P, start, n, layout.grid, info)
+            try:
+                self._capture(q, k, bias if bias is not None else mask, conds, P, start, n, layout.grid, info)
+            except IsolationInputError as e:
+                raise StoryError(str(e)) from None
         if seg is None or cfg.lam == 0:
             return out
         tok = info.tokens
@@ -171,8 +181,10 @@ class DiTIsolatedPatch(IsolatedPatch):
     def _capture(self, q, k, bias, conds, P, start, n, grid, info: IsolatedCall) -> None:
         T = info.segments.prompt if info.segments is not None else start
         sel = self.branch.selection(T, q.device)  # [P, T, K]
-        if bias is not None and bias.ndim != 2:
+        if bias is not None and info.segments is None:
             bias = None  # a conditioning mask: maps without it
+        elif bias is not None:
+            bias = bias[0, 0]
         rows = _chunk_rows(conds, P, q.device).tolist()
         maps = torch.stack(
             [text_probabilities(q[r], k[r], bias, slice(start, start + n), T) @ sel[r % P] for r in rows]

@@ -283,3 +283,13 @@ def test_identity_bank_on_flux_is_a_clear_error():
     bank = submodule("attention.identity_bank").IdentityBank()
     with pytest.raises(submodule("nodes.common").StoryError, match="identity_bank"):
         node.patch(tiny_dit("flux"), clip, story, 1.1, 1.0, 0.0, 1.0, identity_bank=bank)
+
+
+def test_a_positive_not_from_the_story_is_a_clear_error():
+    clip, pos, neg, story, n = flux_story()
+    m = isolated(tiny_dit("flux"), clip, story)
+    other = dit_factory.conditioning("flux", n, tokens=16, seed=3)
+    with pytest.raises(submodule("nodes.common").StoryError, match="Story Prompt's positive"):
+        ksample(m, "flux", panels=n, positive=other, negative=other, steps=2)
+    with pytest.raises(submodule("nodes.common").StoryError, match="batch has 2 images but the story has 3"):
+        ksample(m, "flux", panels=2, steps=2)
