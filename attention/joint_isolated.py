@@ -51,14 +51,19 @@ class Segments:
         return next((self.span(s) for s, o in enumerate(self.owners) if o == owner), None)
 
 
-def base_bias(seg: Segments, length: int, dtype=torch.float32, device=None) -> torch.Tensor:
-    """[L, L] additive mask of the original branch over [text (prompt + segments) | image | tail]."""
+def base_bias(
+    seg: Segments, length: int, dtype=torch.float32, device=None, appended: int = 0
+) -> torch.Tensor:
+    """[L, L + appended] additive mask of the original branch over [text (prompt + segments) |
+    image | tail] and `appended` keys another feature added after the sequence (Consistent
+    Self-Attention's other panels): those stay visible to the prompt and the image, not to a segment."""
     blocked = blocked_value(dtype)
-    bias = torch.zeros(length, length, dtype=dtype, device=device)
+    bias = torch.zeros(length, length + appended, dtype=dtype, device=device)
     bias[:, seg.prompt : seg.text] = blocked  # nobody but a segment itself sees a segment
     for s in range(len(seg.lengths)):
         span = seg.span(s)
         bias[span, : seg.text] = blocked
+        bias[span, length:] = blocked
         bias[span, span] = 0
     return bias
 
@@ -72,8 +77,10 @@ def isolated_bias(
     activation: torch.Tensor | None = None,
     gamma: float = 0.0,
     dtype=torch.float32,
+    appended: int = 0,
 ) -> torch.Tensor:
-    """[L, L + R] additive mask of the isolated branch for one panel.
+    """[L, L + appended + R] additive mask of the isolated branch for one panel (keys: the
+    sequence, keys another feature appended, then the references).
 
     region: [K, n] bool, image token t lies in character k's region (disjoint over k);
     ref_owner: [R] long, the character of each reference column (appended after the sequence);
@@ -82,8 +89,9 @@ def isolated_bias(
     blocked = blocked_value(dtype)
     R = int(ref_owner.numel())
     n = region.shape[1]
-    bias = torch.full((length, length + R), blocked, dtype=dtype, device=device)
-    bias[:, :length] = base_bias(seg, length, dtype, device)
+    width = length + appended
+    bias = torch.full((length, width + R), blocked, dtype=dtype, device=device)
+    bias[:, :width] = base_bias(seg, length, dtype, device, appended)
     rows = slice(img_start, img_start + n)
     img = bias[rows]  # a view: image rows
     scene = seg.of(SCENE)
@@ -105,7 +113,7 @@ def isolated_bias(
             block_text[:, : seg.prompt] = 0
         mine = (ref_owner.to(device) == k).nonzero().flatten()
         if mine.numel():
-            block_text[:, length + mine] = boost[mine].to(dtype)
+            block_text[:, width + mine] = boost[mine].to(dtype)
         img[inside] = block_text
     return bias
 

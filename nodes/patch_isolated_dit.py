@@ -36,10 +36,10 @@ class IsolatedCall:
     tokens: torch.Tensor | None  # [P, K, n] bool regions on the image grid
     masks: dict = field(default_factory=dict)  # (L, dtype, device) -> base mask, shared by the blocks
 
-    def base(self, length: int, dtype, device) -> torch.Tensor:
-        key = (length, dtype, str(device))
+    def base(self, length: int, appended: int, dtype, device) -> torch.Tensor:
+        key = (length, appended, dtype, str(device))
         if key not in self.masks:
-            self.masks[key] = base_bias(self.segments, length, dtype, device)[None, None]
+            self.masks[key] = base_bias(self.segments, length, dtype, device, appended)[None, None]
         return self.masks[key]
 
 
@@ -59,7 +59,7 @@ class DiTIsolatedPatch(IsolatedPatch):
         return lambda previous: block_replace(key, previous, self._override)
 
     def _override(self, block, previous):
-        return attention_override(self.family, self.dm, block, previous, self._handle)
+        return attention_override(self.family, self.dm, block, previous, self._handle, appended=True)
 
     # ---- per model call ---------------------------------------------------------------
     def apply_model(self, executor, *args, **kwargs):
@@ -130,8 +130,11 @@ class DiTIsolatedPatch(IsolatedPatch):
         run, cfg = self.branch.run, self.branch.config
         P, L, start, n = run.plan.panels, q.shape[2], layout.img_start, layout.img_len
         seg = info.segments
-        bias = None if seg is None else info.base(L, q.dtype, q.device)
+        extra = k.shape[2] - L  # keys another override appended (Consistent Self-Attention)
+        bias = None if seg is None else info.base(L, extra, q.dtype, q.device)
         out = kernel(q, k, v, mask if bias is None else bias)
+        if q.shape[0] != P * len(info.chunks):  # a row subset (another override's grouping)
+            return out  # the segments stay hidden; this call is not isolated nor captured
         conds = [i for i, c in enumerate(info.chunks) if c == 0]
         if block[0] == "double" and conds and run.capturing(info.step):
             try:
@@ -149,7 +152,7 @@ class DiTIsolatedPatch(IsolatedPatch):
                 r = c * P + p
                 refs = self._references(k, v, tok, act, c, P, p, start, n)
                 rk, rv, owner, a = refs
-                ib = isolated_bias(seg, L, start, tok[p], owner, a, cfg.gamma, q.dtype)
+                ib = isolated_bias(seg, L, start, tok[p], owner, a, cfg.gamma, q.dtype, extra)
                 kk, vv = torch.cat([k[r : r + 1], rk[None]], 2), torch.cat([v[r : r + 1], rv[None]], 2)
                 iso = kernel(q[r : r + 1], kk, vv, ib[None, None])
                 out[r, start : start + n] = merge(

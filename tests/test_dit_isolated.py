@@ -293,3 +293,19 @@ def test_a_positive_not_from_the_story_is_a_clear_error():
         ksample(m, "flux", panels=n, positive=other, negative=other, steps=2)
     with pytest.raises(submodule("nodes.common").StoryError, match="batch has 2 images but the story has 3"):
         ksample(m, "flux", panels=2, steps=2)
+
+
+def test_with_consistent_self_attention_in_either_order_both_take_effect():
+    """CSA's override appends other panels' image tokens to the keys: the isolated branch keeps
+    them visible to the image (as on UNets), hides them from the character segments, and still
+    isolates and captures whichever feature is applied first."""
+    from test_dit_sampling import ALWAYS, csa
+
+    clip, pos, neg, story, n = flux_story()
+    model = tiny_dit("flux")
+    shared = ksample(csa(model, **ALWAYS), "flux", panels=n, positive=pos, negative=neg, steps=3)
+    for m in (isolated(csa(model, **ALWAYS), clip, story), csa(isolated(model, clip, story), **ALWAYS)):
+        out = ksample(m, "flux", panels=n, positive=pos, negative=neg, steps=3)
+        assert not torch.allclose(out, shared, atol=1e-4), "isolation lost next to CSA"
+        area = state_of(m).run.result.masks.float().mean((-1, -2))
+        assert area[0, 0] > 0 and area[1, 1] > 0 and area[2].min() > 0
