@@ -77,10 +77,20 @@ class StoryPrompt:
                         "panel; [NC] = no character; '#' starts the caption; '//' comments a line out.",
                     },
                 ),
-                "style": (list(STYLES), {"default": NO_STYLE, "tooltip": "Style preset wrapped around every panel prompt."}),
+                "style": (
+                    list(STYLES),
+                    {"default": NO_STYLE, "tooltip": "Style preset wrapped around every panel prompt."},
+                ),
             },
             "optional": {
-                "negative": ("STRING", {"multiline": True, "default": "", "tooltip": "Extra negative prompt, added to the style's."}),
+                "negative": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "",
+                        "tooltip": "Extra negative prompt, added to the style's.",
+                    },
+                ),
             },
         }
 
@@ -94,7 +104,9 @@ class StoryPrompt:
 
     def encode(self, clip, story: str, style: str, negative: str = ""):
         if clip is None:
-            raise StoryError("Story Prompt: the clip input is empty; connect the CLIP output of your checkpoint loader.")
+            raise StoryError(
+                "Story Prompt: the clip input is empty; connect the CLIP output of your checkpoint loader."
+            )
         try:
             parsed: Story = parse_story(story)
         except StorySyntaxError as e:
@@ -103,6 +115,10 @@ class StoryPrompt:
         positive = encode_batch(clip, [s[0] for s in styled])
         negative_cond = encode_batch(clip, [styled[0][1]])
         parsed.encoded_prompts = [s[0] for s in styled]
+        parsed.positive = positive[0][0]
+        parsed.encoded_regional = [
+            {name: apply_style(style, text, negative)[0] for name, text in p.regional} for p in parsed.panels
+        ]
         captions = "\n".join(parsed.captions)
         return (positive, negative_cond, parsed, captions, len(parsed.panels))
 

@@ -42,6 +42,13 @@ export function readStory(text) {
     const body = hash >= 0 ? line.slice(0, hash) : line;
     const caption = hash >= 0 ? line.slice(hash + 1).trim() : "";
     const panel = { line: lineNo, characters: [], unknown: [], noCharacter: false, caption, segments: [] };
+    const rest = body.replace(TAG_RE, (m) => " ".repeat(m.length));
+    const opening = rest.indexOf("["), closing = rest.indexOf("]");
+    if (opening >= 0 && (closing < 0 || opening < closing)) {
+      problems.push(`line ${lineNo}: '${body.slice(opening).trim()}' has no closing ']'`);
+    } else if (closing >= 0) {
+      problems.push(`line ${lineNo}: ']' without an opening '['`);
+    }
     let last = 0;
     for (const m of body.matchAll(TAG_RE)) {
       if (m.index > last) panel.segments.push({ text: body.slice(last, m.index), kind: "text" });
