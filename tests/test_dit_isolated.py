@@ -319,3 +319,16 @@ def test_with_consistent_self_attention_in_either_order_both_take_effect():
         assert not torch.allclose(out, shared, atol=1e-4), "isolation lost next to CSA"
         area = state_of(m).run.result.masks.float().mean((-1, -2))
         assert area[0, 0] > 0 and area[1, 1] > 0 and area[2].min() > 0
+
+
+def test_the_thin_evidence_guards_apply_on_flux():
+    """With the node's default guards, the tiny model's noise maps give no mask (Otsu separation
+    below min_separation), so nothing is isolated and the output is the plain model's."""
+    clip, pos, neg, story, n = flux_story()
+    model = tiny_dit("flux")
+    plain = ksample(model, "flux", panels=n, positive=pos, negative=neg, steps=3)
+    m = isolated_helpers.isolated(model, clip, story)
+    out = ksample(m, "flux", panels=n, positive=pos, negative=neg, steps=3)
+    assert state_of(m).run.result.maps.shape == (3, 2, *GRID)
+    assert not state_of(m).run.result.masks.any()
+    assert torch.equal(out, plain)
