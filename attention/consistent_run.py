@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .consistent import consistent_attention, downscale_level, reference_table, story_reference_table
-from .identity_bank import IdentityBank
-from .steps import NoiseClock, StepWindow, step_progress, step_sigma, warmup_step
+from .identity_bank import BankMismatch, IdentityBank
+from .steps import NoiseClock, StepWindow, step_index, step_progress, step_sigma, warmup_step
 from .token_sampling import ProbabilitySchedule, gate_draw, sample_token_indices
 
 PLAN_KEY = "storydiff_consistent_plan"  # per-block-call note from the attn1 patch to the replace
@@ -89,6 +89,9 @@ class Plan:
     base_len: int = 0  # context length before the bank tokens
     bank_len: int = 0
     segments: dict | None = None  # character -> (start, end) inside the bank part
+    step: int = 0  # step index in the sampler's schedule, and the schedule's number of steps
+    steps: int = 0
+    rate: float = 0.0  # CSA keep-rate at this layer's resolution
 
 
 @dataclass
@@ -109,11 +112,13 @@ class ConsistentRun:
         self.repeated: dict = {}  # indices repeated over the guidance chunks
         self.steps: dict = {}  # sigma -> (step index, progress, step sigma)
         kind, bank = self.mode.kind, self.mode.bank
-        self.staging = IdentityBank(dtype=bank.dtype) if kind == "write" and bank is not None else None
+        self.staging = bank.empty_like() if kind == "write" and bank is not None else None
 
     def release(self) -> None:
         self.indices, self.gather, self.repeated, self.steps = {}, {}, {}, {}
         self.staging = None
+        if self.mode.kind == "read" and self.mode.bank is not None:
+            self.mode.bank.release()  # the tokens this run unpacked or read from the bank's file
 
     def labels(self, images: int) -> tuple:
         labels = self.mode.labels
@@ -156,7 +161,17 @@ class ConsistentRun:
         original = extra.get("original_shape")
         level = downscale_level(tuple(original[-2:]), (h, w)) if original is not None else None
         rate = cfg.keep_rate(level)
-        plan = Plan(sigma=sigma, layer=layer, chunks=chunks, images=images, active=active)
+        total = len(sample_sigmas) - 1 if sample_sigmas is not None else 0
+        plan = Plan(
+            sigma=sigma,
+            layer=layer,
+            chunks=chunks,
+            images=images,
+            active=active,
+            step=step_index(sigma_now, sample_sigmas) if self.mode.kind == "write" else 0,
+            steps=total,
+            rate=rate,
+        )
         kind = self.mode.kind
         if rate > 0 and ((active and kind == "plain") or kind == "write"):
             key = (sigma, tokens, images, rate)
@@ -181,14 +196,29 @@ class ConsistentRun:
         return n, context, value
 
     def _record(self, n: torch.Tensor, plan: Plan) -> None:
+        staging = self.staging  # what is stored (steps, token positions, halves) is the bank's choice
+        idx = staging.record_positions(
+            plan.images,
+            n.shape[1],
+            plan.rate,
+            self.config.seed,
+            plan.sigma,
+            plan.step,
+            plan.steps,
+            self.config.warmup_steps,
+        )
+        if idx is None:
+            return
         labels = self.labels(plan.images)
-        idx = plan.indices.to(n.device)
+        idx = idx.to(n.device)
         for c, half in enumerate(plan.chunks):
+            if not staging.records_half(half):
+                continue
             chunk = n[c * plan.images : (c + 1) * plan.images]
             for name in sorted({lab for lab in labels if lab is not None}):
                 rows = [i for i, lab in enumerate(labels) if lab == name]
                 toks = torch.cat([chunk[i, idx[i]] for i in rows], 0)
-                self.staging.record(name, plan.sigma, plan.layer, toks, half=int(half))
+                staging.record(name, plan.sigma, plan.layer, toks, half=int(half), images=len(rows))
 
     def _bank_rows(self, plan: Plan, names: list, half, width: int, segments: dict) -> torch.Tensor | None:
         bank = self.mode.bank
@@ -197,7 +227,14 @@ class ConsistentRun:
             toks = bank.tokens(name, plan.sigma, plan.layer, half=int(half) if int(half) in (0, 1) else 0)
             if toks is None:
                 toks = bank.tokens(name, plan.sigma, plan.layer, half=0)
-            if toks is None or toks.shape[-1] != width:
+            if toks is not None and toks.shape[-1] != width:
+                raise BankMismatch(
+                    f"{self.mode.node}: identity bank {bank.name} holds [{name}] tokens of width "
+                    f"{toks.shape[-1]} for layer {plan.layer}, but this model's layer takes {width}: the "
+                    f"bank was written with another model ({bank.family or 'unknown family'}). Write it "
+                    "again with this model."
+                )
+            if toks is None:
                 continue
             parts.append(toks)
             segments[name] = (pos, pos + toks.shape[0])

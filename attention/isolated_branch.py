@@ -110,6 +110,9 @@ class IsolatedBranch:
     def release(self) -> None:
         self.run.release()
         self._clear()
+        release = getattr(self.config.identity_bank, "release", None)
+        if release is not None:  # the tokens this run read from the bank
+            release()
 
     # ---- per-run caches ----------------------------------------------------------------
     def project(self, key, which, module, ctx, P, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .consistent_run import Mode
-from .identity_bank import IdentityBank
 from .joint_consistent import JointLayout, joint_consistent_attention, rotate_pairs
-from .steps import NoiseClock, StepWindow, step_progress, step_sigma, warmup_step
+from .steps import NoiseClock, StepWindow, step_index, step_progress, step_sigma, warmup_step
 from .token_sampling import ProbabilitySchedule, gate_draw, sample_token_indices
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -84,11 +83,13 @@ class JointConsistentRun:
         self.indices: dict = {}  # (step sigma, tokens, images, keep-rate) -> LongTensor [B, k]
         self.steps: dict = {}  # sigma -> (step index, progress, step sigma)
         kind, bank = self.mode.kind, self.mode.bank
-        self.staging = IdentityBank(dtype=bank.dtype) if kind == "write" and bank is not None else None
+        self.staging = bank.empty_like() if kind == "write" and bank is not None else None
 
     def release(self) -> None:
         self.indices, self.steps = {}, {}
         self.staging = None
+        if self.mode.kind == "read" and self.mode.bank is not None:
+            self.mode.bank.release()  # the tokens this run unpacked or read from the bank's file
 
     def labels(self, images: int) -> tuple:
         labels = self.mode.labels
@@ -142,7 +143,15 @@ class JointConsistentRun:
         indices = None
         if rate > 0 and ((active and kind == "plain") or kind == "write"):
             indices = self._indices(sigma, lay.img_len, images, rate)
-        if kind == "write" and indices is not None and self.staging is not None:
+        total = len(call.sample_sigmas) - 1 if call.sample_sigmas is not None else 0
+        if (
+            kind == "write"
+            and indices is not None
+            and self.staging is not None
+            and self.staging.settings.records_step(  # the bank's recorded steps
+                step_index(call.sigma, call.sample_sigmas), total, cfg.warmup_steps
+            )
+        ):
             self._record(k, v, lay, indices, call, sigma, layer, images)
         if not active:
             return kernel(q, k, v, mask)
@@ -171,13 +180,16 @@ class JointConsistentRun:
         labels = self.labels(images)
         idx = indices.to(k.device) + lay.img_start
         for c, half in enumerate(call.chunks):
+            if not self.staging.records_half(half):
+                continue
             for name in sorted({lab for lab in labels if lab is not None}):
                 toks = []
-                for i in (i for i, lab in enumerate(labels) if lab == name):
+                rows = [i for i, lab in enumerate(labels) if lab == name]
+                for i in rows:
                     row = c * images + i
                     kr, vr = k[row][:, idx[i]], v[row][:, idx[i]]  # [H, n, D]
                     toks.append(torch.cat([_flat(kr), _flat(vr)], -1))
-                self.staging.record(name, sigma, layer, torch.cat(toks, 0), half=int(half))
+                self.staging.record(name, sigma, layer, torch.cat(toks, 0), half=int(half), images=len(rows))
 
     def _bank_rows(self, q, call: JointCall, sigma, layer, images, labels, rotations) -> list | None:
         heads, d = q.shape[1], q.shape[-1]

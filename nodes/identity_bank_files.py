@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -78,7 +79,9 @@ class SaveIdentityBank:
             )
         path = Path(folder_paths.get_output_directory()) / FOLDER / (sanitize_name(name) + EXT)
         bank.save(path)
-        return {"ui": {"text": [f"{path.name}: {bank.summary()}"]}, "result": (str(path),)}
+        text = f"{path.name} ({path.stat().st_size / 2**20:.1f} MiB on disk): {bank.summary()}"
+        logging.info("Save Identity Bank: %s", text)
+        return {"ui": {"text": [text]}, "result": (str(path),)}
 
 
 class LoadIdentityBank:
@@ -114,8 +117,12 @@ class LoadIdentityBank:
             )
         try:
             return (IdentityBank.load(path),)
-        except (ValueError, OSError) as e:
-            raise StoryError(f"Load Identity Bank: cannot read {bank_file}: {e}") from None
+        except Exception as e:  # a damaged file must name the node and the file, never fail raw
+            raise StoryError(
+                f"Load Identity Bank: bank_file {bank_file!r} cannot be read: {e}. Save the bank again (Save "
+                f"Identity Bank) or copy the file again; files in output/{FOLDER} and models/{FOLDER} are "
+                "listed."
+            ) from None
 
 
 NODE_CLASS_MAPPINGS = {

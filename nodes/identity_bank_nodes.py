@@ -7,10 +7,14 @@ so saved workflows keep loading and running.
 
 from __future__ import annotations
 
+import logging
+
+from ..attention.bank_storage import BETWEEN, DEFAULT, HALVES, PRECISIONS, BankSettings
 from ..attention.consistent_run import ConsistentConfig, Mode
 from ..attention.identity_bank import IdentityBank
 from .common import CATEGORY_ROOT, DENOISE_INPUT, StoryError, ksample, sampler_inputs
-from .patch_consistent import FEATURE
+from .model_signature import check_bank_fits, model_family, self_attention_widths
+from .patch_consistent import FEATURE, ConsistentPatch
 from .patch_consistent_dit import consistent_patch
 from .patch_core import install, installed
 
@@ -64,23 +68,113 @@ def read_labels(story, names: str, node: str) -> tuple:
 _STORY_TIP = "The Story Prompt's story: the character tags of each panel."
 
 
-def write_model(model, story, names: str, bank, node: str) -> tuple:
+SIZE_FORMULA = (
+    "Size per identity image = recorded steps x guidance halves (2 with CFG, 1 with 'cond only') x the sum "
+    "over the patched self-attention layers of round(keep-rate x tokens) x bytes per token (2 x width in "
+    "fp16, width + 4 in int8). SDXL at 1024x1024, 30 steps, CFG, CSA keep-rate 0.5: the full bank (every "
+    "step, CSA's keep-rate, fp16) is 3.08 GiB per identity image (105 MiB per step); the defaults (5 steps, "
+    "CSA's keep-rate, int8, both halves) store 264 MiB."
+)
+
+BANK_OPTIONS = {
+    "bank_steps": (
+        "INT",
+        {
+            "default": DEFAULT.steps,
+            "min": 0,
+            "max": 1000,
+            "tooltip": "Steps recorded, spread evenly over the steps after CSA's warm-up; a read between "
+            "them takes the nearest (or interpolates). 0 = every step (largest bank).",
+        },
+    ),
+    "bank_keep_rate": (
+        "FLOAT",
+        {
+            "default": DEFAULT.keep_rate,
+            "min": 0.0,
+            "max": 1.0,
+            "step": 0.05,
+            "tooltip": "Share of each identity image's tokens stored per layer (at the resolutions where "
+            "CSA shares tokens). 0 = CSA's keep-rates.",
+        },
+    ),
+    "precision": (
+        list(PRECISIONS),
+        {
+            "default": DEFAULT.precision,
+            "tooltip": "int8: 8-bit tokens with one scale per token (half the size of fp16, almost the "
+            "same read).",
+        },
+    ),
+    "guidance_halves": (
+        list(HALVES),
+        {
+            "default": DEFAULT.halves,
+            "tooltip": "both: tokens of the positive and negative CFG halves; cond only: half the size, "
+            "the negative half of a read attends to the positive half's tokens.",
+        },
+    ),
+    "between_steps": (
+        list(BETWEEN),
+        {
+            "default": DEFAULT.between,
+            "tooltip": "A read step between two recorded steps takes the nearest one, or interpolates "
+            "them in sigma (then the same token positions are stored at every step).",
+        },
+    ),
+}
+
+
+def bank_settings(
+    node: str,
+    bank_steps=DEFAULT.steps,
+    bank_keep_rate=DEFAULT.keep_rate,
+    precision=DEFAULT.precision,
+    guidance_halves=DEFAULT.halves,
+    between_steps=DEFAULT.between,
+) -> BankSettings:
+    try:
+        return BankSettings(
+            steps=int(bank_steps),
+            keep_rate=float(bank_keep_rate),
+            precision=precision,
+            halves=guidance_halves,
+            between=between_steps,
+        )
+    except ValueError as e:
+        raise StoryError(f"{node}: {e}") from None
+
+
+def write_model(model, story, names: str, bank, node: str, settings: BankSettings = DEFAULT) -> tuple:
     """(the model patched for a write run, the bank it fills when that run completes)."""
     labels = write_labels(story, names, node)
-    out_bank = IdentityBank()
+    out_bank = IdentityBank(
+        settings=settings, family=model_family(model), widths=self_attention_widths(model)
+    )
     if bank is not None:
+        check_bank_fits(node, bank, model)
         out_bank.update_from(bank)
     tags = tuple(tuple(p.characters) for p in story.panels) if story is not None else None
     mode = Mode(kind="write", bank=out_bank, labels=labels, node=node, tags=tags)
-    return install(model, consistent_patch(model, _settings_of(model), mode)), out_bank
+    patch = consistent_patch(model, _settings_of(model), mode)
+    if not isinstance(patch, ConsistentPatch) and (settings.keep_rate > 0 or settings.between != "nearest"):
+        raise StoryError(
+            f"{node}: on a {model_family(model)} model (a DiT) the bank stores the tokens CSA shares: set "
+            "bank_keep_rate to 0 and between_steps to nearest (bank_steps, precision and guidance_halves "
+            "apply)."
+        )
+    return install(model, patch), out_bank
 
 
 class IdentityBankWrite:
     DESCRIPTION = (
         "Write run of the identity bank: samples the characters' identity images (solo panels, one batch) "
-        "like a KSampler and records their shared self-attention tokens per step and layer into the "
-        "IDENTITY_BANK it returns (CPU, fp16). Uses the settings of a Consistent Self-Attention node "
-        "upstream (else its defaults); images of the same character share tokens while they are drawn."
+        "like a KSampler and records their self-attention tokens per step and layer into the IDENTITY_BANK "
+        "it returns (CPU). Uses the settings of a Consistent Self-Attention node upstream (else its "
+        "defaults); images of the same character share tokens while they are drawn. The bank remembers the "
+        "model family and widths and only works with them. bank_steps, bank_keep_rate, precision, "
+        "guidance_halves and between_steps trade size for fidelity. " + SIZE_FORMULA + " After the run "
+        "the size per character and per identity image is shown on the node and logged."
     )
     CATEGORY = CATEGORY
     FUNCTION = "sample"
@@ -116,13 +210,18 @@ class IdentityBankWrite:
                     {"tooltip": "An existing bank to extend: its other characters are kept."},
                 ),
                 "denoise": DENOISE_INPUT,
+                **BANK_OPTIONS,
             },
         }
 
-    def sample(self, model, story=None, names="", bank=None, **sampling) -> tuple:
-        patched, out_bank = write_model(model, story, names, bank, "Identity Bank Write")
-        latent = ksample(patched, **sampling)
-        return (latent, out_bank)
+    def sample(self, model, story=None, names="", bank=None, **inputs) -> dict:
+        node = "Identity Bank Write"
+        settings = bank_settings(node, **{k: inputs.pop(k) for k in BANK_OPTIONS if k in inputs})
+        patched, out_bank = write_model(model, story, names, bank, node, settings)
+        latent = ksample(patched, **inputs)
+        text = out_bank.summary()
+        logging.info("%s: %s", node, text)
+        return {"ui": {"text": [text]}, "result": (latent, out_bank)}
 
 
 class IdentityBankWritePatch:
@@ -204,6 +303,7 @@ class IdentityBankRead:
     def patch(self, model, bank, story=None, names="", after=None) -> tuple:
         node = "Identity Bank Read"
         labels = read_labels(story, names, node)
+        check_bank_fits(node, bank, model)
         mode = Mode(kind="read", bank=bank, labels=labels, node=node)
         return (install(model, consistent_patch(model, _settings_of(model), mode)),)
 

@@ -8,6 +8,7 @@ from ..attention.isolated_run import IsolationRun
 from ..attention.steps import StepWindow
 from .character_plan import build_plan, character_contexts, conditioning_tensor, user_masks
 from .common import CATEGORY_ROOT, StoryError, check_step_window, step_window_inputs
+from .model_signature import check_bank_fits
 from .patch_core import install, require_family
 from .patch_dit import FLUX
 from .patch_isolated import IsolatedPatch
@@ -218,6 +219,8 @@ class IsolatedAttention:
             min_separation=float(guard["min_separation"]),
             evidence_steps=int(guard["evidence_steps"]),
         )
+        if identity_bank is not None:
+            check_bank_fits(NODE, identity_bank, model)
         patch = DiTIsolatedPatch if dit else IsolatedPatch
         return (install(model, patch(IsolatedBranch(config, run))),)
 

@@ -9,6 +9,8 @@ bank unchanged.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..attention.consistent_run import ConsistentConfig, ConsistentRun, Mode
@@ -68,6 +70,7 @@ class ConsistentPatch(FeaturePatch):
     def end(self, completed: bool) -> None:
         if completed and self.mode.kind == "write" and self.state.staging is not None:
             self.mode.bank.update_from(self.state.staging)
+            logging.info("%s: %s", self.mode.node, self.mode.bank.summary())
         self.state.release()
 
     def _check_batch(self, batch: int | None) -> None:

@@ -80,8 +80,10 @@ def test_bank_round_trip_write_save_load_in_a_fresh_server(live_server, family):
 
 def test_reading_a_character_the_bank_lacks_fails_with_a_clear_message(live_server):
     prompt = workflow("identity_bank_read.json")
-    if not (Path(live_server.base) / "output" / "identity_banks" / "bob_bank.safetensors").is_file():
-        run_prompt(live_server, workflow("identity_bank_write.json"), timeout=600)
+    write = workflow("identity_bank_write.json")  # its own SD1.5 bank: bob_bank may hold the Flux one
+    write["9"]["inputs"]["name"] = "bob_bank_sd15"
+    run_prompt(live_server, write, timeout=600)
+    prompt["8"]["inputs"]["bank_file"] = "bob_bank_sd15.safetensors"
     prompt["2"]["inputs"]["story"] = "[Ann]: a woman with red hair\n[Ann] walks along the sea"
     with pytest.raises(PromptFailed) as e:
         run_prompt(live_server, prompt, timeout=300)
@@ -118,3 +120,98 @@ def test_a_workflow_saved_before_the_fractions_and_the_sampling_write_node_runs_
         for v in ("v0", "now")
     ]
     assert banks[0].keys() == banks[1].keys() and all(torch.equal(banks[0][k], banks[1][k]) for k in banks[0])
+
+
+# ---- every Identity Bank Write option through files and a fresh server ------------------------
+OPTIONS = {  # each option away from the full bank, and the defaults (no option given)
+    "steps": dict(bank_steps=2, bank_keep_rate=0.0, precision="fp16"),
+    "keep_rate": dict(bank_steps=0, bank_keep_rate=0.25, precision="fp16"),
+    "int8": dict(bank_steps=0, bank_keep_rate=0.0, precision="int8"),
+    "cond_only": dict(bank_steps=0, bank_keep_rate=0.0, precision="fp16", guidance_halves="cond only"),
+    "interpolate": dict(bank_steps=2, bank_keep_rate=0.0, precision="fp16", between_steps="interpolate"),
+    "default": dict(),
+}
+
+
+def options_workflows(steps=4):
+    """Server 1: per option a write run, Save Identity Bank and a read run fed by the bank object.
+    Server 2: per option Load Identity Bank and the same read run."""
+    write, read = workflow("identity_bank_write.json", steps), workflow("identity_bank_read.json", steps)
+    read["2"]["inputs"]["negative"] = "blurry, low quality"  # guidance halves that differ
+    base = {k: write[k] for k in ("1", "7", "2", "3")}
+    base["2"] = dict(base["2"], inputs=dict(base["2"]["inputs"], negative="blurry, low quality"))
+    first, second = dict(base), {k: read[k] for k in ("1", "7", "2", "3")}
+    first.update(
+        {"rp": dict(read["2"]), "rl": dict(read["3"], inputs=dict(read["3"]["inputs"], batch_size=["rp", 4]))}
+    )
+    for o, opts in OPTIONS.items():
+        first[f"w{o}"] = dict(write["8"], inputs=dict(write["8"]["inputs"], **opts))
+        first[f"s{o}"] = dict(write["9"], inputs=dict(bank=[f"w{o}", 1], name=f"bob_{o}"))
+        read_inputs = dict(read["9"]["inputs"], bank=[f"w{o}", 1], story=["rp", 2])
+        first[f"r{o}"] = dict(read["9"], inputs=read_inputs)
+        first[f"rk{o}"] = dict(
+            read["4"],
+            inputs=dict(
+                read["4"]["inputs"],
+                model=[f"r{o}", 0],
+                positive=["rp", 0],
+                negative=["rp", 1],
+                latent_image=["rl", 0],
+            ),
+        )
+        first[f"rs{o}"] = dict(read["10"], inputs=dict(samples=[f"rk{o}", 0], filename_prefix=f"latents/{o}"))
+        second[f"l{o}"] = dict(read["8"], inputs=dict(bank_file=f"bob_{o}.safetensors"))
+        second[f"r{o}"] = dict(read["9"], inputs=dict(read["9"]["inputs"], bank=[f"l{o}", 0]))
+        second[f"rk{o}"] = dict(read["4"], inputs=dict(read["4"]["inputs"], model=[f"r{o}", 0]))
+        second[f"rs{o}"] = dict(
+            read["10"], inputs=dict(samples=[f"rk{o}", 0], filename_prefix=f"latents/{o}")
+        )
+    return first, second
+
+
+def test_every_write_option_round_trips_write_save_load_in_a_fresh_server_read(live_server):
+    from safetensors import safe_open
+
+    first, second = options_workflows()
+    entry = run_prompt(live_server, first, timeout=900)
+    in_memory = {o: saved_latent(live_server, entry, f"rs{o}") for o in OPTIONS}
+    files = {
+        o: Path(live_server.base) / "output" / "identity_banks" / f"bob_{o}.safetensors" for o in OPTIONS
+    }
+    for o in OPTIONS:
+        text = " ".join(entry["outputs"][f"s{o}"]["text"])
+        assert "MiB per identity image" in text and "on disk" in text, text
+        assert "MiB per identity image" in " ".join(entry["outputs"][f"w{o}"]["text"])  # shown on Write too
+        with safe_open(str(files[o]), framework="pt") as f:
+            meta = f.metadata()
+        assert meta["family"] == "SD15" and json.loads(meta["settings"])["precision"] == OPTIONS[o].get(
+            "precision", "int8"
+        )
+    assert len({files[o].read_bytes() for o in OPTIONS}) == len(OPTIONS)  # each option stores something else
+    base = Path(tempfile.mkdtemp(prefix="story-test-fresh-"))
+    try:
+        (base / "output" / "identity_banks").mkdir(parents=True)
+        for f in files.values():
+            shutil.copy(f, base / "output" / "identity_banks" / f.name)
+        (base / "output" / "identity_banks" / "broken.safetensors").write_bytes(b"\xff" * 64)
+        from comfy_host import ComfyServer
+
+        with ComfyServer(base, with_tiny_models=True) as fresh:
+            entry2 = run_prompt(fresh, second, timeout=900)
+            from_file = {o: saved_latent(fresh, entry2, f"rs{o}") for o in OPTIONS}
+            broken = workflow("identity_bank_read.json")
+            broken["8"]["inputs"]["bank_file"] = "broken.safetensors"
+            with pytest.raises(PromptFailed) as e:
+                run_prompt(fresh, broken, timeout=300)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert "Load Identity Bank" in str(e.value) and "broken.safetensors" in str(e.value)
+    assert "SafetensorError" not in str(e.value)
+    for o in OPTIONS:
+        assert from_file[o].shape == (3, 4, 8, 8) and torch.equal(from_file[o], in_memory[o]), o
+    # at 4 steps the default (int8, 5 steps) records every step a read uses: it reads as the int8 option
+    assert torch.equal(in_memory["default"], in_memory["int8"])
+    others = [o for o in OPTIONS if o != "default"]
+    assert len({in_memory[o].numpy().tobytes() for o in others}) == len(
+        others
+    )  # each option reads differently

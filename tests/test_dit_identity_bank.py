@@ -16,13 +16,13 @@ def write(family, names="Bob", panels=2, bank=None):
     from tiny_models import dit_factory
 
     model = csa(tiny_dit(family), **ALWAYS)
-    _, out_bank = bank_nodes.IdentityBankWrite().sample(
+    out = bank_nodes.IdentityBankWrite().sample(
         model, names=names, bank=bank, positive=dit_factory.conditioning(family, panels, seed=1),
         negative=dit_factory.conditioning(family, panels, seed=2),
         latent_image={"samples": dit_factory.empty_latent(family, panels, 8, 12)},
         seed=0, steps=2, cfg=2.0, sampler_name="euler", scheduler="simple",
     )  # fmt: skip
-    return out_bank
+    return out["result"][1]  # (LATENT, IDENTITY_BANK); "ui" shows the bank's size
 
 
 def read(family, bank, names="Bob"):

@@ -16,7 +16,7 @@ SETTINGS = dict(ALWAYS, blocks="up")
 def write(model, clip, names="Bob", n=2, bank=None, story=None, seed=0):
     """Identity Bank Write: samples the identity images and returns (latent, bank)."""
     c = conds(clip, n)
-    latent, out_bank = bank_nodes.IdentityBankWrite().sample(
+    out = bank_nodes.IdentityBankWrite().sample(
         csa(model, **SETTINGS),
         story=story,
         names=names,
@@ -30,7 +30,8 @@ def write(model, clip, names="Bob", n=2, bank=None, story=None, seed=0):
         sampler_name="euler",
         scheduler="normal",
     )
-    assert latent["samples"].shape == (n, 4, 8, 8)
+    latent, out_bank = out["result"]  # the node also shows the bank's size: {"ui": {"text": ...}}
+    assert latent["samples"].shape == (n, 4, 8, 8) and "per identity image" in out["ui"]["text"][0]
     return out_bank
 
 
