@@ -19,17 +19,25 @@ def story_prompts(story) -> list[str]:
     return list(story.encoded_prompts) if story.encoded_prompts else [p.prompt for p in story.panels]
 
 
-def _flat_tokens(clip, text: str) -> list[tuple[int, int]]:
+def _flat_tokens(clip, text: str, key: str | None = None) -> list[tuple[int, int]]:
+    """(token, word id) of `text` in the tokenizer `key` (the one the model's context comes from:
+    "l" on UNets, "t5xxl" on Flux); CLIP-L, else the first, when None."""
     toks = clip.tokenize(text, return_word_ids=True)
-    key = "l" if "l" in toks else next(iter(toks))
+    if key is not None and key not in toks:
+        raise StoryError(
+            f"the clip input has no {key!r} tokenizer (it has {sorted(toks)}); connect this checkpoint's own text encoder."
+        )
+    key = key if key is not None else ("l" if "l" in toks else next(iter(toks)))
     return [(t[0], t[2]) for window in toks[key] for t in window]
 
 
-def _phrase_ids(clip, text: str) -> list[int]:
-    return [tok for tok, word in _flat_tokens(clip, text) if word != 0]
+def _phrase_ids(clip, text: str, key: str | None = None) -> list[int]:
+    return [tok for tok, word in _flat_tokens(clip, text, key) if word != 0]
 
 
-def written_name_positions(clip, story, p: int, text: str, name: str) -> list[int] | None:
+def written_name_positions(
+    clip, story, p: int, text: str, name: str, key: str | None = None
+) -> list[int] | None:
     """Token positions of `name` where the Story Prompt wrote it into panel p's text (its tags),
     never where the name occurs inside a description ("[Alice]: a woman, Bob's sister").
 
@@ -43,12 +51,12 @@ def written_name_positions(clip, story, p: int, text: str, name: str) -> list[in
     base = text.find(panel.prompt) if panel is not None else -1
     if not offsets or base < 0:
         return None
-    phrase = _phrase_ids(clip, name)
-    occurrences = phrase_occurrences(_flat_tokens(clip, text), phrase)
+    phrase = _phrase_ids(clip, name, key)
+    occurrences = phrase_occurrences(_flat_tokens(clip, text, key), phrase)
     out: list[int] = []
     for at in offsets:
         end = base + at + len(name)
-        c = len(phrase_occurrences(_flat_tokens(clip, text[:end]), phrase))
+        c = len(phrase_occurrences(_flat_tokens(clip, text[:end], key), phrase))
         if not 0 < c <= len(occurrences):
             return None
         out.extend(occurrences[c - 1])
@@ -57,7 +65,9 @@ def written_name_positions(clip, story, p: int, text: str, name: str) -> list[in
 
 def check_story(node: str, story) -> list[str]:
     if story is None or not hasattr(story, "tags") or not hasattr(story, "characters"):
-        raise StoryError(f"{node}: the story input is not a STORY; connect the story output of a Story Prompt node.")
+        raise StoryError(
+            f"{node}: the story input is not a STORY; connect the story output of a Story Prompt node."
+        )
     names = list(story.characters)
     for p, tags in enumerate(story.tags):
         for name in tags:
@@ -69,15 +79,17 @@ def check_story(node: str, story) -> list[str]:
     return names
 
 
-def build_plan(node: str, clip, story) -> CharacterPlan:
+def build_plan(node: str, clip, story, key: str | None = None) -> CharacterPlan:
     """Which character is in which panel, and where its tokens sit in each panel's context."""
     if clip is None:
-        raise StoryError(f"{node}: the clip input is empty; connect the CLIP of your checkpoint (it tokenizes the prompts).")
+        raise StoryError(
+            f"{node}: the clip input is empty; connect the CLIP of your checkpoint (it tokenizes the prompts)."
+        )
     names = check_story(node, story)
     prompts = story_prompts(story)
     present, positions, lengths = [], [], []
     for p, (tags, text) in enumerate(zip(story.tags, prompts)):
-        flat = _flat_tokens(clip, text)
+        flat = _flat_tokens(clip, text, key)
         lengths.append(len(flat))
         row_present, row_pos = [], []
         for name in names:
@@ -85,8 +97,11 @@ def build_plan(node: str, clip, story) -> CharacterPlan:
                 row_present.append(False)
                 row_pos.append([])
                 continue
-            pos = (written_name_positions(clip, story, p, text, name) or find_phrase(flat, _phrase_ids(clip, name))
-                   or find_phrase(flat, _phrase_ids(clip, story.characters[name])))
+            pos = (
+                written_name_positions(clip, story, p, text, name, key)
+                or find_phrase(flat, _phrase_ids(clip, name, key))
+                or find_phrase(flat, _phrase_ids(clip, story.characters[name], key))
+            )
             if not pos:
                 raise StoryError(
                     f"{node}: panel {p + 1} tags [{name}] but neither the name nor the description of [{name}] is found in "
@@ -96,8 +111,13 @@ def build_plan(node: str, clip, story) -> CharacterPlan:
             row_pos.append(pos)
         present.append(row_present)
         positions.append(row_pos)
-    return CharacterPlan(names=names, present=present, positions=positions, lengths=lengths,
-                         ref_panel=first_appearances(present))
+    return CharacterPlan(
+        names=names,
+        present=present,
+        positions=positions,
+        lengths=lengths,
+        ref_panel=first_appearances(present),
+    )
 
 
 def regional_texts(story, name: str) -> list[str] | None:
@@ -149,7 +169,9 @@ def conditioning_tensor(node: str, input_name: str, cond, panels: int) -> torch.
     if not cond or not isinstance(cond[0], (list, tuple)) or not torch.is_tensor(cond[0][0]):
         raise StoryError(f"{node}: {input_name} is not a CONDITIONING; connect a CLIP Text Encode output.")
     if len(cond) > 1:
-        raise StoryError(f"{node}: {input_name} holds {len(cond)} combined conditionings; connect a single CLIP Text Encode.")
+        raise StoryError(
+            f"{node}: {input_name} holds {len(cond)} combined conditionings; connect a single CLIP Text Encode."
+        )
     ctx = cond[0][0]
     if ctx.shape[0] not in (1, panels):
         raise StoryError(
@@ -167,7 +189,9 @@ def user_masks(node: str, masks: dict[int, torch.Tensor], story) -> dict[int, to
             continue
         name = f"mask_{k + 1}"
         if k >= K:
-            raise StoryError(f"{node}: {name} is connected but the story declares only {K} character(s); disconnect it.")
+            raise StoryError(
+                f"{node}: {name} is connected but the story declares only {K} character(s); disconnect it."
+            )
         m = m[None] if m.ndim == 2 else m
         if m.shape[0] not in (1, P):
             raise StoryError(

@@ -10,7 +10,9 @@ from .character_plan import build_plan, character_contexts, conditioning_tensor,
 from .common import CATEGORY_ROOT, StoryError, check_step_window, step_window_inputs
 from .model_signature import check_bank_fits
 from .patch_core import install, require_family
+from .patch_dit import FLUX
 from .patch_isolated import IsolatedPatch
+from .patch_isolated_dit import DiTIsolatedPatch
 from .patch_unet import UNET
 
 NODE = "Isolated Attention"
@@ -123,7 +125,7 @@ class IsolatedAttention:
         optional.update(GUARD_INPUTS)
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": f"The model to patch ({UNET.name})."}),
+                "model": ("MODEL", {"tooltip": f"The model to patch ({UNET.name}; {FLUX.name})."}),
                 "clip": (
                     "CLIP",
                     {
@@ -175,11 +177,17 @@ class IsolatedAttention:
         identity_bank=None,
         **slots,
     ) -> tuple:
-        require_family(model, NODE, IsolatedPatch.families)
+        family = require_family(model, NODE, (*IsolatedPatch.families, *DiTIsolatedPatch.families))
         check_step_window(NODE, start_percent, end_percent)
         if strength == 0:
             return (model,)
-        plan = build_plan(NODE, clip, story)
+        dit = family is FLUX
+        if dit and identity_bank is not None:
+            raise StoryError(
+                f"{NODE}: identity_bank is not read by the isolated branch on {family.name} yet "
+                "(characters use their first panel as reference there); disconnect identity_bank."
+            )
+        plan = build_plan(NODE, clip, story, "t5xxl" if dit else None)
         if not plan.names:
             raise StoryError(
                 f"{NODE}: the story declares no character; declare characters with '[Name]: description'."
@@ -213,7 +221,8 @@ class IsolatedAttention:
         )
         if identity_bank is not None:
             check_bank_fits(NODE, identity_bank, model)
-        return (install(model, IsolatedPatch(IsolatedBranch(config, run))),)
+        patch = DiTIsolatedPatch if dit else IsolatedPatch
+        return (install(model, patch(IsolatedBranch(config, run))),)
 
 
 NODE_CLASS_MAPPINGS = {"StoryDiffIsolatedAttention": IsolatedAttention}

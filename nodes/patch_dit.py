@@ -171,9 +171,12 @@ def block_replace(key: tuple, previous: Replace | None, make_override: Callable)
     return replace
 
 
-def attention_override(family: DiTFamily, dm, block: tuple | None, previous, handler: Handler):
+def attention_override(
+    family: DiTFamily, dm, block: tuple | None, previous, handler: Handler, appended: bool = False
+):
     """An `optimized_attention_override` calling `handler` on the joint calls of a covered block
-    (q, k, v as [B, H, L, D]) with `kernel(q, k, v, mask)` = the attention as it would have run."""
+    (q, k, v as [B, H, L, D]) with `kernel(q, k, v, mask)` = the attention as it would have run.
+    `appended`: also calls whose keys another override extended after the sequence (k longer)."""
 
     def override(func, *args, **kwargs):
         def passthrough(*a, **kw):
@@ -191,7 +194,8 @@ def attention_override(family: DiTFamily, dm, block: tuple | None, previous, han
         rest.pop("mask", None)
         if not rest.pop("skip_reshape", False):  # [B, L, H*D] -> [B, H, L, D]
             q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
-        found = locate(family, dm, block, call, q.shape[2], k.shape[2])
+        lk = q.shape[2] if appended and k.shape[2] > q.shape[2] else k.shape[2]
+        found = locate(family, dm, block, call, q.shape[2], lk)
         if found is None:
             return passthrough(*args, **kwargs)
         q0, k0, v0 = q, k, v

@@ -159,19 +159,19 @@ def test_reference_latent_tokens_stay_own_only_on_flux_kontext_layout():
     assert probe.tails == {0, 6}  # the cond chunk carries the reference; the uncond one runs apart
 
 
-def test_isolated_attention_on_flux_is_the_family_error():
-    """Isolation is not built for DiTs yet: the node says so instead of an AttributeError."""
+def test_isolated_attention_on_a_dit_other_than_flux1_is_the_family_error():
+    """Isolation is built for Flux.1 only among the DiTs: Chroma is refused, naming Flux.1."""
     from isolated_helpers import encode_story, isolated
     from tiny_models import dit_factory
 
     clip = dit_factory.tiny_flux_clip()
     _, _, story, _ = encode_story(clip)
     with pytest.raises(submodule("nodes.common").StoryError) as e:
-        isolated(tiny_dit("flux"), clip, story)
+        isolated(tiny_dit("chroma"), clip, story)
     msg = str(e.value)
-    assert msg.startswith("Isolated Attention") and "Flux" in msg and "SDXL" in msg and "supported" in msg, (
-        msg
-    )
+    assert (
+        msg.startswith("Isolated Attention") and "Flux.1" in msg and "SDXL" in msg and "supported" in msg
+    ), msg
 
 
 def test_z_image_keep_rate_one_equals_dense_joint_attention_on_real_layer_calls():

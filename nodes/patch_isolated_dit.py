@@ -1,0 +1,196 @@
+"""Object Isolated Attention on Flux.1 through the seam (the math: attention/joint_isolated.py).
+
+* APPLY_MODEL wrapper: finds the step (by sigma), and on an isolating step (masks from the
+  steps so far exist, λ ≠ 0, inside the node's window) extends the model's text input with each
+  character's own prompt (and the scene prompt) as segments; it puts the call's context into
+  `transformer_options` for the blocks.
+* `dit` replaces on every double and single block hand the real block an attention override
+  (patch_dit.block_replace): the override masks the segments out of the original branch, runs the
+  isolated branch for the cond rows of panels with regions and merges λ·iso + (1−λ)·orig on the
+  image rows; in the double blocks it captures the image→prompt maps of each character's tokens.
+* Steps that do not isolate leave the model's input and every attention call unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..attention.isolated_branch import IsolatedBranch, IsolationInputError, _chunk_rows
+from ..attention.isolated_merge import merge
+from ..attention.joint_isolated import SCENE, Segments, base_bias, isolated_bias, text_probabilities
+from .common import StoryError
+from .patch_core import Family, LayerHook
+from .patch_dit import CALL_KEY, FLUX, attention_override, block_keys, block_replace, call_context
+from .patch_isolated import IsolatedPatch
+
+ISO_KEY = "storydiff_dit_isolated"  # transformer_options: this model call's IsolatedCall
+
+
+@dataclass
+class IsolatedCall:
+    step: int
+    chunks: list[int]  # cond_or_uncond
+    segments: Segments | None  # None: not isolating in this call (input unchanged)
+    tokens: torch.Tensor | None  # [P, K, n] bool regions on the image grid
+    masks: dict = field(default_factory=dict)  # (L, dtype, device) -> base mask, shared by the blocks
+
+    def base(self, length: int, appended: int, dtype, device) -> torch.Tensor:
+        key = (length, appended, dtype, str(device))
+        if key not in self.masks:
+            self.masks[key] = base_bias(self.segments, length, dtype, device, appended)[None, None]
+        return self.masks[key]
+
+
+class DiTIsolatedPatch(IsolatedPatch):
+    families = (FLUX,)
+
+    def __init__(self, branch: IsolatedBranch):
+        super().__init__(branch)
+        self.dm = None
+
+    def layer_hooks(self, model, family: Family) -> list[LayerHook]:
+        self.dm = model.get_model_object("diffusion_model")
+        keys = block_keys(family, self.dm, family.blocks(self.dm, "all"))
+        return [LayerHook("dit", key, self._replace_for(key)) for key in keys]
+
+    def _replace_for(self, key: tuple):
+        return lambda previous: block_replace(key, previous, self._override)
+
+    def _override(self, block, previous):
+        return attention_override(self.family, self.dm, block, previous, self._handle, appended=True)
+
+    # ---- per model call ---------------------------------------------------------------
+    def apply_model(self, executor, *args, **kwargs):
+        args = list(args)
+        topts = args[5] if len(args) > 5 else kwargs.get("transformer_options") or {}
+        x, context = args[0], args[3] if len(args) > 3 else kwargs.get("c_crossattn")
+        branch, run = self.branch, self.branch.run
+        chunks = [int(c) for c in topts.get("cond_or_uncond") or [0]]
+        P = run.plan.panels
+        if x.shape[0] != P * len(chunks):
+            raise StoryError(
+                f"{self.node}: the latent batch has {x.shape[0] // len(chunks)} images but the story has {P} "
+                "panels; connect the Story Prompt's panel_count to the latent's batch_size."
+            )
+        step = run.step(topts["sigmas"], topts.get("sample_sigmas"))
+        call = call_context(self.dm, x, context)
+        segments, tokens = None, None
+        if 0 in chunks and branch._isolating(step):
+            masks = run.masks(step, call.grid, x.device)
+            if masks is not None and bool(masks.any()):
+                tokens = branch.tokens(step, masks, call.grid)
+                context, segments = self._extend(context, kwargs, P)
+                call = call_context(self.dm, x, context)
+        if len(args) > 3:
+            args[3] = context
+        else:
+            kwargs["c_crossattn"] = context
+        options = self.inject(topts)
+        options[CALL_KEY] = call
+        options[ISO_KEY] = IsolatedCall(step, chunks, segments, tokens)
+        if len(args) > 5:
+            args[5] = options
+        else:
+            kwargs["transformer_options"] = options
+        return executor(*args, **kwargs)
+
+    def _extend(self, context: torch.Tensor, kwargs: dict, P: int) -> tuple[torch.Tensor, Segments]:
+        if kwargs.get("attention_mask") is not None:
+            raise StoryError(
+                f"{self.node}: the positive or negative conditioning carries an attention mask (regional "
+                "conditioning), which the isolated branch on Flux replaces; remove the mask node or set "
+                "strength 0."
+            )
+        cfg = self.branch.config
+        parts = [(k, ctx) for k, ctx in enumerate(cfg.characters)]
+        if cfg.scene is not None:
+            parts.append((SCENE, cfg.scene))
+        B = context.shape[0]
+        rows = torch.arange(B) % P
+        out, lengths, owners = [context], [], []
+        for owner, ctx in parts:
+            ctx = ctx.to(device=context.device, dtype=context.dtype)
+            if ctx.shape[-1] != context.shape[-1]:
+                raise StoryError(
+                    f"{self.node}: a character or scene prompt has width {ctx.shape[-1]} but the model's "
+                    f"text has {context.shape[-1]}; encode it with this checkpoint's text encoder."
+                )
+            out.append(ctx.expand(P, -1, -1)[rows] if ctx.shape[0] == 1 else ctx[rows])
+            lengths.append(ctx.shape[1])
+            owners.append(owner)
+        return torch.cat(out, 1), Segments(context.shape[1], tuple(lengths), tuple(owners))
+
+    # ---- per attention call -----------------------------------------------------------
+    def _handle(self, q, k, v, mask, block, layout, call, topts, kernel):
+        info: IsolatedCall | None = topts.get(ISO_KEY)
+        if info is None or topts.get("sigmas") is None:
+            return kernel(q, k, v, mask)
+        run, cfg = self.branch.run, self.branch.config
+        P, L, start, n = run.plan.panels, q.shape[2], layout.img_start, layout.img_len
+        seg = info.segments
+        extra = k.shape[2] - L  # keys another override appended (Consistent Self-Attention)
+        bias = None if seg is None else info.base(L, extra, q.dtype, q.device)
+        out = kernel(q, k, v, mask if bias is None else bias)
+        if q.shape[0] != P * len(info.chunks):  # a row subset (another override's grouping)
+            return out  # the segments stay hidden; this call is not isolated nor captured
+        conds = [i for i, c in enumerate(info.chunks) if c == 0]
+        if block[0] == "double" and conds and run.capturing(info.step):
+            try:
+                self._capture(q, k, bias if bias is not None else mask, conds, P, start, n, layout.grid, info)
+            except IsolationInputError as e:
+                raise StoryError(str(e)) from None
+        if seg is None or cfg.lam == 0:
+            return out
+        tok = info.tokens
+        act = self.branch.activation(info.step, layout.grid, q.device)
+        for c in conds:
+            for p in range(P):
+                if not bool(tok[p].any()):
+                    continue
+                r = c * P + p
+                refs = self._references(k, v, tok, act, c, P, p, start, n)
+                rk, rv, owner, a = refs
+                ib = isolated_bias(seg, L, start, tok[p], owner, a, cfg.gamma, q.dtype, extra)
+                kk, vv = torch.cat([k[r : r + 1], rk[None]], 2), torch.cat([v[r : r + 1], rv[None]], 2)
+                iso = kernel(q[r : r + 1], kk, vv, ib[None, None])
+                out[r, start : start + n] = merge(
+                    iso[0, start : start + n], out[r, start : start + n], cfg.lam
+                )
+        return out
+
+    def _references(self, k, v, tok, act, c, P, p, start, n):
+        """Keys/values [H, R, D] of each present character's region in its reference panel (its
+        first panel, same guidance chunk), with owners and activations."""
+        plan = self.branch.run.plan
+        ks, vs, owner, acts = [], [], [], []
+        for ch in range(len(plan.names)):
+            rp = plan.ref_panel[ch] if ch < len(plan.ref_panel) else None
+            if not bool(tok[p, ch].any()) or rp is None or rp == p or not bool(tok[rp, ch].any()):
+                continue
+            sel = tok[rp, ch].nonzero().flatten() + start
+            ks.append(k[c * P + rp][:, sel])
+            vs.append(v[c * P + rp][:, sel])
+            owner.append(torch.full((sel.numel(),), ch, dtype=torch.long, device=k.device))
+            acts.append(
+                act[rp, ch][tok[rp, ch]] if act is not None else torch.ones(sel.numel(), device=k.device)
+            )
+        if not ks:
+            e = k.new_zeros(k.shape[1], 0, k.shape[3])
+            return e, e, torch.zeros(0, dtype=torch.long, device=k.device), None
+        return torch.cat(ks, 1), torch.cat(vs, 1), torch.cat(owner), torch.cat(acts)
+
+    def _capture(self, q, k, bias, conds, P, start, n, grid, info: IsolatedCall) -> None:
+        T = info.segments.prompt if info.segments is not None else start
+        sel = self.branch.selection(T, q.device)  # [P, T, K]
+        if bias is not None and info.segments is None:
+            bias = None  # a conditioning mask: maps without it
+        elif bias is not None:
+            bias = bias[0, 0]
+        rows = _chunk_rows(conds, P, q.device).tolist()
+        maps = torch.stack(
+            [text_probabilities(q[r], k[r], bias, slice(start, start + n), T) @ sel[r % P] for r in rows]
+        )  # [C·P, n, K]
+        maps = maps.reshape(len(conds), P, n, -1).mean(0).transpose(1, 2).reshape(P, -1, *grid)
+        self.branch.run.add_maps(info.step, maps, grid)
