@@ -28,6 +28,10 @@ NO_CHARACTER = "NC"
 TAG_RE = re.compile(r"\[([^\[\]\n]*)\]")
 DECLARATION_RE = re.compile(r"^\s*\[([^\[\]\n]+)\]\s*:\s*(.*)$")
 NAME_RE = re.compile(r"^[^\s\[\]#:][^\[\]#:]*$")
+# "[Bob: a man ..." : a declaration whose name misses its closing bracket
+UNCLOSED_DECLARATION_RE = re.compile(r"^\s*\[([^\[\]\n#:]+):\s*(.*)$")
+# a '[' with no ']' before the next '[' or the end of the text
+UNCLOSED_TAG_RE = re.compile(r"\[[^\[\]\n]*(?=\[|$)")
 
 
 class StorySyntaxError(ValueError):
@@ -80,6 +84,12 @@ def parse_story(text: str) -> Story:
         line = raw.strip()
         if not line or line.startswith("//"):
             continue
+        unclosed = UNCLOSED_DECLARATION_RE.match(line)
+        if unclosed:
+            name, rest = unclosed.group(1).strip(), unclosed.group(2).strip()
+            raise StorySyntaxError(
+                f"line {line_no}: the declaration '[{unclosed.group(1)}:' misses its closing ']'; write '[{name}]: {rest or 'description'}'."
+            )
         decl = DECLARATION_RE.match(line)
         if decl and "#" not in line.split(":", 1)[0]:
             name = _clean_name(decl.group(1), line_no)
@@ -103,6 +113,10 @@ def parse_story(text: str) -> Story:
     for index, (line_no, line) in enumerate(panel_lines):
         body, sep, caption = line.partition("#")
         caption = caption.strip() if sep else ""
+        open_tag = UNCLOSED_TAG_RE.search(body)
+        if open_tag:
+            fragment = open_tag.group(0).strip()
+            raise StorySyntaxError(f"line {line_no}: '{fragment}' has no closing ']'; close the tag, e.g. [Bob].")
         names: list[str] = []
         no_character = False
 
