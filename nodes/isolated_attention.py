@@ -7,6 +7,8 @@ from ..attention.isolation_run import IsolationRun
 from .character_plan import build_plan, character_contexts, conditioning_tensor, user_masks
 from .common import CATEGORY_ROOT, StoryError, check_step_window
 from .isolation_patch import CAPTURE_LAYERS, IsolationConfig, IsolationState, install
+from .regional_prompts import regional_prompt_warnings
+from .user_warnings import warn
 
 NODE = "Isolated Attention"
 SLOTS = 4
@@ -67,6 +69,8 @@ class IsolatedAttention:
                                           "tooltip": "Isolate until this fraction of the steps."}),
             },
             "optional": optional,
+            # the queued graph: a character_N fed by typed text is checked to name its character
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
@@ -74,12 +78,14 @@ class IsolatedAttention:
         return check_step_window(NODE, start_percent, end_percent)
 
     def patch(self, model, clip, story, strength, reweight, start_percent, end_percent, scene=None,
-              identity_bank=None, **slots):
+              identity_bank=None, prompt=None, unique_id=None, **slots):
         if strength == 0:
             return (model,)
         plan = build_plan(NODE, clip, story)
         if not plan.names:
             raise StoryError(f"{NODE}: the story declares no character; declare characters with '[Name]: description'.")
+        for message in regional_prompt_warnings(NODE, list(story.characters), prompt, unique_id, SLOTS):
+            warn(NODE, message, unique_id)
         P = plan.panels
         overrides = {i - 1: slots.get(f"character_{i}") for i in range(1, SLOTS + 1) if slots.get(f"character_{i}") is not None}
         masks = user_masks(NODE, {i - 1: slots.get(f"mask_{i}") for i in range(1, SLOTS + 1)}, story)
