@@ -9,6 +9,7 @@ import torch
 import comfy.samplers
 
 from ..attention.isolation_run import IsolationRun, mask_iou
+from ..story.mask_legend import with_legend
 from .character_plan import build_plan
 from .common import CATEGORY_ROOT, StoryError, check_step_window
 from .isolation_patch import CAPTURE_LAYERS, IsolationConfig, IsolationState, find_state, install
@@ -47,7 +48,8 @@ class StoryAttentionMasks:
         "The sampled latent (decode it as usual).",
         "One mask per panel and character, panel-major: index = panel × characters + character (story declaration "
         "order); a character absent from a panel has an empty mask.",
-        "One image per panel, each character in its own colour.",
+        "One image per panel, each character in its own colour; with legend, a band under each image names the "
+        "panel and each character's colour (characters absent from the panel greyed out).",
     )
 
     @classmethod
@@ -81,6 +83,8 @@ class StoryAttentionMasks:
             },
             "optional": {
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Denoise strength."}),
+                "legend": ("BOOLEAN", {"default": True, "tooltip": "Draw a legend under each preview image: the panel "
+                                       "number and which colour is which character. Off: the preview has the panels' size."}),
             },
         }
 
@@ -89,7 +93,7 @@ class StoryAttentionMasks:
         return check_step_window(NODE, start_percent, end_percent)
 
     def sample(self, model, clip, story, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler,
-               layers, start_percent, end_percent, blur, dilate, min_area, denoise=1.0):
+               layers, start_percent, end_percent, blur, dilate, min_area, denoise=1.0, legend=True):
         import nodes as comfy_nodes  # ComfyUI's nodes.py (common_ksampler), never our package
 
         plan = build_plan(NODE, clip, story)
@@ -121,7 +125,11 @@ class StoryAttentionMasks:
         full = upscale(masks, factor)
         P, K = masks.shape[:2]
         mask_out = full.reshape(P * K, *full.shape[-2:]).float() if K else torch.zeros(0, *full.shape[-2:])
-        return (latent, mask_out, preview(full))
+        image = preview(full)
+        if legend and K:
+            colours = [tuple(PALETTE[k % len(PALETTE)].tolist()) for k in range(K)]
+            image = with_legend(image, list(plan.names), colours, [list(row) for row in plan.present])
+        return (latent, mask_out, image)
 
 
 NODE_CLASS_MAPPINGS = {"StoryDiffAttentionMasks": StoryAttentionMasks}
