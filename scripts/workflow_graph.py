@@ -27,8 +27,9 @@ CORE_LOADERS = {
 NODE_W, MAX_W, GAP_X, GAP_Y, TOP, LEFT = 330, 560, 60, 40, 60, 40
 EXTRA_HEIGHT = {"StoryDiffPrompt": 120}  # the live-feedback box its web extension adds
 # a node that shows images after a run (Save Image, Preview Image, Save Animated WEBP) grows to
-# about 270 to draw them: its room is reserved so the preview never lands on the node below
-IMAGE_OUTPUT_HEIGHT = 300
+# about 270 to draw them on the classic canvas, and to about its width plus its header (then x1.2)
+# with Nodes 2.0: that room is reserved so a preview never lands on the node below
+IMAGE_OUTPUT_HEIGHT = 400
 # The view a template opens with, on a 1400x900 browser window: the graph's origin on screen (px,
 # right of the side bar, under the top bars), the canvas size, the bottom-right corner the minimap
 # and the canvas controls cover, and the least zoom at which node text is still drawn (the
@@ -341,5 +342,7 @@ def convert(api: dict, object_info: dict, note: str | None = None, workflow_id: 
         "id": workflow_id, "revision": 0, "last_node_id": note_id, "last_link_id": len(links),
         "nodes": [nodes[n] for n in order] + [note_node], "links": links, "groups": [], "config": {},
         # the view opens with the whole graph in sight, clear of the toolbars
-        "extra": {"ds": {"scale": scale, "offset": [round(ORIGIN_PX[0] / scale), round(ORIGIN_PX[1] / scale)]}}, "version": 0.4,
+        "extra": {"ds": {"scale": scale, "offset": [round(ORIGIN_PX[0] / scale), round(ORIGIN_PX[1] / scale)]},
+                  # web/js/template_view.js fits the view to the window (and to Nodes 2.0) on load
+                  "storydiffusion": {"template": True}}, "version": 0.4,
     }
