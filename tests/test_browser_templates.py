@@ -203,3 +203,39 @@ def test_keep_rate_widgets_show_distinct_whole_labels(canvas):
                               ["keep_rate_1_32", "keep 1/32"], ["keep_rate_1_64", "keep 1/64"]], got
     if got["shown"] is not None:
         assert got["shown"] == [[f"keep 1/{d}", True] for d in (8, 16, 32, 64)], f"truncated labels: {got['shown']}"
+
+
+CONTRAST = """(vue) => {
+    const note = app.graph.nodes.find(n => n.type === 'MarkdownNote');
+    const root = vue ? document.querySelector(`[data-node-id="${note.id}"]`) : note.widgets[0].element;
+    const parse = c => { const m = c.match(/[\\d.]+/g).map(Number); return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1]; };
+    const hex = h => { h = h.replace('#', ''); if (h.length === 3) h = [...h].map(c => c + c).join('');
+                       return [0, 2, 4].map(i => parseInt(h.slice(i, i + 2), 16)).concat([1]); };
+    const over = (top, base) => [0, 1, 2].map(i => top[i] * top[3] + base[i] * (1 - top[3])).concat([1]);
+    const lum = c => { const [r, g, b] = c.slice(0, 3).map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+                       return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+    const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+    const out = [];
+    for (const el of root.querySelectorAll('*')) {
+        const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+        if (!own || !el.offsetParent) continue;
+        const layers = [];
+        for (let e = el; e && e !== root.parentElement; e = e.parentElement) layers.push(parse(getComputedStyle(e).backgroundColor));
+        let bg = hex(note.bgcolor || '#353535');
+        for (const layer of layers.reverse()) bg = over(layer, bg);
+        const fg = over(parse(getComputedStyle(el).color), bg);
+        out.push([el.tagName.toLowerCase(), el.textContent.trim().slice(0, 30), Math.round(ratio(fg, bg) * 100) / 100]);
+    }
+    return out;
+}"""
+
+
+@pytest.mark.parametrize("name", ["one_character_story", "two_characters_isolated"])
+def test_note_text_is_readable(canvas, name):
+    """Every piece of text in a template's note (inline code included) reads against the note's
+    colour: WCAG contrast at least 4.5."""
+    open_template(canvas, name)
+    texts = canvas.page.evaluate(CONTRAST, canvas.renderer == "nodes2")
+    assert len(texts) > 5, texts
+    poor = [t for t in texts if t[2] < 4.5]
+    assert not poor, f"{name} ({canvas.renderer}): text with poor contrast {poor}"
