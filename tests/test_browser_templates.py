@@ -239,3 +239,18 @@ def test_note_text_is_readable(canvas, name):
     assert len(texts) > 5, texts
     poor = [t for t in texts if t[2] < 4.5]
     assert not poor, f"{name} ({canvas.renderer}): text with poor contrast {poor}"
+
+
+def test_browser_parser_reports_a_missing_bracket_at_its_own_line(canvas):
+    """The live feedback (web/js/story_syntax.js) flags a missing ']' at the same line as the
+    server's parser (story/syntax.py), not as an unknown tag on the next line."""
+    from pack_loader import pure
+
+    syntax = pure("story.syntax")
+    stories = {"[Bob: a man\n[Bob] wakes up\n[Bob] sleeps": 1, "[Bob]: a man\n[Bob walks to work #Monday\n[Bob] sleeps": 2}
+    for story, line in stories.items():
+        with pytest.raises(syntax.StorySyntaxError, match=f"^line {line}: .*closing ']'"):
+            syntax.parse_story(story)
+        problems = canvas.page.evaluate(
+            """async (s) => (await import('/extensions/comfyui-storydiffusion/js/story_syntax.js')).readStory(s).problems""", story)
+        assert problems and problems[0].startswith(f"line {line}: ") and "closing ']'" in problems[0], problems
