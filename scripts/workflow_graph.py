@@ -29,7 +29,7 @@ EXTRA_HEIGHT = {"StoryDiffPrompt": 120}  # the live-feedback box its web extensi
 # a node that shows images after a run (Save Image, Preview Image, Save Animated WEBP) grows to
 # about 270 to draw them on the classic canvas, and to about its width plus its header (then x1.2)
 # with Nodes 2.0: that room is reserved so a preview never lands on the node below
-IMAGE_OUTPUT_HEIGHT = 400
+IMAGE_OUTPUT_HEIGHT = (1.1, 90)  # x node width (square images and a legend band) + header and widgets
 # The view a template opens with, on a 1400x900 browser window: the graph's origin on screen (px,
 # right of the side bar, under the top bars), the canvas size, the bottom-right corner the minimap
 # and the canvas controls cover, and the least zoom at which node text is still drawn (the
@@ -204,7 +204,10 @@ def is_image_output(spec: dict) -> bool:
 
 def node_height(node: dict, spec: dict, body: dict) -> int:
     height = body["height"] + EXTRA_HEIGHT.get(node["class_type"], 0)
-    return max(height, IMAGE_OUTPUT_HEIGHT) if is_image_output(spec) else height
+    if is_image_output(spec):
+        per_width, header = IMAGE_OUTPUT_HEIGHT
+        return max(height, int(per_width * body["width"]) + header)
+    return height
 
 
 def note_height(text: str, width: int) -> int:

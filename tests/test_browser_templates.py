@@ -132,7 +132,10 @@ GEOMETRY = """([vue, imageNodes]) => {
             const el = document.elementFromPoint(r.x + fx * r.w, r.y + fy * r.h);
             if (!el) continue;
             const owner = el.closest('[data-node-id]');
-            const ok = vue ? owner && owner.dataset.nodeId === String(id) : el === canvasEl;
+            // classic: the canvas, or a DOM preview of the node itself (animated images)
+            const node = app.graph.getNodeById(Number(id));
+            const own = (node?.widgets ?? []).some(w => w.element && w.element.contains(el));
+            const ok = vue ? owner && owner.dataset.nodeId === String(id) : el === canvasEl || own;
             if (!ok) covers[id].push((owner ? `node ${owner.dataset.nodeId}` : '') + ` <${el.tagName.toLowerCase()} class="${el.className}">`);
         }
     }
