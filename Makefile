@@ -12,8 +12,11 @@ setup:
 demo: setup
 	@exec $(PY) scripts/run_story.py $(if $(CKPT),--ckpt "$(CKPT)") $(ARGS)
 
-## Every test: pure math, in-process nodes on tiny models, live-server tests through /prompt.
+## Every test: the linter and format check (ruff), then pure math, in-process nodes on tiny
+## models, live-server tests through /prompt.
 test: setup
+	@$(PY) -m ruff check .
+	@$(PY) -m ruff format --check .
 	@$(PY) -m pytest $(ARGS)
 
 ## ComfyUI with the pack, for the browser canvas (http://127.0.0.1:$(PORT)); ARGS=--tiny-models adds the

@@ -4,8 +4,8 @@ Each story image's queries attend to its own tokens plus a sampled subset of the
 other story images (its window), and optionally to bank tokens. The keys and values of every
 image are built by *gathering* those tokens into one [B, N + extra, C] tensor and handed to an
 SDPA-class kernel: memory and time grow with the tokens actually attended, never with a dense
-(B*N) x (B*N) mask. `dense_masked_attention` is that naive masked formulation, kept only as the
-reference for tests and the benchmark.
+(B*N) x (B*N) mask (that naive masked formulation is tests/reference_attention.py, the reference
+of the tests and the benchmark).
 """
 
 from __future__ import annotations
@@ -132,40 +132,3 @@ def gather_index(length: int, n: int, indices: torch.Tensor, refs: Sequence[Sequ
     other = torch.tensor([list(r) for r in refs], dtype=torch.long)  # [R, M]
     shared = other.unsqueeze(-1) * length + indices.cpu()[other]  # [R, M, k]
     return torch.cat([own, shared.flatten(1)], 1)
-
-
-def dense_mask(b: int, n: int, indices: torch.Tensor, refs: Sequence[Sequence[int]], dtype, device) -> torch.Tensor:
-    """The naive formulation's additive (B*N)x(B*N) mask: image i's queries see all its own tokens
-    and the shared tokens of its refs."""
-    total = b * n
-    allowed = torch.zeros(total, total, dtype=torch.bool, device=device)
-    shared = torch.zeros(b, n, dtype=torch.bool, device=device)
-    if indices.numel():
-        shared.scatter_(1, indices.to(device), True)
-    for i in range(b):
-        rows = slice(i * n, (i + 1) * n)
-        allowed[rows, i * n:(i + 1) * n] = True
-        for j in refs[i]:
-            allowed[rows, j * n:(j + 1) * n] = shared[j]
-    mask = torch.zeros(total, total, dtype=dtype, device=device)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-
-
-def dense_masked_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, indices: torch.Tensor,
-    refs: Sequence[Sequence[int]], mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The naive formulation: all B*N tokens as one sequence under a dense (B*N)x(B*N) mask.
-
-    Reference only (tests, benchmark): its memory grows with the story length squared.
-    """
-    b, n, c = q.shape
-    total = b * n
-    if mask is None:
-        mask = dense_mask(b, n, indices, refs, q.dtype, q.device)
-    d = c // heads
-    qh = q.reshape(1, total, heads, d).transpose(1, 2)
-    kh = k[:, :n].reshape(1, total, heads, d).transpose(1, 2)
-    vh = v[:, :n].reshape(1, total, heads, d).transpose(1, 2)
-    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
-    return out.transpose(1, 2).reshape(b, n, c)

@@ -39,13 +39,14 @@ def find_phrase(prompt: list[tuple[int, int]], phrase: list[int]) -> list[int]:
     out: list[int] = []
     n = len(phrase)
     for i in range(len(ids) - n + 1):
-        if ids[i:i + n] == phrase:
+        if ids[i : i + n] == phrase:
             out.extend(kept[i + j][0] for j in range(n))
     return sorted(set(out))
 
 
-def selection_matrix(positions: list[list[list[int]]], lengths: list[int], context_len: int,
-                     dtype=torch.float32, device=None) -> torch.Tensor:
+def selection_matrix(
+    positions: list[list[list[int]]], lengths: list[int], context_len: int, dtype=torch.float32, device=None
+) -> torch.Tensor:
     """[P, T, K] weights mapping context columns to per-character map values.
 
     positions[p][k]: positions of character k's sub-tokens in panel p's own context (length
@@ -60,7 +61,9 @@ def selection_matrix(positions: list[list[list[int]]], lengths: list[int], conte
     for p, chars in enumerate(positions):
         L = lengths[p]
         if context_len % L:
-            raise ValueError(f"context length {context_len} is not a multiple of panel {p}'s prompt length {L}")
+            raise ValueError(
+                f"context length {context_len} is not a multiple of panel {p}'s prompt length {L}"
+            )
         for k, pos in enumerate(chars):
             if not pos:
                 continue
@@ -75,7 +78,7 @@ def head_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
     d = hd // heads
     qh = q.reshape(b, n, heads, d).transpose(1, 2).float()
     kh = k.reshape(b, -1, heads, d).transpose(1, 2).float()
-    return (qh @ kh.transpose(-1, -2) * d ** -0.5).softmax(-1)
+    return (qh @ kh.transpose(-1, -2) * d**-0.5).softmax(-1)
 
 
 def head_mean_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
@@ -90,10 +93,21 @@ def attend(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (probs @ vh).transpose(1, 2).reshape(b, n, -1)
 
 
-def character_maps(q: torch.Tensor, k: torch.Tensor, heads: int, sel: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """[P, K, h, w] head-averaged maps of each panel's characters (sel from `selection_matrix`)."""
-    probs = head_mean_probs(q, k, heads)  # [P, n, T]
-    maps = probs @ sel.to(probs.device, probs.dtype)  # [P, n, K]
+def character_maps(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    heads: int,
+    sel: torch.Tensor,
+    hw: tuple[int, int],
+    probs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """[b, K, h, w] head-averaged maps of each row's characters (sel [P, T, K] from `selection_matrix`;
+    b = a multiple of P: guidance chunks of P panels each). `probs` [b, n, T]: head-averaged
+    probabilities already computed for q, k (else computed here)."""
+    probs = head_mean_probs(q, k, heads) if probs is None else probs  # [b, n, T]
+    if sel.shape[0] != probs.shape[0]:
+        sel = sel.repeat(probs.shape[0] // sel.shape[0], 1, 1)
+    maps = probs @ sel.to(probs.device, probs.dtype)  # [b, n, K]
     h, w = hw
     return maps.transpose(1, 2).reshape(maps.shape[0], maps.shape[2], h, w)
 

@@ -8,7 +8,7 @@ are attended *separately* by the same queries, then blended per region:
 Decisions: masks are binary and disjoint (after the CV rule), so inside character A's region
 the output is exactly CA(q, ctx_A) (no share of the scene prompt kept, unlike AutoStudio's 0.3)
 and the background keeps the scene prompt. Only the cond half of the CFG batch is isolated;
-the uncond half is untouched (see nodes/isolation_patch.py).
+the uncond half is untouched (see attention/isolated_branch.py).
 """
 
 from __future__ import annotations
@@ -26,11 +26,3 @@ def regional_blend(scene_out: torch.Tensor, char_outs, masks: torch.Tensor) -> t
     m = masks.to(scene_out.dtype).unsqueeze(-1)  # [K, ..., N, 1]
     inside = (m * char_outs).sum(0)
     return inside + (1 - m.sum(0)) * scene_out
-
-
-def isolated_cross_attention(q, scene_k, scene_v, char_kv: list[tuple[torch.Tensor, torch.Tensor]],
-                             masks: torch.Tensor, heads: int, attn_fn, **attn_kwargs) -> torch.Tensor:
-    """One panel: q [1, N, C]; scene_k/v [1, T, C]; char_kv K × (k [1, T_c, C], v); masks [K, N]."""
-    scene = attn_fn(q, scene_k, scene_v, heads, **attn_kwargs)
-    outs = [attn_fn(q, ck, cv, heads, **attn_kwargs)[0] for ck, cv in char_kv]
-    return regional_blend(scene[0], outs, masks)[None]

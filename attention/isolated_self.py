@@ -18,8 +18,6 @@ activation of the reference token for its character (references from an identity
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -60,18 +58,6 @@ def sdpa_attention(q, k, v, heads, mask=None, **_):
         mask = mask.unsqueeze(1)
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
     return out.transpose(1, 2).reshape(b, n, hd)
-
-
-def attention_weights(q, k, heads, mask=None) -> torch.Tensor:
-    """Explicit softmax weights [b, heads, n, T] of an attention call (for measurements and tests)."""
-    b, n, hd = q.shape
-    d = hd // heads
-    qh = q.reshape(b, n, heads, d).transpose(1, 2).float()
-    kh = k.reshape(k.shape[0], -1, heads, d).transpose(1, 2).float()
-    s = qh @ kh.transpose(-1, -2) / math.sqrt(d)
-    if mask is not None:
-        s = s + (mask.unsqueeze(1) if mask.ndim == 3 else mask).float()
-    return s.softmax(-1)
 
 
 def isolated_self_attention(q, k, v, refs_k, refs_v, ref_owner, region, heads, attn_fn=sdpa_attention,

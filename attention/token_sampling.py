@@ -38,7 +38,9 @@ def tokens_to_keep(num_tokens: int, keep_rate: float) -> int:
     return max(0, min(num_tokens, int(round(keep_rate * num_tokens))))
 
 
-def sample_token_indices(num_images: int, num_tokens: int, keep_rate: float, seed: int, sigma: float) -> torch.Tensor:
+def sample_token_indices(
+    num_images: int, num_tokens: int, keep_rate: float, seed: int, sigma: float
+) -> torch.Tensor:
     """Per image, a uniform random subset of round(keep_rate*N) token indices, sorted: LongTensor [B, k].
 
     Drawn on the CPU from a generator seeded by (seed, sigma, N), so every layer of a step at
@@ -57,34 +59,6 @@ def sample_token_indices(num_images: int, num_tokens: int, keep_rate: float, see
 def gate_draw(seed: int, sigma: float, layer: tuple) -> float:
     """A uniform number in [0, 1) for (seed, step, layer): the layer applies CSA when it is below p."""
     return _mix(int(seed), float(sigma), "gate", tuple(layer)) / float(1 << 63)
-
-
-def step_index(sigma: float, sample_sigmas) -> int:
-    """Index t of the step whose interval [sigmas[t], sigmas[t+1]) holds sigma (schedule decreasing).
-
-    Exact schedule sigmas map to their own step; intermediate evaluations (Heun, DPM-2) map to
-    the step they belong to. Returns 0 when no schedule is known.
-    """
-    if sample_sigmas is None or len(sample_sigmas) < 2:
-        return 0
-    tol = abs(float(sigma)) * 1e-5 + 1e-8
-    count = sum(1 for s in sample_sigmas[:-1] if float(s) >= float(sigma) - tol)
-    return max(0, min(len(sample_sigmas) - 2, count - 1))
-
-
-def step_progress(sigma: float, sample_sigmas) -> tuple[int, float]:
-    """(step index, fraction of the run done before this step, 0 at the first step)."""
-    if sample_sigmas is None or len(sample_sigmas) < 2:
-        return 0, 0.0
-    t = step_index(sigma, sample_sigmas)
-    return t, t / (len(sample_sigmas) - 1)
-
-
-def step_sigma(sigma: float, sample_sigmas) -> float:
-    """The schedule sigma that names sigma's step (sigma itself when no schedule is known)."""
-    if sample_sigmas is None or len(sample_sigmas) < 2:
-        return float(sigma)
-    return float(sample_sigmas[step_index(sigma, sample_sigmas)])
 
 
 @dataclass(frozen=True)

@@ -126,8 +126,8 @@ def main():
     print(f"  time ratio isolated/vanilla (best of {a.reps}): {ratio:.2f}x (target <= 1.8x) -> "
           f"{'OK' if ratio <= 1.8 else 'OVER TARGET'}; ratio of medians {med:.2f}x")
     print(f"  extra peak memory: {mi - mv:+.1f} MiB")
-    result = submodule("nodes.isolation_patch").find_state(iso).run.result
-    iou = submodule("attention.isolation_run").mask_iou(result["masks_70"], result["masks"])
+    result = submodule("nodes.patch_isolated").installed_branch(iso).run.result
+    iou = submodule("attention.isolated_run").mask_iou(result.masks_at_70, result.masks)
     print(f"  online mask stability: IoU(masks at 70% of the steps, at 100%) = {iou:.3f}; "
           f"mask area per panel x character: {result['masks'].float().mean((-1, -2)).tolist()}")
 

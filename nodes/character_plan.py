@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..attention.cross_maps import find_phrase
-from ..attention.isolation_run import CharacterPlan, first_appearances
+from ..attention.isolated_run import CharacterPlan, first_appearances
 from .common import StoryError
 
 

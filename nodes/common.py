@@ -1,4 +1,10 @@
-"""Shared glue for the pack's nodes: category names and the user-facing error type."""
+"""Shared glue for the pack's nodes: category names, the user-facing error type, shared inputs."""
+
+from __future__ import annotations
+
+import comfy.samplers
+
+from ..attention.steps import window_error
 
 CATEGORY_ROOT = "storydiffusion"
 
@@ -7,15 +13,78 @@ class StoryError(ValueError):
     """An input problem the user can fix; the message names the node, the input and the fix."""
 
 
-def check_step_window(node: str, start_percent: float, end_percent: float):
+def check_step_window(node: str, start_percent: float, end_percent: float) -> bool | str:
     """VALIDATE_INPUTS helper for a [start, end] window given as fractions of the steps.
 
     Naming these inputs in VALIDATE_INPUTS skips ComfyUI's own range check, so it is done here.
     Returns True or the error text ComfyUI shows before queueing.
     """
-    for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
-        if not 0.0 <= value <= 1.0:
-            return f"{node}: {name} is {value}; use a fraction of the steps between 0 and 1."
-    if start_percent > end_percent:
-        return f"{node}: start_percent ({start_percent}) is after end_percent ({end_percent}); make start ≤ end."
-    return True
+    return window_error(node, start_percent, end_percent) or True
+
+
+def step_window_inputs(start_tip: str, end_tip: str) -> dict:
+    """The start_percent / end_percent inputs of a node: fractions 0..1 of the steps, as in core."""
+    spec = {"min": 0.0, "max": 1.0, "step": 0.01}
+    return {
+        "start_percent": ("FLOAT", {"default": 0.0, **spec, "tooltip": start_tip}),
+        "end_percent": ("FLOAT", {"default": 1.0, **spec, "tooltip": end_tip}),
+    }
+
+
+def sampler_inputs(latent_tip: str) -> dict:
+    """A KSampler's inputs (for nodes that sample): conditioning, latent, seed, steps, cfg, sampler."""
+    return {
+        "positive": ("CONDITIONING", {"tooltip": "The Story Prompt's positive output."}),
+        "negative": ("CONDITIONING", {"tooltip": "The negative conditioning."}),
+        "latent_image": ("LATENT", {"tooltip": latent_tip}),
+        "seed": (
+            "INT",
+            {
+                "default": 0,
+                "min": 0,
+                "max": 0xFFFFFFFFFFFFFFFF,
+                "control_after_generate": True,
+                "tooltip": "Noise seed.",
+            },
+        ),
+        "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "Denoising steps."}),
+        "cfg": (
+            "FLOAT",
+            {
+                "default": 7.0,
+                "min": 0.0,
+                "max": 100.0,
+                "step": 0.1,
+                "tooltip": "Classifier-free guidance scale.",
+            },
+        ),
+        "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"tooltip": "Sampler."}),
+        "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "Scheduler."}),
+    }
+
+
+DENOISE_INPUT = (
+    "FLOAT",
+    {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Denoise strength."},
+)
+
+
+def ksample(
+    model,
+    positive,
+    negative,
+    latent_image,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    denoise: float = 1.0,
+) -> dict:
+    """Sample like core's KSampler (same noise, same progress bar and preview); returns the LATENT."""
+    import nodes as comfy_nodes  # ComfyUI's nodes.py (common_ksampler), never our package
+
+    (latent,) = comfy_nodes.common_ksampler(
+        model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=denoise
+    )
+    return latent

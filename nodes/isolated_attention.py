@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from ..attention.branch_merge import DEFAULT_LAMBDA
-from ..attention.isolation_run import IsolationRun
+from ..attention.isolated_branch import CAPTURE_LAYERS, IsolatedBranch, IsolationConfig
+from ..attention.isolated_merge import DEFAULT_LAMBDA
+from ..attention.isolated_run import IsolationRun
+from ..attention.steps import StepWindow
 from .character_plan import build_plan, character_contexts, conditioning_tensor, user_masks
-from .common import CATEGORY_ROOT, StoryError, check_step_window
-from .isolation_patch import CAPTURE_LAYERS, IsolationConfig, IsolationState, install
+from .common import CATEGORY_ROOT, StoryError, check_step_window, step_window_inputs
+from .patch_core import install, require_family
+from .patch_isolated import IsolatedPatch
+from .patch_unet import UNET
 from .regional_prompts import regional_prompt_warnings
 from .user_warnings import warn
 
@@ -14,59 +18,104 @@ NODE = "Isolated Attention"
 SLOTS = 4
 
 
-def check_identity_bank(bank):
+def check_identity_bank(bank) -> object:
     if bank is None:
         return None
     if not hasattr(bank, "characters") or not callable(getattr(bank, "tokens", None)):
-        raise StoryError(f"{NODE}: identity_bank does not look like an IDENTITY_BANK (needs .characters and .tokens()); "
-                         f"connect the identity bank output of the Consistent Self-Attention nodes.")
+        raise StoryError(
+            f"{NODE}: identity_bank does not look like an IDENTITY_BANK (needs .characters and .tokens()); "
+            "connect the identity bank output of the Consistent Self-Attention nodes."
+        )
     return bank
 
 
 class IsolatedAttention:
     DESCRIPTION = (
-        "Object Isolated Attention for multi-character stories. In the up-sampling blocks an extra branch runs: "
-        "each character's region (found online from the model's own cross-attention, Otsu-thresholded, or from "
-        "your masks) attends only to that character's references (its first panel, or an identity bank) and to "
-        "that character's own description; the background keeps the scene prompt. Merged with the original "
-        "branch as λ·isolated + (1-λ)·original. λ = 0 leaves the model untouched."
+        "Object Isolated Attention for multi-character stories. In the up-sampling blocks an extra branch "
+        "runs: each character's region (found online from the model's own cross-attention, "
+        "Otsu-thresholded, or from your masks) attends only to that character's references (its first "
+        "panel, or an identity bank) and to that character's own description; the background keeps the "
+        "scene prompt. Merged with the original branch as λ·isolated + (1-λ)·original. λ = 0 leaves the "
+        "model untouched."
     )
     CATEGORY = f"{CATEGORY_ROOT}/attention"
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The model with the isolated branch; connect it to a KSampler or Story Attention Masks.",)
+    OUTPUT_TOOLTIPS = (
+        "The model with the isolated branch; connect it to a KSampler or Story Attention Masks.",
+    )
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         optional = {
-            "scene": ("CONDITIONING", {"tooltip": "Scene prompt for the background of the isolated branch (batch 1 or one "
-                                                  "per panel). Empty: the sampler's positive."}),
-            "identity_bank": ("IDENTITY_BANK", {"tooltip": "Reference tokens per character from the Consistent Self-Attention "
-                                                           "identity bank; characters it lacks use their first panel instead."}),
+            "scene": (
+                "CONDITIONING",
+                {
+                    "tooltip": "Scene prompt for the background of the isolated branch (batch 1 or one per "
+                    "panel). Empty: the sampler's positive."
+                },
+            ),
+            "identity_bank": (
+                "IDENTITY_BANK",
+                {
+                    "tooltip": "Reference tokens per character from the Consistent Self-Attention identity "
+                    "bank; characters it lacks use their first panel instead."
+                },
+            ),
         }
         for i in range(1, SLOTS + 1):
-            optional[f"character_{i}"] = ("CONDITIONING", {
-                "tooltip": f"Description prompt of the story's character #{i} (in declaration order). Empty: its story "
-                           f"description is encoded with the clip."})
+            optional[f"character_{i}"] = (
+                "CONDITIONING",
+                {
+                    "tooltip": f"Description prompt of the story's character #{i} (in declaration order). "
+                    "Empty: its story description is encoded with the clip."
+                },
+            )
         for i in range(1, SLOTS + 1):
-            optional[f"mask_{i}"] = ("MASK", {
-                "tooltip": f"Region of character #{i} (1 mask for every panel or one per panel). Empty: computed online "
-                           f"from the model's cross-attention during sampling."})
+            optional[f"mask_{i}"] = (
+                "MASK",
+                {
+                    "tooltip": f"Region of character #{i} (1 mask for every panel or one per panel). Empty: "
+                    "computed online from the model's cross-attention during sampling."
+                },
+            )
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The model to patch (SD1.5- or SDXL-style UNet)."}),
-                "clip": ("CLIP", {"tooltip": "The checkpoint's CLIP: tokenizes the panel prompts to find each character's tokens."}),
+                "model": ("MODEL", {"tooltip": f"The model to patch ({UNET.name})."}),
+                "clip": (
+                    "CLIP",
+                    {
+                        "tooltip": "The checkpoint's CLIP: tokenizes the panel prompts to find each "
+                        "character's tokens."
+                    },
+                ),
                 "story": ("STORY", {"tooltip": "The Story Prompt's story output: who is in which panel."}),
-                "strength": ("FLOAT", {"default": DEFAULT_LAMBDA, "min": 0.0, "max": 2.0, "step": 0.05,
-                                       "tooltip": "λ of F = λ·isolated + (1-λ)·original (paper: 1.1). 0 disables the node."}),
-                "reweight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.1,
-                                       "tooltip": "γ: attention on a character's reference tokens is multiplied by 1 + γ·(its "
-                                                  "normalised cross-attention activation). 0 = no re-weighting."}),
-                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                            "tooltip": "Isolate from this fraction of the steps (masks exist from the 2nd step)."}),
-                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                          "tooltip": "Isolate until this fraction of the steps."}),
+                "strength": (
+                    "FLOAT",
+                    {
+                        "default": DEFAULT_LAMBDA,
+                        "min": 0.0,
+                        "max": 2.0,
+                        "step": 0.05,
+                        "tooltip": "λ of F = λ·isolated + (1-λ)·original (paper: 1.1). 0 disables the node.",
+                    },
+                ),
+                "reweight": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 10.0,
+                        "step": 0.1,
+                        "tooltip": "γ: attention on a character's reference tokens is multiplied by 1 + "
+                        "γ·(its normalised cross-attention activation). 0 = no re-weighting.",
+                    },
+                ),
+                **step_window_inputs(
+                    "Isolate from this fraction of the steps (masks exist from the 2nd step).",
+                    "Isolate until this fraction of the steps.",
+                ),
             },
             "optional": optional,
             # the queued graph: a character_N fed by typed text is checked to name its character
@@ -74,29 +123,53 @@ class IsolatedAttention:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, start_percent=0.0, end_percent=1.0):
+    def VALIDATE_INPUTS(cls, start_percent=0.0, end_percent=1.0) -> bool | str:
         return check_step_window(NODE, start_percent, end_percent)
 
-    def patch(self, model, clip, story, strength, reweight, start_percent, end_percent, scene=None,
-              identity_bank=None, prompt=None, unique_id=None, **slots):
+    def patch(
+        self,
+        model,
+        clip,
+        story,
+        strength,
+        reweight,
+        start_percent,
+        end_percent,
+        scene=None,
+        identity_bank=None,
+        prompt=None,
+        unique_id=None,
+        **slots,
+    ) -> tuple:
+        require_family(model, NODE, IsolatedPatch.families)
         if strength == 0:
             return (model,)
         plan = build_plan(NODE, clip, story)
         if not plan.names:
-            raise StoryError(f"{NODE}: the story declares no character; declare characters with '[Name]: description'.")
+            raise StoryError(
+                f"{NODE}: the story declares no character; declare characters with '[Name]: description'."
+            )
         for message in regional_prompt_warnings(NODE, list(story.characters), prompt, unique_id, SLOTS):
             warn(NODE, message, unique_id)
         P = plan.panels
-        overrides = {i - 1: slots.get(f"character_{i}") for i in range(1, SLOTS + 1) if slots.get(f"character_{i}") is not None}
+        overrides = {
+            i - 1: slots.get(f"character_{i}")
+            for i in range(1, SLOTS + 1)
+            if slots.get(f"character_{i}") is not None
+        }
         masks = user_masks(NODE, {i - 1: slots.get(f"mask_{i}") for i in range(1, SLOTS + 1)}, story)
         config = IsolationConfig(
-            node=NODE, isolate=True, lam=float(strength), gamma=float(reweight), iso_range=(start_percent, end_percent),
-            capture=CAPTURE_LAYERS[0], characters=character_contexts(NODE, clip, story, overrides),
+            node=NODE,
+            isolate=True,
+            lam=float(strength),
+            gamma=float(reweight),
+            steps=StepWindow(start_percent, end_percent),
+            capture=CAPTURE_LAYERS[0],
+            characters=character_contexts(NODE, clip, story, overrides),
             scene=conditioning_tensor(NODE, "scene", scene, P) if scene is not None else None,
             identity_bank=check_identity_bank(identity_bank),
         )
-        state = IsolationState(config, IsolationRun(plan, user_masks=masks))
-        return (install(model, state),)
+        return (install(model, IsolatedPatch(IsolatedBranch(config, IsolationRun(plan, user_masks=masks)))),)
 
 
 NODE_CLASS_MAPPINGS = {"StoryDiffIsolatedAttention": IsolatedAttention}

@@ -15,7 +15,9 @@ def _source_text(prompt: dict, link) -> tuple[str, str] | None:
         return None
     node_id = str(link[0])
     node = prompt.get(node_id) or {}
-    texts = [v for k, v in node.get("inputs", {}).items() if k in TEXT_INPUTS and isinstance(v, str) and v.strip()]
+    texts = [
+        v for k, v in node.get("inputs", {}).items() if k in TEXT_INPUTS and isinstance(v, str) and v.strip()
+    ]
     if not texts:
         return None
     title = (node.get("_meta") or {}).get("title") or node.get("class_type", "?")
@@ -26,7 +28,9 @@ def _names(text: str, name: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text, flags=re.IGNORECASE) is not None
 
 
-def regional_prompt_warnings(node: str, characters: list[str], prompt: dict | None, unique_id, slots: int) -> list[str]:
+def regional_prompt_warnings(
+    node: str, characters: list[str], prompt: dict | None, unique_id, slots: int
+) -> list[str]:
     """One message per connected character_N whose typed text does not name the story's
     character N (in declaration order), or is connected beyond the story's characters."""
     if not prompt or unique_id is None or str(unique_id) not in prompt:
@@ -42,10 +46,15 @@ def regional_prompt_warnings(node: str, characters: list[str], prompt: dict | No
         if _names(text, name):
             continue
         others = [c for c in characters if c != name and _names(text, c)]
-        hint = (f"it names [{others[0]}], the story's character {characters.index(others[0]) + 1}: swap the wires"
-                if others else "the story may have renamed its characters")
+        hint = (
+            f"it names [{others[0]}], the story's character {characters.index(others[0]) + 1}: swap the wires"
+            if others
+            else "the story may have renamed its characters"
+        )
         short = text if len(text) <= 60 else text[:57] + "..."
-        out.append(f"{node}: character_{i} is the story's [{name}], but its regional prompt {label} "
-                   f"reads '{short}' and does not name {name}; {hint}. Fix the text, or disconnect character_{i} "
-                   f"to use the story's own description of {name}.")
+        out.append(
+            f"{node}: character_{i} is the story's [{name}], but its regional prompt {label} "
+            f"reads '{short}' and does not name {name}; {hint}. Fix the text, or disconnect character_{i} "
+            f"to use the story's own description of {name}."
+        )
     return out

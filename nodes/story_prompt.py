@@ -78,10 +78,20 @@ class StoryPrompt:
                         "panel; [NC] = no character; '#' starts the caption; '//' comments a line out.",
                     },
                 ),
-                "style": (list(STYLES), {"default": NO_STYLE, "tooltip": "Style preset wrapped around every panel prompt."}),
+                "style": (
+                    list(STYLES),
+                    {"default": NO_STYLE, "tooltip": "Style preset wrapped around every panel prompt."},
+                ),
             },
             "optional": {
-                "negative": ("STRING", {"multiline": True, "default": "", "tooltip": "Extra negative prompt, added to the style's."}),
+                "negative": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "",
+                        "tooltip": "Extra negative prompt, added to the style's.",
+                    },
+                ),
             },
         }
 
@@ -95,7 +105,9 @@ class StoryPrompt:
 
     def encode(self, clip, story: str, style: str, negative: str = ""):
         if clip is None:
-            raise StoryError("Story Prompt: the clip input is empty; connect the CLIP output of your checkpoint loader.")
+            raise StoryError(
+                "Story Prompt: the clip input is empty; connect the CLIP output of your checkpoint loader."
+            )
         try:
             parsed: Story = parse_story(story)
         except StorySyntaxError as e:

@@ -18,6 +18,10 @@ def warn(node: str, message: str, unique_id: str | None = None) -> None:
     if instance is None:
         return
     try:
-        instance.send_sync(EVENT, {"node": node, "node_id": unique_id, "message": message}, getattr(instance, "client_id", None))
+        instance.send_sync(
+            EVENT,
+            {"node": node, "node_id": unique_id, "message": message},
+            getattr(instance, "client_id", None),
+        )
     except Exception:  # noqa: BLE001 - a warning never breaks the run
         logging.debug("could not send the warning to the browser", exc_info=True)

@@ -81,7 +81,9 @@ class HttpClient:
             return r.read()
 
     def post(self, path: str, payload: dict, timeout: float = 30) -> tuple[int, dict]:
-        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, json.loads(r.read() or b"{}")
@@ -122,19 +124,37 @@ class ComfyServer(HttpClient):
     ignored), so the launcher stops and reaps the child (in the main thread; restored on stop).
     """
 
-    def __init__(self, base: Path, port: int | None = None, with_tiny_models: bool = True,
-                 checkpoints: list[Path] = (), log_path: Path | None = None, extra_args: list[str] = ()):
+    def __init__(
+        self,
+        base: Path,
+        port: int | None = None,
+        with_tiny_models: bool = True,
+        checkpoints: list[Path] = (),
+        log_path: Path | None = None,
+        extra_args: list[str] = (),
+    ):
         self.base = make_base_directory(Path(base), with_tiny_models, list(checkpoints))
         self.port = port or free_port()
         super().__init__(f"http://127.0.0.1:{self.port}")
         self.log_path = Path(log_path) if log_path else self.base / "comfyui.log"
         whitelist = [PACK_FOLDER] + ([TINY_PACK_FOLDER] if with_tiny_models else [])
         self.cmd = [
-            sys.executable, str(host_root() / "main.py"), "--cpu",
-            "--listen", "127.0.0.1", "--port", str(self.port),
-            "--base-directory", str(self.base),
-            "--disable-all-custom-nodes", "--whitelist-custom-nodes", *whitelist,
-            "--disable-auto-launch", "--database-url", "sqlite:///:memory:", "--disable-api-nodes",
+            sys.executable,
+            str(host_root() / "main.py"),
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(self.base),
+            "--disable-all-custom-nodes",
+            "--whitelist-custom-nodes",
+            *whitelist,
+            "--disable-auto-launch",
+            "--database-url",
+            "sqlite:///:memory:",
+            "--disable-api-nodes",
             *extra_args,
         ]
         self.proc: subprocess.Popen | None = None
@@ -143,12 +163,20 @@ class ComfyServer(HttpClient):
         self._log = open(self.log_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._install_signal_handlers()
-        self.proc = subprocess.Popen(self.cmd, cwd=str(host_root()), stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     preexec_fn=_die_with_parent if os.name == "posix" else None)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=str(host_root()),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent if os.name == "posix" else None,
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with code {self.proc.returncode} during start-up:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"ComfyUI exited with code {self.proc.returncode} during start-up:\n{self.log_tail()}"
+                )
             try:
                 self.get("/system_stats", timeout=2)
                 return self

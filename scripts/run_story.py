@@ -23,7 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from comfy_host import ROOT, ComfyServer  # noqa: E402
 from story_client import (  # noqa: E402 - the CLI's own code: queue, progress, download
-    PromptFailed, PromptRejected, apply_parameters, download_outputs, run_prompt, text_progress)
+    PromptFailed,
+    PromptRejected,
+    apply_parameters,
+    download_outputs,
+    run_prompt,
+    text_progress,
+)
 
 DEFAULT_WORKFLOW = ROOT / "example_workflows" / "api" / "one_character_story.json"
 
@@ -35,12 +41,20 @@ def build_prompt(workflow: dict, args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default="", help="an SD1.5/SDXL .safetensors checkpoint; empty = tiny random-weight smoke model")
-    p.add_argument("--story", default="", help="story text, or a file holding it (default: the workflow's story)")
+    p.add_argument(
+        "--ckpt",
+        default="",
+        help="an SD1.5/SDXL .safetensors checkpoint; empty = tiny random-weight smoke model",
+    )
+    p.add_argument(
+        "--story", default="", help="story text, or a file holding it (default: the workflow's story)"
+    )
     p.add_argument("--workflow", default=str(DEFAULT_WORKFLOW), help="API-format workflow JSON")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--steps", type=int, default=0)
-    p.add_argument("--width", type=int, default=0, help="default 1024 with a checkpoint (use 512 or 768 for SD1.5)")
+    p.add_argument(
+        "--width", type=int, default=0, help="default 1024 with a checkpoint (use 512 or 768 for SD1.5)"
+    )
     p.add_argument("--height", type=int, default=0)
     p.add_argument("--output", default=str(ROOT / "output"))
     args = p.parse_args(argv)
@@ -49,7 +63,10 @@ def main(argv=None) -> int:
     if args.ckpt:
         ckpt = Path(args.ckpt).expanduser()
         if not ckpt.is_file():
-            print(f"error: CKPT={args.ckpt} does not exist; give the path of an SD1.5/SDXL .safetensors checkpoint.", file=sys.stderr)
+            print(
+                f"error: CKPT={args.ckpt} does not exist; give the path of an SD1.5/SDXL .safetensors checkpoint.",
+                file=sys.stderr,
+            )
             return 2
         checkpoints.append(ckpt)
         print(f"[demo] checkpoint: {ckpt}")
@@ -75,7 +92,9 @@ def main(argv=None) -> int:
 def _run(base, args, prompt, checkpoints, out_dir, t0) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "comfyui-demo.log"  # kept after the run, unlike the temporary base directory
-    with ComfyServer(base, with_tiny_models=not args.ckpt, checkpoints=checkpoints, log_path=log_path) as server:
+    with ComfyServer(
+        base, with_tiny_models=not args.ckpt, checkpoints=checkpoints, log_path=log_path
+    ) as server:
         print(f"[demo] ComfyUI is up at {server.url} (log: {server.log_path})")
         try:
             entry = run_prompt(server, prompt, on_progress=text_progress)

@@ -9,7 +9,6 @@ its output types and names, and which widgets get a "control after generate" com
 from __future__ import annotations
 
 import copy
-import math
 import re
 from collections import defaultdict
 
@@ -20,7 +19,12 @@ TEST_ONLY_PREFIX = "StoryTestTiny"
 # core loaders a test-only node may stand for (chosen by identical output types) and the model
 # file name suggested to users until they pick their own
 CORE_LOADERS = {
-    "CheckpointLoaderSimple": {"sdxl": "sd_xl_base_1.0.safetensors", "sd15": "v1-5-pruned-emaonly.safetensors", "": "sd_xl_base_1.0.safetensors"},
+    "CheckpointLoaderSimple": {
+        "sdxl": "sd_xl_base_1.0.safetensors",
+        "sd15": "v1-5-pruned-emaonly.safetensors",
+        "flux": "flux1-dev-fp8.safetensors",
+        "": "sd_xl_base_1.0.safetensors",
+    },
     "ImageOnlyCheckpointLoader": {"": "svd_xt.safetensors"},
     "CLIPVisionLoader": {"": "clip_vision_h.safetensors"},
 }
@@ -67,7 +71,9 @@ def _has_control(name: str, spec) -> bool:
     flag = opts.get("control_after_generate")
     if flag and kind != "INT":
         # the front end adds a filter-list widget too for combos; not modelled here
-        raise ValueError(f"input {name!r}: control_after_generate on a {kind} widget is not supported by this converter")
+        raise ValueError(
+            f"input {name!r}: control_after_generate on a {kind} widget is not supported by this converter"
+        )
     if flag is not None:
         return bool(flag)
     return kind == "INT" and name in SEED_NAMES
@@ -77,7 +83,7 @@ def _is_link(value) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
 
 
-REAL_SIZE = {"sdxl": 1024, "sd15": 512}  # latent size for a real checkpoint of the family
+REAL_SIZE = {"sdxl": 1024, "sd15": 512, "flux": 1024}  # latent size for a real checkpoint of the family
 REAL_STEPS = 30
 # inputs whose tiny-model test value is raised to at least the node's own default for users
 # (e.g. Story Transition (SVD) frames: 14, what SVD was trained on)
@@ -96,12 +102,14 @@ def for_users(api: dict, object_info: dict) -> dict:
     size, sampling steps (every sampling node: KSampler, KSamplerAdvanced, the pack's samplers)
     and SVD frames raised from the tiny-model test values to what a real checkpoint needs (as
     scripts/run_story.py does with CKPT)."""
-    families = {str(n["inputs"].get("family")) for n in api.values() if n["class_type"].startswith(TEST_ONLY_PREFIX)}
+    families = {
+        str(n["inputs"].get("family")) for n in api.values() if n["class_type"].startswith(TEST_ONLY_PREFIX)
+    }
     out = swap_test_only_nodes(api, object_info)
-    size = next((REAL_SIZE[f] for f in ("sdxl", "sd15") if f in families), None)
+    size = next((REAL_SIZE[f] for f in ("sdxl", "sd15", "flux") if f in families), None)
     for node in out.values():
         inputs, spec = node["inputs"], object_info.get(node["class_type"])
-        if size and node["class_type"] == "EmptyLatentImage":
+        if size and node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage"):
             inputs.update({k: size for k in ("width", "height") if not _is_link(inputs.get(k))})
         if not families or spec is None:
             continue
@@ -122,14 +130,26 @@ def swap_test_only_nodes(api: dict, object_info: dict) -> dict:
         ct = node["class_type"]
         if ct.startswith(TEST_ONLY_PREFIX):
             outputs = list(object_info[ct]["output"])
-            loader = next((c for c in CORE_LOADERS if c in object_info and list(object_info[c]["output"]) == outputs), None)
+            loader = next(
+                (c for c in CORE_LOADERS if c in object_info and list(object_info[c]["output"]) == outputs),
+                None,
+            )
             if loader is None:
-                raise ValueError(f"node {nid}: no core loader has the outputs {outputs} of test-only {ct}; add one to CORE_LOADERS")
+                raise ValueError(
+                    f"node {nid}: no core loader has the outputs {outputs} of test-only {ct}; add one to CORE_LOADERS"
+                )
             file_input = next(iter(object_info[loader]["input"]["required"]))
             names = CORE_LOADERS[loader]
             family = str(node["inputs"].get("family", ""))
-            node = {"class_type": loader, "inputs": {file_input: names.get(family, names[""])},
-                    "_meta": {"title": "Load Checkpoint" if loader == "CheckpointLoaderSimple" else object_info[loader]["display_name"]}}
+            node = {
+                "class_type": loader,
+                "inputs": {file_input: names.get(family, names[""])},
+                "_meta": {
+                    "title": "Load Checkpoint"
+                    if loader == "CheckpointLoaderSimple"
+                    else object_info[loader]["display_name"]
+                },
+            }
         out[nid] = node
     return out
 
@@ -155,7 +175,13 @@ def _node_body(node: dict, spec: dict) -> dict:
     """Inputs (sockets; linked ones carry their source in _src), widget values in the front end's
     order, and a size the front end will not need to grow (so columns never overlap)."""
     title = node.get("_meta", {}).get("title") or spec["display_name"]
-    inputs, widgets, multiline, sockets, label_chars = [], [], 0, 0, [len(title) + 2]  # the front end widens a node to its title
+    inputs, widgets, multiline, sockets, label_chars = (
+        [],
+        [],
+        0,
+        0,
+        [len(title) + 2],
+    )  # the front end widens a node to its title
     for section in ("required", "optional"):
         for name, ispec in spec["input"].get(section, {}).items():
             value = node["inputs"].get(name)
@@ -170,14 +196,22 @@ def _node_body(node: dict, spec: dict) -> dict:
                 if not opts.get("multiline"):
                     label_chars.append(len(name) + len(str(shown)) + 4)
                 if linked:
-                    inputs.append({"name": name, "type": kind, "widget": {"name": name}, "link": None, "_src": value})
+                    inputs.append(
+                        {"name": name, "type": kind, "widget": {"name": name}, "link": None, "_src": value}
+                    )
             else:
                 sockets += 1  # the front end shows every socket input, linked or not
                 if section == "required" or linked:
-                    inputs.append({"name": name, "type": kind, "link": None, "_src": value if linked else None})
+                    inputs.append(
+                        {"name": name, "type": kind, "link": None, "_src": value if linked else None}
+                    )
     outputs = spec.get("output_name") or spec["output"]
     rows = max(sockets + sum("widget" in i for i in inputs), len(outputs))
-    label_chars.append(max((len(n) for n in spec["input"].get("required", {})), default=0) + max((len(str(o)) for o in outputs), default=0) + 6)
+    label_chars.append(
+        max((len(n) for n in spec["input"].get("required", {})), default=0)
+        + max((len(str(o)) for o in outputs), default=0)
+        + 6
+    )
     width = min(MAX_W, max(400 if multiline else NODE_W, 7 * max(label_chars) + 60))
     height = 46 + 22 * rows + 24 * len(widgets) + 110 * multiline
     return {"inputs": inputs, "widgets": widgets, "width": width, "height": height}
@@ -190,6 +224,7 @@ def readable_note(markdown: str) -> str:
     """The note's Markdown with `inline code` as bold text: the front end draws inline code in
     blue on a translucent blue, which cannot be read on a note's coloured background (in both
     node renderers). Markdown characters inside are escaped so they show as typed."""
+
     def bold(match: re.Match) -> str:
         return "**" + re.sub(r"([\\`*_\[\]<>#])", r"\\\1", match.group(1)) + "**"
 
@@ -259,10 +294,12 @@ def view_scale(pos: dict, sizes: dict) -> float | None:
         ok = True
         for key, (x, y) in pos.items():
             w, h = sizes[key]
-            left, top = ORIGIN_PX[0] + s * x, ORIGIN_PX[1] + s * (y - TITLE_H)
             right, bottom = ORIGIN_PX[0] + s * (x + w), ORIGIN_PX[1] + s * (y + h)
-            if right > WINDOW_PX[0] - MARGIN_PX or bottom > WINDOW_PX[1] - MARGIN_PX or \
-                    (right > CORNER_PX[0] - MARGIN_PX and bottom > CORNER_PX[1] - MARGIN_PX):
+            if (
+                right > WINDOW_PX[0] - MARGIN_PX
+                or bottom > WINDOW_PX[1] - MARGIN_PX
+                or (right > CORNER_PX[0] - MARGIN_PX and bottom > CORNER_PX[1] - MARGIN_PX)
+            ):
                 ok = False
                 break
         if ok:
@@ -286,10 +323,15 @@ def fit_layout(order: list, sizes: dict) -> tuple[dict, float]:
 
 
 def default_note(api: dict, object_info: dict) -> str:
-    chain = " → ".join(object_info[n["class_type"]]["display_name"] for _, n in sorted(api.items(), key=lambda kv: _depths(api)[kv[0]]))
-    return ("## Example workflow\n\n" + chain + "\n\n"
-            "Pick your SD1.5 / SDXL checkpoint in **Load Checkpoint**, edit the story, then **Queue**. "
-            "Help for each StoryDiffusion node: select it and open the node library's info (?) panel.")
+    chain = " → ".join(
+        object_info[n["class_type"]]["display_name"]
+        for _, n in sorted(api.items(), key=lambda kv: _depths(api)[kv[0]])
+    )
+    return (
+        "## Example workflow\n\n" + chain + "\n\n"
+        "Pick your SD1.5 / SDXL checkpoint in **Load Checkpoint**, edit the story, then **Queue**. "
+        "Help for each StoryDiffusion node: select it and open the node library's info (?) panel."
+    )
 
 
 def convert(api: dict, object_info: dict, note: str | None = None, workflow_id: str = "") -> dict:
@@ -297,18 +339,26 @@ def convert(api: dict, object_info: dict, note: str | None = None, workflow_id: 
     api = for_users(api, object_info)
     missing = sorted({n["class_type"] for n in api.values()} - set(object_info))
     if missing:
-        raise ValueError(f"/object_info has no definition for {missing}; is the pack that provides them loaded?")
+        raise ValueError(
+            f"/object_info has no definition for {missing}; is the pack that provides them loaded?"
+        )
     depth = _depths(api)
     if all(k.isdigit() and int(k) > 0 for k in api):  # keep the API ids: the canvas queues the same prompt
         ids = {nid: int(nid) for nid in api}
     else:
-        ids = {nid: i + 1 for i, nid in enumerate(sorted(api, key=lambda k: (int(k) if k.isdigit() else 10**9, k)))}
+        ids = {
+            nid: i + 1
+            for i, nid in enumerate(sorted(api, key=lambda k: (int(k) if k.isdigit() else 10**9, k)))
+        }
     order = sorted(api, key=lambda k: (depth[k], ids[k]))
     links, nodes = [], {}
     out_links = defaultdict(list)
     bodies = {nid: _node_body(api[nid], object_info[api[nid]["class_type"]]) for nid in api}
     note_text = readable_note(note or default_note(api, object_info))
-    sizes = {nid: [bodies[nid]["width"], node_height(api[nid], object_info[api[nid]["class_type"]], bodies[nid])] for nid in order}
+    sizes = {
+        nid: [bodies[nid]["width"], node_height(api[nid], object_info[api[nid]["class_type"]], bodies[nid])]
+        for nid in order
+    }
     sizes[NOTE] = [NOTE_W, note_height(note_text, NOTE_W)]
     pos, scale = fit_layout([NOTE] + order, sizes)
     for index, nid in enumerate(order):
@@ -323,11 +373,21 @@ def convert(api: dict, object_info: dict, note: str | None = None, workflow_id: 
                 out_links[(src[0], src[1])].append(link_id)
                 entry["link"] = link_id
         entry = {
-            "id": ids[nid], "type": node["class_type"], "pos": pos[nid],
-            "size": sizes[nid], "flags": {}, "order": index, "mode": 0,
-            "inputs": inputs, "outputs": [], "properties": {
-                "cnr_id": PACK_ID if spec.get("python_module", "").startswith("custom_nodes") else "comfy-core",
-                "Node name for S&R": node["class_type"]},
+            "id": ids[nid],
+            "type": node["class_type"],
+            "pos": pos[nid],
+            "size": sizes[nid],
+            "flags": {},
+            "order": index,
+            "mode": 0,
+            "inputs": inputs,
+            "outputs": [],
+            "properties": {
+                "cnr_id": PACK_ID
+                if spec.get("python_module", "").startswith("custom_nodes")
+                else "comfy-core",
+                "Node name for S&R": node["class_type"],
+            },
             "widgets_values": body["widgets"],
         }
         entry["title"] = node.get("_meta", {}).get("title") or spec["display_name"]
@@ -335,17 +395,40 @@ def convert(api: dict, object_info: dict, note: str | None = None, workflow_id: 
     for nid in order:
         spec = object_info[api[nid]["class_type"]]
         names = spec.get("output_name") or spec["output"]
-        nodes[nid]["outputs"] = [{"name": names[i], "type": t, "links": out_links.get((nid, i), []), "slot_index": i}
-                                 for i, t in enumerate(spec["output"])]
+        nodes[nid]["outputs"] = [
+            {"name": names[i], "type": t, "links": out_links.get((nid, i), []), "slot_index": i}
+            for i, t in enumerate(spec["output"])
+        ]
     note_id = max(ids.values()) + 1
-    note_node = {"id": note_id, "type": "MarkdownNote", "pos": pos[NOTE], "size": sizes[NOTE], "flags": {},
-                 "order": len(order), "mode": 0, "inputs": [], "outputs": [], "properties": {},
-                 "widgets_values": [note_text], "color": "#432", "bgcolor": "#653"}
+    note_node = {
+        "id": note_id,
+        "type": "MarkdownNote",
+        "pos": pos[NOTE],
+        "size": sizes[NOTE],
+        "flags": {},
+        "order": len(order),
+        "mode": 0,
+        "inputs": [],
+        "outputs": [],
+        "properties": {},
+        "widgets_values": [note_text],
+        "color": "#432",
+        "bgcolor": "#653",
+    }
     return {
-        "id": workflow_id, "revision": 0, "last_node_id": note_id, "last_link_id": len(links),
-        "nodes": [nodes[n] for n in order] + [note_node], "links": links, "groups": [], "config": {},
+        "id": workflow_id,
+        "revision": 0,
+        "last_node_id": note_id,
+        "last_link_id": len(links),
+        "nodes": [nodes[n] for n in order] + [note_node],
+        "links": links,
+        "groups": [],
+        "config": {},
         # the view opens with the whole graph in sight, clear of the toolbars
-        "extra": {"ds": {"scale": scale, "offset": [round(ORIGIN_PX[0] / scale), round(ORIGIN_PX[1] / scale)]},
-                  # web/js/template_view.js fits the view to the window (and to Nodes 2.0) on load
-                  "storydiffusion": {"template": True}}, "version": 0.4,
+        "extra": {
+            "ds": {"scale": scale, "offset": [round(ORIGIN_PX[0] / scale), round(ORIGIN_PX[1] / scale)]},
+            # web/js/template_view.js fits the view to the window (and to Nodes 2.0) on load
+            "storydiffusion": {"template": True},
+        },
+        "version": 0.4,
     }

@@ -94,20 +94,26 @@ def parse_story(text: str) -> Story:
         if decl and "#" not in line.split(":", 1)[0]:
             name = _clean_name(decl.group(1), line_no)
             if name.upper() == NO_CHARACTER:
-                raise StorySyntaxError(f"line {line_no}: [NC] is reserved for panels with no character; pick another name.")
+                raise StorySyntaxError(
+                    f"line {line_no}: [NC] is reserved for panels with no character; pick another name."
+                )
             description = decl.group(2).strip()
             if not description:
                 raise StorySyntaxError(
                     f"line {line_no}: character [{name}] is declared without a description; write '[{name}]: a short description of their look'."
                 )
             if name in story.characters:
-                raise StorySyntaxError(f"line {line_no}: character [{name}] is declared twice; keep one declaration.")
+                raise StorySyntaxError(
+                    f"line {line_no}: character [{name}] is declared twice; keep one declaration."
+                )
             story.characters[name] = description
             continue
         panel_lines.append((line_no, line))
 
     if not panel_lines:
-        raise StorySyntaxError("the story has no panels; write one line per panel, e.g. '[Bob] walks to work #Monday'.")
+        raise StorySyntaxError(
+            "the story has no panels; write one line per panel, e.g. '[Bob] walks to work #Monday'."
+        )
 
     known = {n.casefold(): n for n in story.characters}
     for index, (line_no, line) in enumerate(panel_lines):
@@ -116,7 +122,9 @@ def parse_story(text: str) -> Story:
         open_tag = UNCLOSED_TAG_RE.search(body)
         if open_tag:
             fragment = open_tag.group(0).strip()
-            raise StorySyntaxError(f"line {line_no}: '{fragment}' has no closing ']'; close the tag, e.g. [Bob].")
+            raise StorySyntaxError(
+                f"line {line_no}: '{fragment}' has no closing ']'; close the tag, e.g. [Bob]."
+            )
         names: list[str] = []
         no_character = False
 
@@ -130,7 +138,11 @@ def parse_story(text: str) -> Story:
             canonical = known.get(name.casefold())
             if canonical is None:
                 declared = ", ".join(f"[{n}]" for n in story.characters) or "none"
-                hint = f"declare it with a line '[{name}]: description'" if name else "write a name inside the brackets"
+                hint = (
+                    f"declare it with a line '[{name}]: description'"
+                    if name
+                    else "write a name inside the brackets"
+                )
                 raise StorySyntaxError(
                     f"line {line_no}: unknown character tag [{raw}] (declared: {declared}); fix the spelling or {hint}."
                 )
@@ -141,10 +153,21 @@ def parse_story(text: str) -> Story:
         prompt = TAG_RE.sub(substitute, body)
         prompt = re.sub(r"\s+", " ", prompt).strip(" ,")
         if no_character and names:
-            raise StorySyntaxError(f"line {line_no}: [NC] marks a panel with no character, but the line also tags {names}; remove one of them.")
+            raise StorySyntaxError(
+                f"line {line_no}: [NC] marks a panel with no character, but the line also tags {names}; remove one of them."
+            )
         if not prompt:
-            raise StorySyntaxError(f"line {line_no}: the panel has no prompt text before '#'; describe the scene.")
+            raise StorySyntaxError(
+                f"line {line_no}: the panel has no prompt text before '#'; describe the scene."
+            )
         story.panels.append(
-            Panel(index=index, line=line_no, prompt=prompt, characters=tuple(names), caption=caption, no_character=no_character)
+            Panel(
+                index=index,
+                line=line_no,
+                prompt=prompt,
+                characters=tuple(names),
+                caption=caption,
+                no_character=no_character,
+            )
         )
     return story

@@ -102,4 +102,7 @@ def pytest_sessionfinish(session, exitstatus):
     import gc
 
     _TINY_CACHE.clear()
+    import dit_helpers
+
+    dit_helpers.clear()
     gc.collect()

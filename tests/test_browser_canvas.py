@@ -38,8 +38,8 @@ def _load_template(browser, name):
 
 
 def test_our_nodes_appear_in_the_node_search(browser, live_server):
-    ours = {k: v["display_name"] for k, v in live_server.get("/object_info").items()
-            if v.get("python_module", "").endswith(PACK)}
+    info = live_server.get("/object_info")
+    ours = {k: v["display_name"] for k, v in info.items() if v.get("python_module", "").endswith(PACK)}
     assert ours
     page = browser.page
     page.evaluate("() => app.graph.clear()")
@@ -61,7 +61,10 @@ def test_our_nodes_appear_in_the_node_search(browser, live_server):
         texts = results.all_inner_texts()
         if node_id == "StoryDiffComicPage":
             browser.screenshot("node_search")
-        assert any(display in t for t in texts[:5]), f"{display} not among the first results: {texts[:5]}"
+        if info[node_id].get("deprecated"):  # kept for saved workflows, hidden from the search
+            assert not any(display in t for t in texts), f"deprecated {display} is offered: {texts[:5]}"
+        else:
+            assert any(display in t for t in texts[:5]), f"{display} not among the first results: {texts[:5]}"
         page.keyboard.press("Escape")
         box.wait_for(state="hidden", timeout=5_000)
         page.wait_for_timeout(300)

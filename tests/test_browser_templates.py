@@ -51,7 +51,9 @@ def canvas(request, live_server):
     session.page.wait_for_timeout(500)
     try:
         enabled = session.page.evaluate("() => app.extensionManager.setting.get('Comfy.VueNodes.Enabled')")
-        assert enabled == RENDERERS[renderer], f"the front end did not take Comfy.VueNodes.Enabled={RENDERERS[renderer]}"
+        assert enabled == RENDERERS[renderer], (
+            f"the front end did not take Comfy.VueNodes.Enabled={RENDERERS[renderer]}"
+        )
         yield session
     finally:
         session.close()
@@ -65,7 +67,9 @@ def open_template(browser, name: str) -> None:
         """async ([pack, name]) => {
             const wf = await (await fetch(`/api/workflow_templates/${pack}/${name}.json`)).json();
             await app.loadGraphData(wf, true, true, name);
-        }""", [PACK, name])
+        }""",
+        [PACK, name],
+    )
     browser.page.wait_for_timeout(1500)
 
 
@@ -118,7 +122,8 @@ GEOMETRY = """([vue, imageNodes]) => {
         nodes[node.id] = {box, title: node.title, type: node.type};
         if (!imageNodes.includes(node.id)) continue;
         if (vue) {
-            const imgs = [...document.querySelectorAll(`[data-node-id="${node.id}"] img`)].filter(i => i.complete && i.naturalWidth);
+            const imgs = [...document.querySelectorAll(`[data-node-id="${node.id}"] img`)]
+                .filter(i => i.complete && i.naturalWidth);
             previews[node.id] = imgs.length ? imgs.map(i => rectOf(i.getBoundingClientRect())) : null;
         } else {
             previews[node.id] = node.imgs?.length ? [box] : null;  // drawn inside the node's own box
@@ -136,10 +141,12 @@ GEOMETRY = """([vue, imageNodes]) => {
             const node = app.graph.getNodeById(Number(id));
             const own = (node?.widgets ?? []).some(w => w.element && w.element.contains(el));
             const ok = vue ? owner && owner.dataset.nodeId === String(id) : el === canvasEl || own;
-            if (!ok) covers[id].push((owner ? `node ${owner.dataset.nodeId}` : '') + ` <${el.tagName.toLowerCase()} class="${el.className}">`);
+            if (!ok) covers[id].push((owner ? `node ${owner.dataset.nodeId}` : '')
+                                     + ` <${el.tagName.toLowerCase()} class="${el.className}">`);
         }
     }
-    const box = t => { const el = [...document.querySelectorAll(`textarea[placeholder="${t}"]`)].find(e => e.offsetParent);
+    const box = t => { const el = [...document.querySelectorAll(`textarea[placeholder="${t}"]`)]
+                                      .find(e => e.offsetParent);
                        return el ? el.getBoundingClientRect().height : null; };
     return {view, nodes, previews, covers, window: [innerWidth, innerHeight], scale: app.canvas.ds.scale,
             story_box: box('story'), negative_box: box('negative')};
@@ -147,12 +154,21 @@ GEOMETRY = """([vue, imageNodes]) => {
 
 
 def _overlap(a, b) -> bool:
-    return a["x"] < b["x"] + b["w"] - 1 and b["x"] < a["x"] + a["w"] - 1 and a["y"] < b["y"] + b["h"] - 1 and b["y"] < a["y"] + a["h"] - 1
+    return (
+        a["x"] < b["x"] + b["w"] - 1
+        and b["x"] < a["x"] + a["w"] - 1
+        and a["y"] < b["y"] + b["h"] - 1
+        and b["y"] < a["y"] + a["h"] - 1
+    )
 
 
 def _inside(r, view) -> bool:
-    return r["x"] >= view["x"] - 1 and r["y"] >= view["y"] - 1 and r["x"] + r["w"] <= view["x"] + view["w"] + 1 \
+    return (
+        r["x"] >= view["x"] - 1
+        and r["y"] >= view["y"] - 1
+        and r["x"] + r["w"] <= view["x"] + view["w"] + 1
         and r["y"] + r["h"] <= view["y"] + view["h"] + 1
+    )
 
 
 @pytest.mark.parametrize("name", ORDER)
@@ -183,9 +199,15 @@ def test_template_previews_are_in_view_and_uncovered_after_a_run(canvas, live_se
     # the note covers no node; the story box is the big one
     for nid, info in geo["nodes"].items():
         if info["type"] == "MarkdownNote":
-            problems += [f"the note overlaps {o['title']!r}" for k, o in geo["nodes"].items() if k != nid and _overlap(info["box"], o["box"])]
+            problems += [
+                f"the note overlaps {o['title']!r}"
+                for k, o in geo["nodes"].items()
+                if k != nid and _overlap(info["box"], o["box"])
+            ]
     if not (geo["story_box"] and geo["negative_box"] and geo["story_box"] >= 2 * geo["negative_box"]):
-        problems.append(f"story box {geo['story_box']} px is not at least twice the negative box {geo['negative_box']} px")
+        problems.append(
+            f"story box {geo['story_box']} px is not at least twice the negative box {geo['negative_box']} px"
+        )
     assert not problems, f"{name} ({canvas.renderer}, see {shot}):\n  " + "\n  ".join(problems)
 
 
@@ -193,7 +215,8 @@ def test_keep_rate_widgets_show_distinct_whole_labels(canvas):
     """The four keep-rate widgets read 'keep 1/8' ... 'keep 1/64' (locales/en/nodeDefs.json), whole
     in both renderers; the saved input names (keep_rate_1_8 ...) are unchanged."""
     open_template(canvas, "one_character_story")
-    got = canvas.page.evaluate("""(vue) => {
+    got = canvas.page.evaluate(
+        """(vue) => {
         const node = app.graph.nodes.find(n => n.type === 'StoryDiffConsistentSelfAttention');
         const widgets = node.widgets.filter(w => w.name.startsWith('keep_rate')).map(w => [w.name, w.label]);
         if (!vue) return {widgets, shown: null};
@@ -201,33 +224,46 @@ def test_keep_rate_widgets_show_distinct_whole_labels(canvas):
         const shown = [...el.querySelectorAll('p')].filter(p => /^keep /.test(p.textContent.trim()))
             .map(p => [p.textContent.trim(), p.scrollWidth <= p.clientWidth + 1]);
         return {widgets, shown};
-    }""", canvas.renderer == "nodes2")
-    assert got["widgets"] == [["keep_rate_1_8", "keep 1/8"], ["keep_rate_1_16", "keep 1/16"],
-                              ["keep_rate_1_32", "keep 1/32"], ["keep_rate_1_64", "keep 1/64"]], got
+    }""",
+        canvas.renderer == "nodes2",
+    )
+    assert got["widgets"] == [
+        ["keep_rate_1_8", "keep 1/8"],
+        ["keep_rate_1_16", "keep 1/16"],
+        ["keep_rate_1_32", "keep 1/32"],
+        ["keep_rate_1_64", "keep 1/64"],
+    ], got
     if got["shown"] is not None:
-        assert got["shown"] == [[f"keep 1/{d}", True] for d in (8, 16, 32, 64)], f"truncated labels: {got['shown']}"
+        assert got["shown"] == [[f"keep 1/{d}", True] for d in (8, 16, 32, 64)], (
+            f"truncated labels: {got['shown']}"
+        )
 
 
 CONTRAST = """(vue) => {
     const note = app.graph.nodes.find(n => n.type === 'MarkdownNote');
     const root = vue ? document.querySelector(`[data-node-id="${note.id}"]`) : note.widgets[0].element;
-    const parse = c => { const m = c.match(/[\\d.]+/g).map(Number); return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1]; };
+    const parse = c => { const m = c.match(/[\\d.]+/g).map(Number);
+                         return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1]; };
     const hex = h => { h = h.replace('#', ''); if (h.length === 3) h = [...h].map(c => c + c).join('');
                        return [0, 2, 4].map(i => parseInt(h.slice(i, i + 2), 16)).concat([1]); };
     const over = (top, base) => [0, 1, 2].map(i => top[i] * top[3] + base[i] * (1 - top[3])).concat([1]);
-    const lum = c => { const [r, g, b] = c.slice(0, 3).map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    const lum = c => { const [r, g, b] = c.slice(0, 3).map(v => {
+                           v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
                        return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
-    const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+    const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
+                              return (x + 0.05) / (y + 0.05); };
     const out = [];
     for (const el of root.querySelectorAll('*')) {
         const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
         if (!own || !el.offsetParent) continue;
         const layers = [];
-        for (let e = el; e && e !== root.parentElement; e = e.parentElement) layers.push(parse(getComputedStyle(e).backgroundColor));
+        for (let e = el; e && e !== root.parentElement; e = e.parentElement)
+            layers.push(parse(getComputedStyle(e).backgroundColor));
         let bg = hex(note.bgcolor || '#353535');
         for (const layer of layers.reverse()) bg = over(layer, bg);
         const fg = over(parse(getComputedStyle(el).color), bg);
-        out.push([el.tagName.toLowerCase(), el.textContent.trim().slice(0, 30), Math.round(ratio(fg, bg) * 100) / 100]);
+        out.push([el.tagName.toLowerCase(), el.textContent.trim().slice(0, 30),
+                  Math.round(ratio(fg, bg) * 100) / 100]);
     }
     return out;
 }"""
@@ -250,10 +286,18 @@ def test_browser_parser_reports_a_missing_bracket_at_its_own_line(canvas):
     from pack_loader import pure
 
     syntax = pure("story.syntax")
-    stories = {"[Bob: a man\n[Bob] wakes up\n[Bob] sleeps": 1, "[Bob]: a man\n[Bob walks to work #Monday\n[Bob] sleeps": 2}
+    stories = {
+        "[Bob: a man\n[Bob] wakes up\n[Bob] sleeps": 1,
+        "[Bob]: a man\n[Bob walks to work #Monday\n[Bob] sleeps": 2,
+    }
     for story, line in stories.items():
         with pytest.raises(syntax.StorySyntaxError, match=f"^line {line}: .*closing ']'"):
             syntax.parse_story(story)
         problems = canvas.page.evaluate(
-            """async (s) => (await import('/extensions/comfyui-storydiffusion/js/story_syntax.js')).readStory(s).problems""", story)
-        assert problems and problems[0].startswith(f"line {line}: ") and "closing ']'" in problems[0], problems
+            """async (s) => (await import('/extensions/comfyui-storydiffusion/js/story_syntax.js'))
+                .readStory(s).problems""",
+            story,
+        )
+        assert problems and problems[0].startswith(f"line {line}: ") and "closing ']'" in problems[0], (
+            problems
+        )

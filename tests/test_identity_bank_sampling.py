@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pack_loader import pure, submodule
-from test_csa_sampling import ALWAYS, close, csa, sample
+from test_consistent_sampling import ALWAYS, close, conds, csa, sample
 
 bank_nodes = submodule("nodes.identity_bank_nodes")
 common = submodule("nodes.common")
@@ -13,8 +13,20 @@ parse_story = pure("story.syntax").parse_story
 SETTINGS = dict(ALWAYS, blocks="up")
 
 
-def write(model, clip, names="Bob", n=2, bank=None, callback=None, story=None):
-    m, out_bank = bank_nodes.IdentityBankWrite().patch(csa(model, **SETTINGS), story=story, names=names, bank=bank)
+def write(model, clip, names="Bob", n=2, bank=None, story=None, seed=0):
+    """Identity Bank Write: samples the identity images and returns (latent, bank)."""
+    c = conds(clip, n)
+    latent, out_bank = bank_nodes.IdentityBankWrite().sample(
+        csa(model, **SETTINGS), story=story, names=names, bank=bank, positive=c, negative=c,
+        latent_image={"samples": torch.zeros(n, 4, 8, 8)}, seed=seed, steps=2, cfg=5.0, sampler_name="euler",
+        scheduler="normal")
+    assert latent["samples"].shape == (n, 4, 8, 8)
+    return out_bank
+
+
+def write_with_deprecated_node(model, clip, names="Bob", n=2, bank=None, callback=None):
+    """The earlier write node: a patched MODEL and a bank filled by a later sampler run."""
+    m, out_bank = bank_nodes.IdentityBankWritePatch().patch(csa(model, **SETTINGS), names=names, bank=bank)
     sample(m, clip, n=n, callback=callback)
     return out_bank
 
@@ -65,7 +77,7 @@ def test_missing_character_and_wrong_batch_are_clear_errors(written):
     with pytest.raises(common.StoryError, match="batch is 2"):
         sample(read(model, bank, names="Bob, Bob, Bob"), clip, n=2)
     with pytest.raises(common.StoryError, match="Identity Bank Write"):
-        bank_nodes.IdentityBankWrite().patch(model, names=" , ")
+        bank_nodes.IdentityBankWritePatch().patch(model, names=" , ")
 
 
 def test_interrupted_write_leaves_the_bank_as_it_was(written):
@@ -75,7 +87,7 @@ def test_interrupted_write_leaves_the_bank_as_it_was(written):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        write(model, clip, names="Alice", n=1, bank=bank, callback=stop)
+        write_with_deprecated_node(model, clip, names="Alice", n=1, bank=bank, callback=stop)
     assert bank.characters == ["Bob"]
 
 
@@ -86,3 +98,17 @@ def test_two_characters_in_one_write_batch_from_a_story(written):
     assert both.characters == ["Ann", "Bob"]
     layer, sigma = both.layers("Ann")[0], both.sigmas("Ann")[0]
     assert both.tokens("Ann", sigma, layer).shape == both.tokens("Bob", sigma, layer).shape  # one solo image each
+
+
+def test_deprecated_write_node_still_writes_the_same_bank(written, tmp_path):
+    """A saved workflow of the patch-only write node + KSampler gives the bank the sampling node gives."""
+    import nodes as comfy_nodes
+
+    model, clip, bank = written
+    m, old_bank = bank_nodes.IdentityBankWritePatch().patch(csa(model, **SETTINGS), names="Bob")
+    c = conds(clip, 2)
+    comfy_nodes.common_ksampler(m, 0, 2, 5.0, "euler", "normal", c, c, {"samples": torch.zeros(2, 4, 8, 8)})
+    assert old_bank.characters == bank.characters
+    layer = bank.layers("Bob")[0]
+    for sigma in bank.sigmas("Bob"):
+        assert torch.equal(old_bank.tokens("Bob", sigma, layer), bank.tokens("Bob", sigma, layer))

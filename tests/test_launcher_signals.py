@@ -48,9 +48,15 @@ def _ignore_sigint():  # what `cmd &` in a non-interactive shell does to the bac
 
 def _start(cmd, tmp_path, background: bool):
     log = open(tmp_path / "launcher.log", "w+")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                            preexec_fn=_ignore_sigint if background else None)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        preexec_fn=_ignore_sigint if background else None,
+    )
     return proc, log
 
 
@@ -88,16 +94,24 @@ def _stop_and_check(proc, port: int, signum: int, log) -> None:
     left = [p for p in comfy if _alive(p)]
     for pid in left:  # never leave one behind, even when the test fails
         os.kill(pid, signal.SIGKILL)
-    assert not left, f"ComfyUI (pid {left}) is still running after the launcher got {signal.Signals(signum).name}"
+    assert not left, (
+        f"ComfyUI (pid {left}) is still running after the launcher got {signal.Signals(signum).name}"
+    )
     assert not _port_open(port), f"port {port} still open"
 
 
-@pytest.mark.parametrize("signum, background", [(signal.SIGTERM, False), (signal.SIGINT, True)],
-                         ids=["sigterm", "sigint-in-background"])
+@pytest.mark.parametrize(
+    "signum, background",
+    [(signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["sigterm", "sigint-in-background"],
+)
 def test_make_serve_launcher_stops_comfyui_on_a_signal(tmp_path, signum, background):
     port = free_port()
-    proc, log = _start([sys.executable, "scripts/serve.py", "--port", str(port), "--base", str(tmp_path / "base")],
-                       tmp_path, background)
+    proc, log = _start(
+        [sys.executable, "scripts/serve.py", "--port", str(port), "--base", str(tmp_path / "base")],
+        tmp_path,
+        background,
+    )
     _wait_for(r"storydiffusion pack: http://127\.0\.0\.1:\d+", log, proc)
     _stop_and_check(proc, port, signum, log)
 
@@ -107,8 +121,19 @@ def test_make_serve_loads_the_tiny_test_nodes_only_when_asked(tmp_path):
 
     for flag, expected in (([], False), (["--tiny-models"], True)):
         port = free_port()
-        proc, log = _start([sys.executable, "scripts/serve.py", "--port", str(port), "--base", str(tmp_path / "base"), *flag],
-                           tmp_path, False)
+        proc, log = _start(
+            [
+                sys.executable,
+                "scripts/serve.py",
+                "--port",
+                str(port),
+                "--base",
+                str(tmp_path / "base"),
+                *flag,
+            ],
+            tmp_path,
+            False,
+        )
         try:
             _wait_for(r"storydiffusion pack: http://", log, proc)
             info = HttpClient(f"http://127.0.0.1:{port}").get("/object_info")
@@ -119,8 +144,11 @@ def test_make_serve_loads_the_tiny_test_nodes_only_when_asked(tmp_path):
 
 
 def test_make_demo_launcher_stops_comfyui_on_sigterm(tmp_path):
-    proc, log = _start([sys.executable, "scripts/run_story.py", "--output", str(tmp_path / "out"), "--steps", "200"],
-                       tmp_path, False)
+    proc, log = _start(
+        [sys.executable, "scripts/run_story.py", "--output", str(tmp_path / "out"), "--steps", "200"],
+        tmp_path,
+        False,
+    )
     port = int(_wait_for(r"ComfyUI is up at http://127\.0\.0\.1:(\d+)", log, proc).group(1))
     _stop_and_check(proc, port, signal.SIGTERM, log)
     assert proc.returncode == 128 + signal.SIGTERM

@@ -15,13 +15,17 @@ def _has_colour(img: torch.Tensor, colour, tol=0.02) -> bool:
 def test_each_preview_gets_a_band_with_the_panel_number_and_each_characters_swatch():
     P, H, W = 3, 64, 256
     preview = torch.full((P, H, W, 3), 0.12)
-    out = legend.with_legend(preview, ["Bob", "Alice"], [RED, BLUE], [[True, False], [False, True], [True, True]])
+    out = legend.with_legend(
+        preview, ["Bob", "Alice"], [RED, BLUE], [[True, False], [False, True], [True, True]]
+    )
     band = legend.legend_height(W)
     assert out.shape == (P, H + band, W, 3)
     assert torch.equal(out[:, :H], preview)  # the masks themselves are untouched
     bands = out[:, H:]
     # a filled swatch for a character in the panel; only its outline when absent
-    filled = [[((b - torch.tensor(c)).abs().max(-1).values < 0.01).sum().item() for c in (RED, BLUE)] for b in bands]
+    filled = [
+        [((b - torch.tensor(c)).abs().max(-1).values < 0.01).sum().item() for c in (RED, BLUE)] for b in bands
+    ]
     assert filled[2][0] > 20 and filled[2][1] > 20
     assert filled[0][0] > filled[0][1] and filled[1][1] > filled[1][0]
     assert _has_colour(bands[0], BLUE) and _has_colour(bands[1], RED)  # outlines of the absent ones

@@ -7,10 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-import pytest
-
-from oia_helpers import encode_story, isolated
-from pack_loader import submodule
+from isolated_helpers import encode_story, isolated
 
 ROOT = Path(__file__).resolve().parents[1]
 RENAMED = """[Tom]: a man with short black hair, red jacket
@@ -23,7 +20,11 @@ RENAMED = """[Tom]: a man with short black hair, red jacket
 def graph(text_1: str, text_2: str | None = None) -> dict:
     """The queued prompt as ComfyUI's hidden PROMPT gives it: node 5 is Isolated Attention."""
     prompt = {
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": text_1}, "_meta": {"title": "Regional prompt: Bob"}},
+        "3": {
+            "class_type": "CLIPTextEncode",
+            "inputs": {"clip": ["1", 1], "text": text_1},
+            "_meta": {"title": "Regional prompt: Bob"},
+        },
         "5": {"class_type": "StoryDiffIsolatedAttention", "inputs": {"character_1": ["3", 0]}},
     }
     if text_2 is not None:
@@ -37,32 +38,45 @@ def patch_with(tiny, story_text, prompt, caplog):
     _, _, story, _ = encode_story(clip, story_text)
     import nodes as comfy_nodes  # ComfyUI's nodes.py: the regional prompts are plain CLIP Text Encode nodes
 
-    overrides = {f"character_{i}": comfy_nodes.CLIPTextEncode().encode(clip, prompt[nid]["inputs"]["text"])[0]
-                 for i, nid in ((1, "3"), (2, "4")) if nid in prompt}
+    overrides = {
+        f"character_{i}": comfy_nodes.CLIPTextEncode().encode(clip, prompt[nid]["inputs"]["text"])[0]
+        for i, nid in ((1, "3"), (2, "4"))
+        if nid in prompt
+    }
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         isolated(model, clip, story, prompt=prompt, unique_id="5", **overrides)
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "character_" in r.getMessage()]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and "character_" in r.getMessage()
+    ]
 
 
 def test_a_regional_prompt_for_a_renamed_character_is_warned_about(tiny, caplog):
     got = patch_with(tiny, RENAMED, graph("Bob, a man with short black hair, red jacket"), caplog)
     assert len(got) == 1, got
-    assert "character_1 is the story's [Tom]" in got[0] and "Regional prompt: Bob (#3)" in got[0] and "does not name Tom" in got[0]
+    assert (
+        "character_1 is the story's [Tom]" in got[0]
+        and "Regional prompt: Bob (#3)" in got[0]
+        and "does not name Tom" in got[0]
+    )
     assert "disconnect character_1" in got[0]
 
 
 def test_swapped_regional_prompts_are_warned_about_naming_the_other_character(tiny, caplog):
-    from oia_helpers import TWO_CHARACTERS
+    from isolated_helpers import TWO_CHARACTERS
 
-    got = patch_with(tiny, TWO_CHARACTERS, graph("Alice, a woman with long silver hair", "Bob, a man, red jacket"), caplog)
+    got = patch_with(
+        tiny, TWO_CHARACTERS, graph("Alice, a woman with long silver hair", "Bob, a man, red jacket"), caplog
+    )
     assert len(got) == 2, got
     assert "it names [Alice], the story's character 2: swap the wires" in got[0]
     assert "character_2 is the story's [Alice]" in got[1]
 
 
 def test_matching_regional_prompts_and_no_graph_give_no_warning(tiny, caplog):
-    from oia_helpers import TWO_CHARACTERS
+    from isolated_helpers import TWO_CHARACTERS
 
     assert patch_with(tiny, TWO_CHARACTERS, graph("bob in a red jacket", "ALICE, green dress"), caplog) == []
     model, clip, _ = tiny("sd15")

@@ -55,9 +55,17 @@ def test_bad_stories_are_clear_errors(text, fragment):
     [
         # the declaration's name misses its ']': reported at the declaration, not as an unknown
         # tag on the next line
-        ("[Bob: a man with black hair\n[Bob] wakes up\n[Bob] sleeps", 1, "'[Bob:' misses its closing ']'; write '[Bob]: a man"),
+        (
+            "[Bob: a man with black hair\n[Bob] wakes up\n[Bob] sleeps",
+            1,
+            "'[Bob:' misses its closing ']'; write '[Bob]: a man",
+        ),
         ("[Bob]: a man\n[Alice : a woman\n[Bob] and [Alice] meet", 2, "'[Alice :' misses its closing ']'"),
-        ("[Bob]: a man\n[Bob walks to work #Monday\n[Bob] sleeps", 2, "'[Bob walks to work' has no closing ']'"),
+        (
+            "[Bob]: a man\n[Bob walks to work #Monday\n[Bob] sleeps",
+            2,
+            "'[Bob walks to work' has no closing ']'",
+        ),
         ("[Bob]: a man\n[Bob] meets [Bob at noon", 2, "'[Bob at noon' has no closing ']'"),
     ],
 )

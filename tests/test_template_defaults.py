@@ -26,10 +26,14 @@ def test_every_node_with_steps_and_frames_gets_user_values(live_server, api_path
     for nid, node in users.items():
         spec = _inputs(info[node["class_type"]])
         if "steps" in spec and not isinstance(node["inputs"].get("steps"), list):
-            assert node["inputs"]["steps"] >= REAL_STEPS, f"{api_path.stem} node {nid} ({node['class_type']}): steps {node['inputs']['steps']}"
+            assert node["inputs"]["steps"] >= REAL_STEPS, (
+                f"{api_path.stem} node {nid} ({node['class_type']}): steps {node['inputs']['steps']}"
+            )
             checked += 1
         if "frames" in spec and not isinstance(node["inputs"].get("frames"), list):
-            assert node["inputs"]["frames"] >= spec["frames"][1]["default"], f"{api_path.stem} node {nid}: frames"
+            assert node["inputs"]["frames"] >= spec["frames"][1]["default"], (
+                f"{api_path.stem} node {nid}: frames"
+            )
     assert checked, "every template samples somewhere"
     # the UI file the template browser opens holds the same values
     ui = json.loads((ROOT / "example_workflows" / f"{api_path.stem}.json").read_text())
@@ -39,13 +43,31 @@ def test_every_node_with_steps_and_frames_gets_user_values(live_server, api_path
 
 
 INFO = {
-    "Tiny": {"input": {"required": {"family": [["sdxl"], {}]}}, "output": ["MODEL"], "display_name": "Tiny",
-             "python_module": "custom_nodes.tiny"},
-    "PackSampler": {"input": {"required": {"model": ["MODEL", {}], "latent_image": ["LATENT", {}], "steps": ["INT", {"default": 20}],
-                                           "sampler_name": [["euler"], {}]}},
-                    "output": ["LATENT"], "display_name": "Pack Sampler", "python_module": "custom_nodes.pack"},
-    "Video": {"input": {"required": {"frames": ["INT", {"default": 14}]}}, "output": ["LATENT"], "display_name": "V",
-              "python_module": "custom_nodes.pack"},
+    "Tiny": {
+        "input": {"required": {"family": [["sdxl"], {}]}},
+        "output": ["MODEL"],
+        "display_name": "Tiny",
+        "python_module": "custom_nodes.tiny",
+    },
+    "PackSampler": {
+        "input": {
+            "required": {
+                "model": ["MODEL", {}],
+                "latent_image": ["LATENT", {}],
+                "steps": ["INT", {"default": 20}],
+                "sampler_name": [["euler"], {}],
+            }
+        },
+        "output": ["LATENT"],
+        "display_name": "Pack Sampler",
+        "python_module": "custom_nodes.pack",
+    },
+    "Video": {
+        "input": {"required": {"frames": ["INT", {"default": 14}]}},
+        "output": ["LATENT"],
+        "display_name": "V",
+        "python_module": "custom_nodes.pack",
+    },
 }
 
 
@@ -54,11 +76,23 @@ def test_a_pack_sampler_and_svd_frames_get_user_values_without_a_server(monkeypa
 
     monkeypatch.setattr(workflow_graph, "TEST_ONLY_PREFIX", "Tiny")
     monkeypatch.setitem(workflow_graph.CORE_LOADERS, "Loader", {"": "m.safetensors"})
-    info = dict(INFO, Loader={"input": {"required": {"ckpt": [["m.safetensors"], {}]}}, "output": ["MODEL"],
-                              "display_name": "Loader", "python_module": "nodes"})
-    api = {"1": {"class_type": "Tiny", "inputs": {"family": "sdxl"}},
-           "2": {"class_type": "PackSampler", "inputs": {"model": ["1", 0], "latent_image": ["3", 0], "steps": 6, "sampler_name": "euler"}},
-           "3": {"class_type": "Video", "inputs": {"frames": 8}}}
+    info = dict(
+        INFO,
+        Loader={
+            "input": {"required": {"ckpt": [["m.safetensors"], {}]}},
+            "output": ["MODEL"],
+            "display_name": "Loader",
+            "python_module": "nodes",
+        },
+    )
+    api = {
+        "1": {"class_type": "Tiny", "inputs": {"family": "sdxl"}},
+        "2": {
+            "class_type": "PackSampler",
+            "inputs": {"model": ["1", 0], "latent_image": ["3", 0], "steps": 6, "sampler_name": "euler"},
+        },
+        "3": {"class_type": "Video", "inputs": {"frames": 8}},
+    }
     out = for_users(api, info)
     assert out["1"]["class_type"] == "Loader"
     assert out["2"]["inputs"]["steps"] == REAL_STEPS and out["3"]["inputs"]["frames"] == 14

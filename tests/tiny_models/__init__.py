@@ -4,6 +4,7 @@ Loaded into live test servers (and the README's smoke demo when no CKPT is given
 the real pack; its node stands in for CheckpointLoaderSimple.
 """
 
+from .dit_factory import tiny_dit, tiny_flux_clip, tiny_flux_vae
 from .factory import FAMILIES, tiny_checkpoint, tiny_clip_vision, tiny_unet, tiny_vae
 
 
@@ -17,12 +18,15 @@ class StoryTestTinyCheckpoint:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "family": (["sdxl", "sd15"], {"default": "sdxl", "tooltip": "Architecture the tiny model is shaped like."}),
+                "family": (["sdxl", "sd15", "flux"], {"default": "sdxl", "tooltip": "Architecture the tiny model is shaped like "
+                           "(flux: Flux.1-dev blocks with a thin CLIP-L + T5 pair and a 16-channel TAESD-style VAE)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the random weights."}),
             }
         }
 
     def load(self, family, seed):
+        if family == "flux":
+            return tiny_dit("flux", seed), tiny_flux_clip(seed), tiny_flux_vae(seed)
         return tiny_checkpoint(family, seed)
 
 

@@ -56,10 +56,18 @@ SVD_UNET = {
     "use_temporal_attention": True, "disable_temporal_crossattention": False,
 }
 
+# A DiT family the pack does not patch: AuraFlow's layout (one double, one single block), width 64.
+# (The DiT families the pack patches are built by dit_factory.py.)
+AURAFLOW_DIT = {
+    "in_channels": 4, "out_channels": 4, "patch_size": 2, "dim": 64, "n_layers": 2, "n_double_layers": 1,
+    "n_heads": 2, "global_conddim": 64, "cond_seq_dim": 64, "max_seq": 32 * 32,
+}
+
 FAMILIES = {
     "sd15": (comfy.supported_models.SD15, SD15_UNET),
     "sdxl": (comfy.supported_models.SDXL, SDXL_UNET),
     "svd": (comfy.supported_models.SVD_img2vid, SVD_UNET),
+    "auraflow": (comfy.supported_models.AuraFlow, AURAFLOW_DIT),
 }
 
 # Text encoders keep their real hidden sizes (so contexts are 768 / 2048 wide and pooled

@@ -6,7 +6,7 @@ import torch
 import comfy.cldm.cldm
 import comfy.controlnet
 import comfy.ops
-from oia_helpers import encode_story, isolated, sample, state_of
+from isolated_helpers import encode_story, isolated, sample, state_of
 from tiny_models import factory
 
 
@@ -43,5 +43,5 @@ def test_controlnet_and_isolated_attention_compose(setup):
     active = isolated(model, clip, story)
     out = sample(active, cpos, cneg, P, steps=2, size=(8, 8))
     assert torch.isfinite(out).all() and not torch.equal(out, vanilla_cn)
-    masks = state_of(active).run.result["masks"]
+    masks = state_of(active).run.result.masks
     assert masks[0, 0].any() and masks[1, 1].any() and not (masks[2, 0] & masks[2, 1]).any()

@@ -9,7 +9,7 @@
 3. Whole-sampling overhead of the Consistent Self-Attention node on the tiny SDXL-shaped model
    (patched vs unpatched comfy.sample.sample, same seed; CPU).
 
-    .venv/bin/python bench/bench_csa.py [--device cuda|cpu] [--width-scale 0.25] [--skip-sampling]
+    .venv/bin/python bench/bench_consistent.py [--device cuda|cpu] [--width-scale 0.25] [--skip-sampling]
 
 On a CPU the attention widths are scaled down by --width-scale (default 0.25 on CPU, 1 on CUDA);
 the script prints what it used. Peak memory: torch.cuda.max_memory_allocated on CUDA; on a Linux CPU
@@ -42,6 +42,7 @@ def pure(name):
 
 cs = pure("attention.consistent")
 ts = pure("attention.token_sampling")
+reference = pure("tests.reference_attention")  # the naive dense-masked formulation
 
 
 def sync(device):
@@ -114,7 +115,7 @@ def attention_case(tokens, channels, heads, images, keep, device, dtype, repeats
         return cs.consistent_attention(q, k, v, heads, idx, refs)
 
     def dense():  # the mask is part of that formulation: built per call, as a step would
-        return cs.dense_masked_attention(q, k, v, heads, idx, refs)
+        return reference.dense_masked_attention(q, k, v, heads, idx, refs)
 
     return {"q": q, "vanilla": vanilla, "ours": ours, "dense": dense}
 

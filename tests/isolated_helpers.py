@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import comfy.sample
+
 from pack_loader import submodule
 
 TWO_CHARACTERS = """[Bob]: a man with short black hair, red jacket
@@ -23,7 +24,9 @@ def encode_story(clip, text=TWO_CHARACTERS, style="(No style)"):
 def sample(model, positive, negative, panels, steps=4, cfg=5.0, size=(8, 8), seed=0, sampler="euler"):
     latent = torch.zeros(panels, 4, *size)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-    return comfy.sample.sample(model, noise, steps, cfg, sampler, "normal", positive, negative, latent, seed=seed)
+    return comfy.sample.sample(
+        model, noise, steps, cfg, sampler, "normal", positive, negative, latent, seed=seed
+    )
 
 
 def isolated(model, clip, story, **kw):
@@ -35,4 +38,18 @@ def isolated(model, clip, story, **kw):
 
 
 def state_of(model):
-    return submodule("nodes.isolation_patch").find_state(model)
+    """The Isolated Attention branch (config + run) installed on a MODEL."""
+    return submodule("nodes.patch_isolated").installed_branch(model)
+
+
+def with_attention_override(model, record):
+    """A clone whose attention calls are seen by `record(q, k, v, heads, mask)` before the kernel runs,
+    installed the way another pack would: transformer_options["optimized_attention_override"]."""
+    m = model.clone()
+
+    def override(func, q, k, v, heads, mask=None, **kwargs):
+        record(q, k, v, heads, mask)
+        return func(q, k, v, heads, mask=mask, **kwargs)
+
+    m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = override
+    return m

@@ -6,8 +6,8 @@ import torch
 
 import comfy.sample
 import comfy.sd
-from test_csa_sampling import conds, csa
-from test_oia_controlnet import tiny_controlnet, with_control
+from test_consistent_sampling import conds, csa
+from test_isolated_controlnet import tiny_controlnet, with_control
 
 ACTIVE = dict(warmup_steps=0, apply_probability="1")
 

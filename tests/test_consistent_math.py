@@ -3,9 +3,11 @@
 import pytest
 import torch
 
+import reference_attention as reference
 from pack_loader import pure
 
 ts = pure("attention.token_sampling")
+steps = pure("attention.steps")
 cs = pure("attention.consistent")
 
 
@@ -38,11 +40,11 @@ def test_probability_schedule_and_gate():
 
 def test_steps_are_recognised_by_sigma():
     sigmas = [14.6, 7.0, 3.0, 1.0, 0.0]
-    assert [ts.step_index(s, sigmas) for s in sigmas[:-1]] == [0, 1, 2, 3]
-    assert ts.step_index(5.0, sigmas) == 1  # a Heun/DPM-2 midpoint belongs to its step
-    assert ts.step_progress(3.0, sigmas) == (2, 0.5)
-    assert ts.step_sigma(5.0, sigmas) == 7.0
-    assert ts.step_index(3.0, None) == 0
+    assert [steps.step_index(s, sigmas) for s in sigmas[:-1]] == [0, 1, 2, 3]
+    assert steps.step_index(5.0, sigmas) == 1  # a Heun/DPM-2 midpoint belongs to its step
+    assert steps.step_progress(3.0, sigmas) == (2, 0.5)
+    assert steps.step_sigma(5.0, sigmas) == 7.0
+    assert steps.step_index(3.0, None) == 0
 
 
 def test_reference_table_windows_slide_and_stay_flat():
@@ -71,7 +73,7 @@ def test_gathering_equals_the_dense_masked_formulation(window):
     idx = ts.sample_token_indices(4, 24, 0.5, seed=1, sigma=1.0)
     refs = cs.reference_table(4, window)
     ours = cs.consistent_attention(q, k, v, 4, idx, refs)
-    dense = cs.dense_masked_attention(q, k, v, 4, idx, refs)
+    dense = reference.dense_masked_attention(q, k, v, 4, idx, refs)
     assert torch.allclose(ours, dense, atol=1e-10)
 
 

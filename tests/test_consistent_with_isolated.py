@@ -9,7 +9,7 @@
 import pytest
 import torch
 
-from oia_helpers import encode_story, isolated, sample
+from isolated_helpers import encode_story, isolated, sample
 from pack_loader import pure, submodule
 
 bank_nodes = submodule("nodes.identity_bank_nodes")
@@ -37,7 +37,7 @@ def setup(tiny):
 def bank(setup):
     model, clip, *_ = setup
     id_pos, id_neg, id_story, n = encode_story(clip, IDENTITY)
-    writer, out_bank = bank_nodes.IdentityBankWrite().patch(csa(model), story=id_story, names="", bank=None)
+    writer, out_bank = bank_nodes.IdentityBankWritePatch().patch(csa(model), story=id_story, names="", bank=None)
     sample(writer, id_pos, id_neg, n, steps=4)
     return out_bank
 

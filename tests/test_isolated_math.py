@@ -5,14 +5,15 @@ import pytest
 import torch
 from skimage.filters import threshold_otsu
 
+import reference_attention as reference
 from pack_loader import pure
 
 cross_maps = pure("attention.cross_maps")
 otsu = pure("attention.otsu")
 iso_self = pure("attention.isolated_self")
 iso_cross = pure("attention.isolated_cross")
-branch = pure("attention.branch_merge")
-run_mod = pure("attention.isolation_run")
+branch = pure("attention.isolated_merge")
+run_mod = pure("attention.isolated_run")
 
 
 # ---- Otsu ---------------------------------------------------------------------------
@@ -158,10 +159,11 @@ def test_accumulator_averages_layers_then_steps_on_one_grid():
 
 
 def test_step_index_from_sigmas():
+    steps = pure("attention.steps")
     sched = [14.6, 7.0, 3.0, 1.0, 0.0]
-    assert run_mod.step_index(14.6, sched) == 0
-    assert run_mod.step_index(3.0, sched) == 2
-    assert run_mod.step_index(2.0, sched) == 2  # second-order midpoint belongs to the earlier step
+    assert steps.step_index(14.6, sched) == 0
+    assert steps.step_index(3.0, sched) == 2
+    assert steps.step_index(2.0, sched) == 2  # second-order midpoint belongs to the earlier step
     assert run_mod.first_appearances([[True, False], [False, False], [True, True]]) == [0, 2]
 
 
@@ -175,7 +177,7 @@ def test_isolation_bias_blocks_other_characters_references_exactly():
     heads, d = 2, 4
     q = torch.randn(1, 6, heads * d, generator=g)
     k = torch.randn(1, 11, heads * d, generator=g)
-    w = iso_self.attention_weights(q, k, heads, bias[None])[0]  # [heads, 6, 11]
+    w = reference.attention_weights(q, k, heads, bias[None])[0]  # [heads, 6, 11]
     assert torch.all(w[:, 0:2, 9:11] == 0)  # A's rows never see B's refs
     assert torch.all(w[:, 2:4, 6:9] == 0)  # B's rows never see A's refs
     assert torch.all(w[:, 4:6, 6:11] == 0)  # background: own image only
@@ -193,8 +195,8 @@ def test_reweighting_amplifies_reference_attention():
     owner = torch.zeros(3, dtype=torch.long)
     g = torch.Generator().manual_seed(3)
     q, k = torch.randn(1, 4, 8, generator=g), torch.randn(1, 7, 8, generator=g)
-    plain = iso_self.attention_weights(q, k, 1, iso_self.isolation_bias(region, owner, 4, gamma=0.0)[None])
-    boosted = iso_self.attention_weights(q, k, 1, iso_self.isolation_bias(region, owner, 4, gamma=3.0)[None])
+    plain = reference.attention_weights(q, k, 1, iso_self.isolation_bias(region, owner, 4, gamma=0.0)[None])
+    boosted = reference.attention_weights(q, k, 1, iso_self.isolation_bias(region, owner, 4, gamma=3.0)[None])
     assert torch.all(boosted[..., 4:].sum(-1) > plain[..., 4:].sum(-1))
 
 
@@ -206,14 +208,16 @@ def test_isolated_cross_attention_is_each_characters_prompt_inside_its_region():
     scene = (torch.randn(1, 77, heads * d, generator=g), torch.randn(1, 77, heads * d, generator=g))
     chars = [(torch.randn(1, 77, heads * d, generator=g), torch.randn(1, 77, heads * d, generator=g)) for _ in range(3)]
     masks = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0]], dtype=torch.float32)
-    out = iso_cross.isolated_cross_attention(q, *scene, chars, masks, heads, iso_self.sdpa_attention)
+    attn = iso_self.sdpa_attention
+    out = iso_cross.regional_blend(attn(q, *scene, heads), torch.stack([attn(q, *kv, heads) for kv in chars]),
+                                   masks[:, None])  # [K, panels=1, N]
     for c, cols in enumerate(([0, 1], [2], [3])):
         alone = iso_self.sdpa_attention(q, *chars[c], heads)
         assert torch.allclose(out[0, cols], alone[0, cols], atol=1e-5)
     assert torch.allclose(out[0, 4:], iso_self.sdpa_attention(q, *scene, heads)[0, 4:], atol=1e-6)
 
 
-def test_branch_merge():
+def test_isolated_merge():
     iso, orig = torch.full((2,), 3.0), torch.full((2,), 1.0)
     assert torch.allclose(branch.merge(iso, orig, 1.1), torch.full((2,), 3.2))
     assert torch.equal(branch.merge(iso, orig, 0.0), orig)
@@ -235,7 +239,7 @@ def test_run_masks_use_only_the_steps_so_far():
     assert m1[0, 0, :, :4].all() and not m1[0, 0, :, 4:].any()
     assert not (m1[0, 0] & m1[0, 1]).any()
     run.release()
-    assert run.result["steps"] == 3 and run.acc is None
+    assert run.result.steps == 3 and run.acc is None
 
 
 def test_attention_from_captured_probabilities_matches_sdpa():

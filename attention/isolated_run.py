@@ -28,6 +28,17 @@ import torch.nn.functional as F
 
 from .cross_maps import MapAccumulator
 from .otsu import panel_masks
+from .steps import StepWindow, step_count, step_index
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished run leaves for readers (Story Attention Masks, measurements)."""
+
+    maps: torch.Tensor  # [P, K, H, W] mean cross-attention maps over the captured steps
+    masks: torch.Tensor | None  # [P, K, H, W] bool, from all captured steps
+    masks_at_70: torch.Tensor | None  # the same from the first 70 % of the steps (stability)
+    steps: int
 
 
 @dataclass
@@ -51,17 +62,6 @@ def first_appearances(present: list[list[bool]]) -> list[int | None]:
     return [next((p for p, row in enumerate(present) if row[k]), None) for k in range(K)]
 
 
-def step_index(sigma: float, schedule: list[float]) -> int:
-    """Index of the schedule entry at or just above sigma (schedule is decreasing)."""
-    best = 0
-    for i, s in enumerate(schedule[:-1]):
-        if s >= sigma - 1e-6 * max(1.0, abs(s)):
-            best = i
-        else:
-            break
-    return best
-
-
 def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
     inter = (a & b).sum().item()
     union = (a | b).sum().item()
@@ -69,10 +69,17 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class IsolationRun:
-    def __init__(self, plan: CharacterPlan, capture_range=(0.0, 1.0), blur: float = 0.0,
-                 dilate: int = 0, min_area: float = 0.0, user_masks: dict[int, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        plan: CharacterPlan,
+        capture: StepWindow | None = None,
+        blur: float = 0.0,
+        dilate: int = 0,
+        min_area: float = 0.0,
+        user_masks: dict[int, torch.Tensor] | None = None,
+    ):
         self.plan = plan
-        self.capture_range = capture_range
+        self.capture = capture or StepWindow()
         self.blur, self.dilate, self.min_area = blur, dilate, min_area
         self.user_masks = user_masks or {}  # character -> [1 or P, H, W] float
         self.reset()
@@ -84,18 +91,18 @@ class IsolationRun:
         self._sig_obj = None
         self._sig_step = 0
         self._mask_cache: dict[int, torch.Tensor | None] = {}
-        self.result: dict | None = None
+        self.result: RunSummary | None = None
 
     def release(self) -> None:
         """End of sampling: keep only the small final summary (maps, masks) for readers."""
         if self.acc is not None and self.acc.steps:
-            n = self.total_steps
-            self.result = {
-                "maps": self.acc.mean(),
-                "masks": self._masks_from(self.acc.mean()),
-                "masks_70": self.masks_at_fraction(0.7),
-                "steps": n,
-            }
+            maps = self.acc.mean()
+            self.result = RunSummary(
+                maps=maps,
+                masks=self.masks_from(maps),
+                masks_at_70=self.masks_at_fraction(0.7),
+                steps=self.total_steps,
+            )
         self.acc = None
         self._mask_cache = {}
         self._sig_obj = None
@@ -103,7 +110,7 @@ class IsolationRun:
     # ---- steps ----------------------------------------------------------------------
     @property
     def total_steps(self) -> int:
-        return max(1, len(self.schedule) - 1) if self.schedule else 1
+        return step_count(self.schedule)
 
     def step(self, sigmas: torch.Tensor, sample_sigmas: torch.Tensor | None) -> int:
         if sigmas is self._sig_obj:
@@ -119,8 +126,7 @@ class IsolationRun:
         return step / self.total_steps
 
     def capturing(self, step: int) -> bool:
-        f = self.fraction(step)
-        return self.capture_range[0] <= f <= self.capture_range[1]
+        return self.capture.contains(self.fraction(step))
 
     # ---- maps and masks -------------------------------------------------------------
     def add_maps(self, step: int, maps: torch.Tensor, grid: tuple[int, int]) -> None:
@@ -128,44 +134,19 @@ class IsolationRun:
             self.acc = MapAccumulator(grid)
         self.acc.add(step, maps)
 
-    def _grid(self):
+    def _grid(self) -> tuple | None:
         return self.acc.grid if self.acc is not None else None
 
-    def _user_masks(self, grid, device) -> dict[int, torch.Tensor]:
-        out = {}
-        for k, m in self.user_masks.items():
-            m = m.float().to(device)
-            r = F.interpolate(m[:, None], size=tuple(grid), mode="bilinear", align_corners=False)[:, 0] > 0.5
-            out[k] = r.expand(self.plan.panels, *grid) if r.shape[0] == 1 else r
-        return out
-
-    def _masks_from(self, maps: torch.Tensor | None, grid=None, device=None) -> torch.Tensor | None:
-        if maps is None and not self.user_masks:
-            return None
-        P, K = self.plan.panels, len(self.plan.names)
-        grid = grid or (tuple(maps.shape[-2:]) if maps is not None else None)
-        device = device or (maps.device if maps is not None else torch.device("cpu"))
-        if grid is None:
-            return None
-        user = self._user_masks(grid, device)
-        out = torch.zeros(P, K, *grid, dtype=torch.bool, device=device)
-        for p in range(P):
-            present = [self.plan.present[p][k] and k not in user for k in range(K)]
-            if maps is not None and any(present):
-                out[p] = panel_masks(maps[p], present, self.blur, self.dilate, self.min_area)
-            taken = out[p].any(0)
-            for k in sorted(user):
-                if self.plan.present[p][k]:
-                    mk = user[k][p] & ~taken
-                    out[p, k] = mk
-                    taken = taken | mk
-        return out
+    def masks_from(self, maps: torch.Tensor | None, grid=None, device=None) -> torch.Tensor | None:
+        return masks_from_maps(
+            self.plan, maps, self.user_masks, grid, device, self.blur, self.dilate, self.min_area
+        )
 
     def masks(self, step: int, grid=None, device=None) -> torch.Tensor | None:
         """Boolean masks [P, K, H, W] for use at `step` (from steps < step), cached per step."""
         if step not in self._mask_cache:
             maps = self.acc.mean(before_step=step) if self.acc is not None else None
-            self._mask_cache[step] = self._masks_from(maps, grid or self._grid(), device)
+            self._mask_cache[step] = self.masks_from(maps, grid or self._grid(), device)
         return self._mask_cache[step]
 
     def masks_at_fraction(self, fraction: float) -> torch.Tensor | None:
@@ -173,4 +154,48 @@ class IsolationRun:
         if self.acc is None or not self.acc.steps:
             return None
         bound = math.ceil(fraction * self.total_steps)
-        return self._masks_from(self.acc.mean(before_step=bound))
+        return self.masks_from(self.acc.mean(before_step=bound))
+
+
+def _scaled_user_masks(user_masks: dict, panels: int, grid, device) -> dict[int, torch.Tensor]:
+    out = {}
+    for k, m in user_masks.items():
+        m = m.float().to(device)
+        r = F.interpolate(m[:, None], size=tuple(grid), mode="bilinear", align_corners=False)[:, 0] > 0.5
+        out[k] = r.expand(panels, *grid) if r.shape[0] == 1 else r
+    return out
+
+
+def masks_from_maps(
+    plan: CharacterPlan,
+    maps: torch.Tensor | None,
+    user_masks: dict | None = None,
+    grid=None,
+    device=None,
+    blur: float = 0.0,
+    dilate: int = 0,
+    min_area: float = 0.0,
+) -> torch.Tensor | None:
+    """Boolean masks [P, K, H, W] from maps [P, K, h, w] (Otsu + CV rule per panel), user masks
+    replacing their character's online mask; None when there is neither."""
+    user_masks = user_masks or {}
+    if maps is None and not user_masks:
+        return None
+    P, K = plan.panels, len(plan.names)
+    grid = grid or (tuple(maps.shape[-2:]) if maps is not None else None)
+    device = device or (maps.device if maps is not None else torch.device("cpu"))
+    if grid is None:
+        return None
+    user = _scaled_user_masks(user_masks, P, grid, device)
+    out = torch.zeros(P, K, *grid, dtype=torch.bool, device=device)
+    for p in range(P):
+        present = [plan.present[p][k] and k not in user for k in range(K)]
+        if maps is not None and any(present):
+            out[p] = panel_masks(maps[p], present, blur, dilate, min_area)
+        taken = out[p].any(0)
+        for k in sorted(user):
+            if plan.present[p][k]:
+                mk = user[k][p] & ~taken
+                out[p, k] = mk
+                taken = taken | mk
+    return out

@@ -1,13 +1,19 @@
 """Isolated Attention and Story Attention Masks through real ComfyUI sampling on tiny models."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from oia_helpers import TWO_CHARACTERS, encode_story, isolated, sample, state_of
+from isolated_helpers import TWO_CHARACTERS, encode_story, isolated, sample, state_of, with_attention_override
+import reference_attention as reference
 from pack_loader import pure, submodule
 
 iso_self = pure("attention.isolated_self")
-patch_mod = submodule("nodes.isolation_patch")
+branch_mod = submodule("attention.isolated_branch")
+core = submodule("nodes.patch_core")
+unet = submodule("nodes.patch_unet")
+patch_mod = submodule("nodes.patch_isolated")
 StoryError = submodule("nodes.common").StoryError
 
 
@@ -33,7 +39,7 @@ def test_lambda_zero_and_inactive_branch_are_bit_identical(sd15):
     # patched, maps captured every step, isolation window never reached: replaces must not change a bit
     idle = isolated(model, clip, story, start_percent=1.0, end_percent=1.0)
     assert torch.equal(sample(idle, pos, neg, P, steps=3), vanilla)
-    assert state_of(idle).run.result["maps"] is not None  # it did capture
+    assert state_of(idle).run.result.maps is not None  # it did capture
     active = isolated(model, clip, story)
     assert not torch.equal(sample(active, pos, neg, P, steps=3), vanilla)
 
@@ -41,24 +47,33 @@ def test_lambda_zero_and_inactive_branch_are_bit_identical(sd15):
 def test_capture_only_patch_is_bit_identical(sd15):
     model, clip, pos, neg, story, P = sd15
     plan = submodule("nodes.character_plan").build_plan("test", clip, story)
-    state = patch_mod.IsolationState(patch_mod.IsolationConfig(isolate=False, capture="all blocks"),
-                                     pure("attention.isolation_run").IsolationRun(plan))
-    m = patch_mod.install(model, state)
+    state = branch_mod.IsolatedBranch(branch_mod.IsolationConfig(isolate=False, capture="all blocks"),
+                                      pure("attention.isolated_run").IsolationRun(plan))
+    m = core.install(model, patch_mod.IsolatedPatch(state))
     assert torch.equal(sample(m, pos, neg, P, steps=3), sample(model.clone(), pos, neg, P, steps=3))
-    assert state.run.result["maps"].shape == (P, 2, 8, 8)
+    assert state.run.result.maps.shape == (P, 2, 8, 8)
 
 
 # ---- isolation exactness, measured on the real calls --------------------------------
 def _record_replace(m, key):
-    slot = m.model_options["transformer_options"]["patches_replace"]["attn2"]
-    inner, seen = slot[key], []
+    """Record the inputs and output of the isolated attn2 replace of one layer (wraps its hook)."""
+    patch, seen = core.installed(m, "isolated"), []
 
-    def rec(q, k, v, extra):
-        out = inner(q, k, v, extra)
-        seen.append((q, k, v, dict(extra), out))
-        return out
+    def recording(make):
+        def made(previous):
+            inner = make(previous)
 
-    slot[key] = rec
+            def rec(q, k, v, extra):
+                out = inner(q, k, v, extra)
+                seen.append((q, k, v, dict(extra), out))
+                return out
+
+            return rec
+
+        return made
+
+    patch.hooks = [dataclasses.replace(h, make=recording(h.make)) if (h.slot, h.key) == ("attn2", key) else h
+                   for h in patch.hooks]
     return seen
 
 
@@ -70,17 +85,17 @@ def exact_run(sd15):
     bob, alice = halves()
     calls = []
 
-    def recorder(q, k, v, heads, mask=None, **kw):
+    def recorder(q, k, v, heads, mask):
         if mask is not None:
             calls.append((q, k, mask))
-        return iso_self.sdpa_attention(q, k, v, heads, mask=mask)
 
-    m = isolated(model, clip, story, strength=1.0, reweight=2.0, mask_1=bob, mask_2=alice)
-    state_of(m).config.attn_fn = recorder
+    # the kernel override of another pack reaches the isolated branch (its masked calls are seen)
+    m = isolated(with_attention_override(model, recorder), clip, story, strength=1.0, reweight=2.0, mask_1=bob,
+                 mask_2=alice)
     key = ("output", 3, 0)
     seen = _record_replace(m, key)
     sample(m, pos, neg, P, steps=3, size=(16, 16))
-    module = dict(patch_mod.transformer_blocks(m.get_model_object("diffusion_model")))[key].attn2
+    module = {layer.key: layer.attn2 for layer in unet.attention_layers(m)}[key]
     return calls, seen, module, state_of(m).config.characters[0]
 
 
@@ -95,7 +110,7 @@ def test_self_attention_never_reaches_the_other_characters_references(exact_run)
         n_ref = k.shape[1] - n  # only panel 3 (Bob and Alice) has references: Bob's (panel 1) then Alice's (panel 2)
         assert n_ref == n  # half of panel 1's tokens + half of panel 2's tokens
         heads = 8
-        w = iso_self.attention_weights(q, k, heads, mask)[0]  # [heads, n, n + refs]
+        w = reference.attention_weights(q, k, heads, mask)[0]  # [heads, n, n + refs]
         bob_refs, alice_refs = slice(n, n + n // 2), slice(n + n // 2, n + n_ref)
         assert torch.all(w[:, bob_rows][:, :, alice_refs] == 0)
         assert torch.all(w[:, alice_rows][:, :, bob_refs] == 0)
@@ -136,7 +151,7 @@ def test_wraps_an_existing_attn2_replace_and_keeps_its_contribution(sd15):
         kk = extra_k[..., : q.shape[-1]].expand(q.shape[0], -1, -1)
         return text + 0.5 * iso_self.sdpa_attention(q, kk, kk, extra["n_heads"])
 
-    keys = [k for k, _ in patch_mod.transformer_blocks(base.get_model_object("diffusion_model")) if k[0] == "output"]
+    keys = [layer.key for layer in unet.attention_layers(base, ("output",))]
     for key in keys:
         base.set_model_attn2_replace(ip_like, *key)
     bob, alice = halves()
@@ -163,14 +178,14 @@ def test_online_masks_are_nonempty_disjoint_and_stable(sd15, capsys):
     m = isolated(model, clip, story)
     sample(m, pos, neg, P, steps=8, size=(16, 16))
     result = state_of(m).run.result
-    masks, masks70 = result["masks"], result["masks_70"]
+    masks, masks70 = result.masks, result.masks_at_70
     assert masks.shape == (P, 2, 16, 16)
     present = [[True, False], [False, True], [True, True]]
     for p in range(P):
         for c in range(2):
             assert bool(masks[p, c].any()) == present[p][c], (p, c)
         assert not (masks[p, 0] & masks[p, 1]).any()
-    iou = pure("attention.isolation_run").mask_iou(masks70, masks)
+    iou = pure("attention.isolated_run").mask_iou(masks70, masks)
     with capsys.disabled():
         print(f"\n[OIA] mask IoU between 70% and 100% of 8 steps (tiny SD1.5, 2 characters): {iou:.3f}")
     assert 0.0 <= iou <= 1.0 and iou > 0.5
@@ -179,8 +194,7 @@ def test_online_masks_are_nonempty_disjoint_and_stable(sd15, capsys):
 def test_identity_bank_references_are_used_by_contract(sd15):
     model, clip, pos, neg, story, P = sd15
 
-    widths = {key: tb.attn1.to_k.in_features for key, tb in
-              patch_mod.transformer_blocks(model.get_model_object("diffusion_model"))}
+    widths = {layer.key: layer.attn1.to_k.in_features for layer in unet.attention_layers(model)}
 
     class Bank:  # a stand-in with only the IDENTITY_BANK contract
         characters = ["Bob"]
@@ -195,14 +209,12 @@ def test_identity_bank_references_are_used_by_contract(sd15):
     bank = Bank()
     calls = []
 
-    def recorder(q, k, v, heads, mask=None, **kw):
+    def recorder(q, k, v, heads, mask):
         if mask is not None:
             calls.append((q.shape[1], k.shape[1]))
-        return iso_self.sdpa_attention(q, k, v, heads, mask=mask)
 
     bob, alice = halves()
-    m = isolated(model, clip, story, identity_bank=bank, mask_1=bob, mask_2=alice)
-    state_of(m).config.attn_fn = recorder
+    m = isolated(with_attention_override(model, recorder), clip, story, identity_bank=bank, mask_1=bob, mask_2=alice)
     # Bob now has references in panel 1 too (from the bank), not only in panel 3
     sample(m, pos, neg, P, steps=3, size=(16, 16))
     assert bank.asked and all(c == "Bob" and isinstance(s, float) and l[0] == "output" and len(l) == 3
@@ -218,7 +230,7 @@ def test_three_characters_in_a_panel_and_panels_without_any(tiny):
     pos, neg, story, P = encode_story(clip, text)
     m = isolated(model, clip, story)
     sample(m, pos, neg, P, steps=4, size=(16, 16))
-    masks = state_of(m).run.result["masks"]
+    masks = state_of(m).run.result.masks
     assert masks.shape == (3, 3, 16, 16)
     assert masks[0].any(0).any() and not masks[1].any() and not masks[2, :2].any()
     assert (masks[0].sum(0) <= 1).all()
@@ -229,7 +241,7 @@ def test_odd_latent_size(sd15):
     m = isolated(model, clip, story)
     out = sample(m, pos, neg, P, steps=3, size=(10, 14))
     assert out.shape == (P, 4, 10, 14) and torch.isfinite(out).all()
-    assert state_of(m).run.result["masks"].shape[-2:] == (10, 14)
+    assert state_of(m).run.result.masks.shape[-2:] == (10, 14)
 
 
 # ---- bad inputs ---------------------------------------------------------------------

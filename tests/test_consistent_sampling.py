@@ -7,10 +7,12 @@ import comfy.sample
 from pack_loader import submodule
 
 ca = submodule("nodes.consistent_attention")
-hooks = submodule("nodes.csa_hooks")
+core = submodule("nodes.patch_core")
+unet = submodule("nodes.patch_unet")
+run_mod = submodule("attention.consistent_run")
 
 BASE = dict(keep_rate_1_8=0.5, keep_rate_1_16=0.5, keep_rate_1_32=0.5, keep_rate_1_64=0.5, blocks="up",
-            warmup_steps=1, start_percent=0.0, end_percent=100.0, apply_probability="0.7, 0.9@40", window=0,
+            warmup_steps=1, start_percent=0.0, end_percent=1.0, apply_probability="0.7, 0.9@40", window=0,
             seed=0, strength=1.0)
 ALWAYS = dict(BASE, warmup_steps=0, apply_probability="1", blocks="all")
 
@@ -48,7 +50,7 @@ def test_parity_strength_zero_keep_rate_zero_disabled_range_and_batch_of_one(sd1
     assert torch.equal(sample(csa(model, strength=0.0), clip), vanilla)
     zero = {f"keep_rate_1_{d}": 0.0 for d in (8, 16, 32, 64)}
     assert torch.equal(sample(csa(model, **dict(ALWAYS, **zero)), clip), vanilla)
-    assert torch.equal(sample(csa(model, **dict(ALWAYS, start_percent=100.0)), clip), vanilla)
+    assert torch.equal(sample(csa(model, **dict(ALWAYS, start_percent=1.0)), clip), vanilla)
     single = sample(model, clip, n=1)
     assert torch.equal(sample(csa(model, **ALWAYS), clip, n=1), single)
     assert not torch.equal(sample(csa(model), clip), vanilla)  # and the patch does act on a story batch
@@ -65,7 +67,7 @@ def test_same_seed_same_output_and_seed_matters(sd15):
 def test_interrupted_run_leaves_nothing_stale(sd15):
     model, clip, _ = sd15
     m = csa(model, **dict(ALWAYS, keep_rate_1_8=0.3))
-    patch = hooks.installed_patch(m)
+    patch = core.installed(m, "consistent")
 
     def stop(step, *args):
         if step == 1:
@@ -164,7 +166,7 @@ def test_composes_with_other_attn1_patches_and_attn2_replaces(sd15):
     def add_others(m):
         m = m.clone()
         m.set_model_attn1_patch(p1)
-        for key in hooks.transformer_layers(m, "all"):
+        for key in (layer.key for layer in unet.attention_layers(m)):
             m.set_model_attn2_replace(r2, *key)
         return m
 
@@ -176,7 +178,7 @@ def test_composes_with_other_attn1_patches_and_attn2_replaces(sd15):
     assert not close(a, sample(add_others(model), clip, steps=2), 1e-3)  # CSA still acts
 
     wrapped = model.clone()
-    for key in hooks.transformer_layers(wrapped, "all"):
+    for key in (layer.key for layer in unet.attention_layers(wrapped)):
         wrapped.set_model_attn1_replace(r1, *key)
     out = sample(csa(wrapped, **ALWAYS), clip, steps=2)
     assert calls["r1"] > 0 and calls["extended"] > 0  # the earlier replace runs, on the gathered keys
@@ -190,11 +192,11 @@ def test_bad_schedule_is_a_validation_error():
     msg = ca.ConsistentSelfAttention.VALIDATE_INPUTS("0.7, 0.9", 0.0, 100.0)
     assert "Consistent Self-Attention" in msg and "apply_probability" in msg and "@percent" in msg
     assert "swap" in ca.ConsistentSelfAttention.VALIDATE_INPUTS("1", 80.0, 20.0)
-    assert ca.ConsistentSelfAttention.VALIDATE_INPUTS("0.7, 0.9@40", 0.0, 100.0) is True
+    assert ca.ConsistentSelfAttention.VALIDATE_INPUTS("0.7, 0.9@40", 0.0, 1.0) is True
 
 
 def test_plan_skips_svd_temporal_calls_and_blocks_not_chosen():
-    patch = hooks.CSAPatch(hooks.CSAConfig(warmup_steps=0))
+    patch = run_mod.ConsistentRun(run_mod.ConsistentConfig(warmup_steps=0))
     extra = {"block": ("output", 3), "block_index": 0, "activations_shape": (4, 8, 4, 4), "original_shape": (4, 4, 8, 8),
              "cond_or_uncond": [1, 0], "sigmas": torch.tensor([1.0, 1.0]), "sample_sigmas": torch.tensor([2.0, 1.0, 0.0])}
     plan = patch.plan(4, 16, dict(extra))

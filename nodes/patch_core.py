@@ -1,0 +1,201 @@
+"""The pack's patching seam: how a feature gets into a ComfyUI MODEL, for every model family.
+
+Every MODEL -> MODEL node of the pack builds one `FeaturePatch` and calls `install(model, patch)`.
+The family modules beside this one (`patch_unet.py` now; a DiT family is one more module of the
+same shape) say which layers exist and how ComfyUI keys their replaces.
+
+Interface of a feature patch (subclass `FeaturePatch`):
+
+* `feature`: one name per feature ("consistent", "isolated"): a MODEL holds at most one patch per
+  feature; installing again replaces the earlier one (its attention patches and wrappers are
+  removed), so applying a node twice equals applying it once.
+* `node`: the node's display name (errors name it); `families`: the `Family` objects it supports.
+  `install` checks the model's family first and raises `StoryError` naming the family it got and
+  the families supported.
+* `state`: the per-run state holder (any object with `reset()` and `release()`); `begin(noise)`
+  runs when sampling starts (checks, then `state.reset()`), `end(completed)` in `finally`
+  (`state.release()`), through an OUTER_SAMPLE wrapper: a cancelled run leaves nothing stale.
+* `layer_hooks(model, family) -> list[LayerHook]`: which replace slots ("attn1", "attn2", or a
+  DiT family's "dit") and layer keys the feature wraps, and `make(previous) -> replace`.
+  The replaces are not stored in the MODEL: an APPLY_MODEL wrapper injects them into the
+  per-call `transformer_options` at call time, after every other pack has patched, wrapping
+  whatever replace the graph holds for that layer at any key granularity (`family.lookup`: a
+  UNet looks up (block, id, depth) then (block, id)). A pack applied before *or* after ours
+  therefore runs inside ours on every block, and ours always runs.
+* `attention_patches() -> {"attn1_patch": [fn], ...}`: list patches, appended after the ones
+  already there (lists compose by themselves).
+* `default_attention(q, k, v, extra, mask=None)`: the one attention fallback; it always passes
+  `transformer_options`, so an `optimized_attention_override` set by another pack is honoured.
+
+The patch object is shared by every clone (`__deepcopy__` returns self) and reachable from a
+MODEL with `installed(model, feature)`. No global state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.patcher_extension
+
+from .common import StoryError
+
+PATCHES_KEY = "storydiff_patches"  # transformer_options[PATCHES_KEY][feature] -> FeaturePatch
+Replace = Callable[..., Any]
+
+
+class RunState(Protocol):
+    def reset(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: how to recognise its diffusion model and find a layer's current replace."""
+
+    name: str  # shown in errors, e.g. "SD1.5/SD2/SDXL-family UNet (also SVD)"
+    matches: Callable[[Any], bool]  # diffusion_model -> bool
+    lookup: Callable[[dict, tuple], Replace | None]  # (patches_replace[slot], full key) -> replace
+
+
+@dataclass(frozen=True)
+class LayerHook:
+    slot: str  # patches_replace slot: "attn1", "attn2" (UNet), "dit" (DiT families)
+    key: tuple  # the full key ComfyUI looks up first
+    make: Callable[[Replace | None], Replace]  # previous replace (or None) -> this feature's replace
+
+
+def default_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """ComfyUI's attention with the block's options (precision, a kernel override of another pack)."""
+    return comfy_attention.optimized_attention(
+        q,
+        k,
+        v,
+        extra["n_heads"],
+        mask=mask,
+        attn_precision=extra.get("attn_precision"),
+        transformer_options=extra,
+    )
+
+
+def model_family_name(model) -> str:
+    """What the user loaded, in words: the ComfyUI model config's class (SDXL, Flux, ...)."""
+    inner = getattr(model, "model", None)
+    config = getattr(inner, "model_config", None)
+    if config is not None:
+        return type(config).__name__
+    dm = model.get_model_object("diffusion_model") if hasattr(model, "get_model_object") else None
+    return type(dm).__name__ if dm is not None else type(model).__name__
+
+
+def require_family(model, node: str, families: tuple[Family, ...]) -> Family:
+    """The first supported family the MODEL belongs to, else a StoryError naming got and supported."""
+    if not hasattr(model, "get_model_object"):
+        raise StoryError(
+            f"{node}: the model input is not a MODEL; connect a checkpoint loader's MODEL output."
+        )
+    dm = model.get_model_object("diffusion_model")
+    for family in families:
+        if family.matches(dm):
+            return family
+    supported = "; ".join(f.name for f in families)
+    raise StoryError(
+        f"{node}: this MODEL is a {model_family_name(model)} model, which {node} does not support "
+        f"(supported: {supported}). Connect the MODEL of a supported checkpoint."
+    )
+
+
+class FeaturePatch:
+    feature: str = ""
+    node: str = ""
+    families: tuple[Family, ...] = ()
+
+    def __init__(self, state: RunState):
+        self.state = state
+        self.family: Family | None = None
+        self.hooks: list[LayerHook] = []
+
+    def __deepcopy__(self, memo):  # ModelPatcher.clone() deep-copies model_options up to 0.3.75
+        return self
+
+    # ---- to be given by the feature ----------------------------------------------------
+    def layer_hooks(self, model, family: Family) -> list[LayerHook]:
+        return []
+
+    def attention_patches(self) -> dict[str, list]:
+        return {}
+
+    def begin(self, noise: torch.Tensor | None) -> None:
+        self.state.reset()
+
+    def end(self, completed: bool) -> None:
+        self.state.release()
+
+    # ---- wrappers --------------------------------------------------------------------
+    def outer_sample(self, executor, *args, **kwargs) -> Any:
+        self.begin(args[0] if args else kwargs.get("noise"))
+        completed = False
+        try:
+            out = executor(*args, **kwargs)
+            completed = True
+            return out
+        finally:
+            self.end(completed)
+
+    def apply_model(self, executor, *args, **kwargs) -> Any:
+        if len(args) > 5:
+            args = (*args[:5], self.inject(args[5]), *args[6:])
+        else:
+            kwargs["transformer_options"] = self.inject(kwargs.get("transformer_options") or {})
+        return executor(*args, **kwargs)
+
+    def inject(self, transformer_options: dict) -> dict:
+        """A copy of the call's transformer_options with this feature's replaces wrapped around
+        whatever replace each layer holds now (at any key granularity)."""
+        options = dict(transformer_options)
+        replaces = dict(options.get("patches_replace", {}))
+        for slot in {hook.slot for hook in self.hooks}:
+            replaces[slot] = dict(replaces.get(slot, {}))
+        for hook in self.hooks:
+            slot = replaces[hook.slot]
+            slot[hook.key] = hook.make(self.family.lookup(slot, hook.key))
+        options["patches_replace"] = replaces
+        return options
+
+
+def installed(model, feature: str) -> FeaturePatch | None:
+    return model.model_options.get("transformer_options", {}).get(PATCHES_KEY, {}).get(feature)
+
+
+def install(model, patch: FeaturePatch) -> Any:
+    """A clone of `model` with `patch`: family checked, this feature's earlier patch removed, every
+    other patch kept (list patches appended after, replaces wrapped at call time)."""
+    patch.family = require_family(model, patch.node, patch.families)
+    m = model.clone()
+    topts = m.model_options.setdefault("transformer_options", {})
+    ours = dict(topts.get(PATCHES_KEY, {}))
+    old = ours.get(patch.feature)
+    lists = dict(topts.get("patches", {}))
+    new = patch.attention_patches()
+    for name in set(lists) | set(new):
+        kept = [p for p in lists.get(name, []) if old is None or getattr(p, "__self__", None) is not old]
+        lists[name] = kept + list(new.get(name, []))
+    topts["patches"] = lists
+    patch.hooks = patch.layer_hooks(m, patch.family)
+    ours[patch.feature] = patch
+    topts[PATCHES_KEY] = ours
+    key = f"storydiff_{patch.feature}"
+    for kind, fn in (
+        (comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, patch.outer_sample),
+        (comfy.patcher_extension.WrappersMP.APPLY_MODEL, patch.apply_model),
+    ):
+        m.remove_wrappers_with_key(kind, key)
+        m.add_wrapper_with_key(kind, key, fn)
+    return m

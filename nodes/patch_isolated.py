@@ -1,0 +1,101 @@
+"""Object Isolated Attention (and Story Attention Masks' capture) through the patching seam.
+
+The branch's math is `attention.isolated_branch.IsolatedBranch` (pure); this file only hooks
+it in: per UNet transformer layer an attn2 replace (capture maps, isolated cross-attention)
+and, in the up-sampling blocks, an attn1 replace (isolated self-attention), each around
+whatever replace the graph holds there (see nodes/patch_core.py). The kernel handed to the
+branch is the seam's `default_attention`, so another pack's attention override applies to the
+isolated branch too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..attention.isolated_branch import IsolatedBranch, IsolationInputError, wants_attn1, wants_attn2
+from .common import StoryError
+from .patch_core import Family, FeaturePatch, LayerHook, Replace, default_attention, installed
+from .patch_unet import UNET, attention_layers
+
+FEATURE = "isolated"
+
+
+class IsolatedPatch(FeaturePatch):
+    feature = FEATURE
+    families = (UNET,)
+
+    def __init__(self, branch: IsolatedBranch):
+        super().__init__(branch)
+        self.node = branch.config.node
+
+    @property
+    def branch(self) -> IsolatedBranch:
+        return self.state
+
+    def layer_hooks(self, model, family: Family) -> list[LayerHook]:
+        hooks = []
+        config = self.branch.config
+        for layer in attention_layers(model):
+            if wants_attn2(config, layer.key) and layer.attn2 is not None:
+                hooks.append(LayerHook("attn2", layer.key, self._attn2_around(layer.key, layer.attn2)))
+            if wants_attn1(config, layer.key):
+                hooks.append(LayerHook("attn1", layer.key, self._attn1_around(layer.key, layer.attn1)))
+        return hooks
+
+    def _attn2_around(self, key: tuple, module) -> Callable[[Replace | None], Replace]:
+        def make(previous: Replace | None) -> Replace:
+            def replace(q, k, v, extra) -> torch.Tensor:
+                def original(q_, k_, v_) -> torch.Tensor:
+                    return (
+                        previous(q_, k_, v_, extra)
+                        if previous is not None
+                        else default_attention(q_, k_, v_, extra)
+                    )
+
+                return _user_errors(
+                    self.branch.attn2,
+                    key,
+                    module,
+                    q,
+                    k,
+                    v,
+                    extra,
+                    original,
+                    _kernel(extra),
+                    previous is not None,
+                )
+
+            return replace
+
+        return make
+
+    def _attn1_around(self, key: tuple, module) -> Callable[[Replace | None], Replace]:
+        def make(previous: Replace | None) -> Replace:
+            def replace(q, k, v, extra) -> torch.Tensor:
+                orig = previous(q, k, v, extra) if previous is not None else default_attention(q, k, v, extra)
+                return _user_errors(self.branch.attn1, key, module, q, k, v, extra, orig, _kernel(extra))
+
+            return replace
+
+        return make
+
+
+def _kernel(extra: dict) -> Callable[..., torch.Tensor]:
+    def kernel(q, k, v, heads, mask=None) -> torch.Tensor:
+        return default_attention(q, k, v, extra, mask=mask)
+
+    return kernel
+
+
+def _user_errors(fn, *args) -> torch.Tensor:
+    try:
+        return fn(*args)
+    except IsolationInputError as e:
+        raise StoryError(str(e)) from None
+
+
+def installed_branch(model) -> IsolatedBranch | None:
+    patch = installed(model, FEATURE)
+    return patch.branch if patch is not None else None
