@@ -212,8 +212,8 @@ def test_template_previews_are_in_view_and_uncovered_after_a_run(canvas, live_se
 
 
 def test_keep_rate_widgets_show_distinct_whole_labels(canvas):
-    """The four keep-rate widgets read 'keep 1/8' ... 'keep 1/64' (locales/en/nodeDefs.json), whole
-    in both renderers; the saved input names (keep_rate_1_8 ...) are unchanged."""
+    """The keep-rate widgets read 'keep 1/8' ... 'keep 1/64', 'keep double', 'keep single'
+    (locales/en/nodeDefs.json), whole in both renderers; the saved input names are unchanged."""
     open_template(canvas, "one_character_story")
     got = canvas.page.evaluate(
         """(vue) => {
@@ -227,16 +227,17 @@ def test_keep_rate_widgets_show_distinct_whole_labels(canvas):
     }""",
         canvas.renderer == "nodes2",
     )
-    assert got["widgets"] == [
+    expected = [
         ["keep_rate_1_8", "keep 1/8"],
         ["keep_rate_1_16", "keep 1/16"],
         ["keep_rate_1_32", "keep 1/32"],
         ["keep_rate_1_64", "keep 1/64"],
-    ], got
+        ["keep_rate_double", "keep double"],
+        ["keep_rate_single", "keep single"],
+    ]
+    assert got["widgets"] == expected, got
     if got["shown"] is not None:
-        assert got["shown"] == [[f"keep 1/{d}", True] for d in (8, 16, 32, 64)], (
-            f"truncated labels: {got['shown']}"
-        )
+        assert got["shown"] == [[label, True] for _, label in expected], f"truncated labels: {got['shown']}"
 
 
 CONTRAST = """(vue) => {
