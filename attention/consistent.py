@@ -10,6 +10,7 @@ of the tests and the benchmark).
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -50,15 +51,44 @@ def reference_table(num_images: int, window: int = 0, groups: Sequence | None = 
     return table
 
 
-def downscale_level(latent_hw: tuple[int, int], hw: tuple[int, int], max_level: int = 6) -> int | None:
-    """How many stride-2 downsamplings (ceil rounding, as the UNet does) turn latent_hw into hw."""
+def story_reference_table(tags: Sequence[Sequence[str]], window: int = 0) -> list[tuple[int, ...]]:
+    """Story-aware references: image i takes the shared tokens of image j only when every
+    character j shows is one that i shows too.
+
+    A panel of Bob alone takes from Bob's other solo panels (never from a panel where Alice
+    appears beside him, whose tokens are half Alice); a panel of Bob and Alice takes from Bob's,
+    Alice's and other Bob-and-Alice panels; a panel without characters (``[NC]`` or untagged)
+    neither gives nor takes. window W keeps the W-1 nearest of those candidates (ties to the
+    earlier image), as in `reference_table`.
+    """
+    shows = [frozenset(t) for t in tags]
+    table = []
+    for i, mine in enumerate(shows):
+        cand = [j for j, theirs in enumerate(shows) if j != i and mine and theirs and theirs <= mine]
+        if window and len(cand) > window - 1:
+            cand = sorted(cand, key=lambda j: (abs(j - i), j))[: max(0, window - 1)]
+        table.append(tuple(sorted(cand)))
+    return table
+
+
+def downscale_level(latent_hw: tuple[int, int], hw: tuple[int, int], max_level: int = 6) -> int:
+    """The resolution level of an attention layer whose activations are hw for a latent_hw latent.
+
+    Exact when hw is what `level` stride-2 downsamplings (ceil rounding, as the UNet does) give;
+    otherwise the nearest level in log token count: Kohya Deep Shrink by a factor that is not a
+    power of two (x1.5: 5x5 instead of 4x4 for a 16x16 latent) runs a block at an in-between
+    size, and that block takes the keep-rate of the level nearest to its size, never none.
+    """
     h, w = int(latent_hw[0]), int(latent_hw[1])
     target = (int(hw[0]), int(hw[1]))
+    sizes = []
     for level in range(max_level + 1):
         if (h, w) == target:
             return level
+        sizes.append(h * w)
         h, w = (h + 1) // 2, (w + 1) // 2
-    return None
+    tokens = max(1, target[0] * target[1])
+    return min(range(len(sizes)), key=lambda lv: (abs(math.log(sizes[lv] / tokens)), lv))
 
 
 def gather_tokens(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,9 @@ replace with the attention kernel injected (the replace it wraps, or ComfyUI's a
   same guidance chunk (and the row's bank tokens) and runs one SDPA-class call per key layout.
 
 Steps are recognised by sigma (extra["sigmas"] within extra["sample_sigmas"]), never counted;
-the step window is a `steps.StepWindow` of fractions 0..1.
+the step window is a `steps.StepWindow` of fractions 0..1 of the model's noise schedule (a
+`steps.NoiseClock` given at reset), so split runs equal the single run; see steps.py for the
+second-order sampler rule.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .consistent import consistent_attention, downscale_level, reference_table
+from .consistent import consistent_attention, downscale_level, reference_table, story_reference_table
 from .identity_bank import IdentityBank
-from .steps import StepWindow, step_progress, step_sigma
+from .steps import NoiseClock, StepWindow, step_progress, step_sigma, warmup_step
 from .token_sampling import ProbabilitySchedule, gate_draw, sample_token_indices
 
 PLAN_KEY = "storydiff_consistent_plan"  # per-block-call note from the attn1 patch to the replace
@@ -56,6 +58,23 @@ class Mode:
     bank: IdentityBank | None = None
     labels: tuple = ()  # write: character per image (None = not an identity image); read: names per image
     node: str = "Consistent Self-Attention"
+    # The characters each image shows (a connected STORY): sharing follows the story
+    # (`story_reference_table`); None = every image shares with every other (no story).
+    tags: tuple | None = None
+
+    def sharing(self, images: int, window: int) -> list:
+        """The images each image takes shared tokens from (plain and write runs)."""
+        if self.kind == "write":  # identity images share only with the same character's identity images
+            tags = (
+                self.tags
+                if self.tags is not None
+                else tuple(() if lab is None else (lab,) for lab in self.labels)
+            )
+            tags = tags * images if len(tags) == 1 else tags
+            return story_reference_table(tags, window)
+        if self.tags is not None and len(self.tags) == images:
+            return story_reference_table(self.tags, window)
+        return reference_table(images, window)
 
 
 @dataclass
@@ -82,7 +101,9 @@ class ConsistentRun:
     def __post_init__(self):
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, clock: NoiseClock | None = None) -> None:
+        """A new sampling run; `clock` places sigmas in the model's noise schedule (see steps.py)."""
+        self.clock = clock
         self.indices: dict = {}  # (step sigma, tokens, images, keep-rate) -> LongTensor [B, k]
         self.gather: dict = {}  # gather indices reused by the layers of one shape
         self.repeated: dict = {}  # indices repeated over the guidance chunks
@@ -119,12 +140,16 @@ class ConsistentRun:
         sigma_now = float(extra["sigmas"].reshape(-1)[0])
         if sigma_now not in self.steps:
             t, progress = step_progress(sigma_now, sample_sigmas)
-            self.steps[sigma_now] = (t, progress, step_sigma(sigma_now, sample_sigmas))
-        t, progress, sigma = self.steps[sigma_now]
+            sigma = step_sigma(sigma_now, sample_sigmas)
+            if self.clock is not None:
+                progress = self.clock.progress(sigma)
+            warm = warmup_step(t, cfg.warmup_steps, sample_sigmas, self.clock)
+            self.steps[sigma_now] = (warm, progress, sigma)
+        warm, progress, sigma = self.steps[sigma_now]
         layer = (block[0], int(block[1]), int(extra.get("block_index", 0)))
         active = (
             cfg.strength > 0
-            and t >= cfg.warmup_steps
+            and not warm
             and cfg.steps.contains(progress)
             and gate_draw(cfg.seed, sigma, layer) < cfg.schedule.at(progress)
         )
@@ -140,12 +165,7 @@ class ConsistentRun:
                     self.indices, self.gather, self.repeated = {}, {}, {}
                 self.indices[key] = sample_token_indices(images, tokens, rate, cfg.seed, sigma)
             plan.indices = self.indices[key]
-        if kind == "plain":
-            plan.refs = reference_table(images, cfg.window)
-        elif kind == "write":
-            plan.refs = reference_table(images, cfg.window, groups=self.labels(images))
-        else:
-            plan.refs = [()] * images
+        plan.refs = self.mode.sharing(images, cfg.window) if kind in ("plain", "write") else [()] * images
         extra[PLAN_KEY] = plan
         return plan
 

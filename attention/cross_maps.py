@@ -5,8 +5,10 @@ to locate each character in each panel from the model's own cross-attention (OIA
 
 Decisions (the paper leaves them open; see README "Object Isolated Attention: decided points"):
 
-* **Character tokens**: every sub-token of the character's *name* where it occurs in the panel's
-  prompt (all occurrences); if the name does not occur, every sub-token of its description.
+* **Character tokens**: every sub-token of the character's *name* where the Story Prompt wrote
+  it for a tag (the glue picks those occurrences; a name inside another character's description
+  does not count); for stories without that record, every occurrence of the name, else every
+  sub-token of its description. Embedding vectors (`embedding:name`) compare by value.
   BOS/EOS/padding (word id 0 in ComfyUI's tokenizers) never count. The map of a character is the
   *mean* over its sub-tokens of the head-averaged attention probability.
 * **Long prompts / tiled contexts**: CLIP contexts are 77-token windows concatenated for prompts
@@ -25,23 +27,37 @@ import torch
 import torch.nn.functional as F
 
 
+def token_key(token):
+    """A comparable key for one prompt token: the id of a vocabulary token, or the bytes of a
+    textual-inversion vector (ComfyUI's tokenizer puts the embedding's vectors themselves in
+    the token list for `embedding:name`), so the same embedding matches itself and never an id."""
+    if torch.is_tensor(token):
+        t = token.detach().float().cpu().contiguous()
+        return ("vector", tuple(t.shape), t.numpy().tobytes())
+    return int(token)
+
+
 def find_phrase(prompt: list[tuple[int, int]], phrase: list[int]) -> list[int]:
     """Positions (in the flattened context) of every occurrence of `phrase` in `prompt`.
 
-    prompt: (token_id, word_id) per context position, all 77-token windows concatenated;
+    prompt: (token, word_id) per context position, all 77-token windows concatenated;
     positions whose word_id is 0 (BOS, EOS, padding) are skipped, so a phrase may straddle
-    a window boundary. phrase: the token ids to find (no special tokens).
+    a window boundary. phrase: the tokens to find (no special tokens). A token is an id or an
+    embedding vector (tensor); they are compared by `token_key`.
     """
+    return sorted({pos for occurrence in phrase_occurrences(prompt, phrase) for pos in occurrence})
+
+
+def phrase_occurrences(prompt: list[tuple], phrase: list) -> list[list[int]]:
+    """Each occurrence of `phrase` in `prompt` (same conventions as `find_phrase`), in order,
+    as the list of its context positions."""
     if not phrase:
         return []
-    kept = [(pos, tok) for pos, (tok, word) in enumerate(prompt) if word != 0]
+    kept = [(pos, token_key(tok)) for pos, (tok, word) in enumerate(prompt) if word != 0]
     ids = [tok for _, tok in kept]
-    out: list[int] = []
+    phrase = [token_key(t) for t in phrase]
     n = len(phrase)
-    for i in range(len(ids) - n + 1):
-        if ids[i : i + n] == phrase:
-            out.extend(kept[i + j][0] for j in range(n))
-    return sorted(set(out))
+    return [[kept[i + j][0] for j in range(n)] for i in range(len(ids) - n + 1) if ids[i : i + n] == phrase]
 
 
 def selection_matrix(

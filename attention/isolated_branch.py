@@ -53,6 +53,7 @@ class IsolationConfig:
     scene: torch.Tensor | None = None  # [1 or P, T, C] scene context, None = the sampler's positive
     characters: list = field(default_factory=list)  # per character: [1 or P, T, C] description context
     identity_bank: object = None  # duck-typed: .characters, .tokens(character, sigma, layer)
+    story_cond: object = None  # the Story Prompt's positive tensor: finds the story's own cond rows
 
 
 def _ceil_div(x: int, d: int) -> int:
@@ -91,6 +92,9 @@ class IsolatedBranch:
 
     def __init__(self, config: IsolationConfig, run: IsolationRun):
         self.config, self.run = config, run
+        # uuids of the sampler's cond entries that are the story's own (set when sampling starts);
+        # None = every positive chunk (no sampler information)
+        self.story_uuids: set | None = None
         self._clear()
 
     def _clear(self) -> None:
@@ -99,8 +103,8 @@ class IsolatedBranch:
         self._proj: dict = {}
         self._tok: dict = {}
 
-    def reset(self) -> None:
-        self.run.reset()
+    def reset(self, clock=None) -> None:
+        self.run.reset(clock)
         self._clear()
 
     def release(self) -> None:
@@ -164,7 +168,13 @@ class IsolatedBranch:
         return self._act[key]
 
     def _cond_chunks(self, q: torch.Tensor, extra: dict) -> tuple[list[int], int]:
+        """The chunks of this call that are the story's own positive rows (never an uncond, an
+        area-restricted cond or another cond combined with the story's), and the panel count."""
         cou = extra["cond_or_uncond"]
+        uuids = extra.get("uuids")
+        mine = self.story_uuids
+        if mine is not None and uuids is not None and len(uuids) == len(cou):
+            cou = [c if c != 0 or uuids[i] in mine else -1 for i, c in enumerate(cou)]
         P = self.run.plan.panels
         per = q.shape[0] // len(cou)
         if per != P:
@@ -176,7 +186,9 @@ class IsolatedBranch:
 
     def _isolating(self, step: int) -> bool:
         cfg = self.config
-        return step > 0 and cfg.lam != 0 and cfg.steps.contains(self.run.fraction(step))
+        # no `step > 0` rule: online masks come from earlier steps' maps, so a run's first step has
+        # none anyway, while given masks isolate from the first step of every stage of a split run
+        return cfg.lam != 0 and cfg.steps.contains(self.run.fraction(step))
 
     # ---- attn2: capture + isolated cross-attention --------------------------------------
     def _character_outputs(self, key, module, qc, tok_any, heads: int, attn: Kernel) -> torch.Tensor:
@@ -224,7 +236,7 @@ class IsolatedBranch:
             probs = head_probs(q[cond_idx], k[cond_idx], heads)
             orig = torch.empty_like(q)
             orig[cond_idx] = attend(probs, v[cond_idx]).to(q.dtype)
-            unc = [i for i, c in enumerate(extra["cond_or_uncond"]) if c != 0]
+            unc = [i for i in range(len(extra["cond_or_uncond"])) if i not in conds]
             if unc:
                 unc_idx = _chunk_rows(unc, P, q.device)
                 orig[unc_idx] = original(q[unc_idx], k[unc_idx], v[unc_idx])

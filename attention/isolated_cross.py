@@ -7,7 +7,10 @@ are attended *separately* by the same queries, then blended per region:
 
 Decisions: masks are binary and disjoint (after the CV rule), so inside character A's region
 the output is exactly CA(q, ctx_A) (no share of the scene prompt kept, unlike AutoStudio's 0.3)
-and the background keeps the scene prompt. Only the cond half of the CFG batch is isolated;
+and the background keeps the scene prompt. ctx_A is A's regional prompt: by default the panel's
+line with only A's tag filled in (action and style kept, other characters' descriptions
+removed; see story/syntax.py), because with λ > 1 a description-only prompt would push the
+panel's action out of the character. Only the cond half of the CFG batch is isolated;
 the uncond half is untouched (see attention/isolated_branch.py).
 """
 

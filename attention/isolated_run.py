@@ -5,12 +5,19 @@ glue resets it when sampling starts and releases its caches when sampling ends (
 wrapper with try/finally), so an interrupted run leaves nothing stale.
 
 Decisions:
-* Step index = position of the current sigma in the run's schedule (`sample_sigmas`); sigmas
-  between two schedule entries (second-order samplers) belong to the earlier step. Never
-  call counts.
+* Step index = position of the current sigma in the run's schedule (`sample_sigmas`) by the
+  shared rule of `steps.py` (a midpoint between two sigmas belongs to the earlier step; Heun's
+  second call at the next sigma is the next step's call). Never call counts. Windows use the
+  step's place in the model's noise schedule (`NoiseClock`) when sampling knows the model.
 * Masks used at step s come from the maps of steps < s ("the steps so far", as in the paper:
-  one sampling run, no second generation). No masks exist at step 0, so isolation starts at
-  the first step that has maps and lies in the node's step range.
+  one sampling run, no second generation). No online masks exist at a run's first step, so
+  isolation starts at the first step that has maps and lies in the node's step range; given
+  masks isolate from the first step. A run split over two samplers restarts its online masks in
+  the second one (ComfyUI may rerun the second stage alone; see README).
+* Thin evidence: online masks are used only once maps of `evidence_steps` steps exist (Isolated
+  Attention: 2, so never from the first step's map alone), a map whose Otsu separation is below
+  `min_separation` gives no mask (Otsu finds a "region" in any non-flat map, noise included) and
+  a region below `min_area` of the panel is dropped. Given masks are not guarded.
 * Maps are captured in the capture step window only; masks are recomputed once per step and
   cached for that step.
 * User-supplied masks replace the online masks of their character for every step; overlaps
@@ -28,7 +35,7 @@ import torch.nn.functional as F
 
 from .cross_maps import MapAccumulator
 from .otsu import panel_masks
-from .steps import StepWindow, step_count, step_index
+from .steps import NoiseClock, StepWindow, step_count, step_index
 
 
 @dataclass(frozen=True)
@@ -77,15 +84,21 @@ class IsolationRun:
         dilate: int = 0,
         min_area: float = 0.0,
         user_masks: dict[int, torch.Tensor] | None = None,
+        min_separation: float = 0.0,
+        evidence_steps: int = 1,
     ):
         self.plan = plan
         self.capture = capture or StepWindow()
         self.blur, self.dilate, self.min_area = blur, dilate, min_area
+        # the thin-evidence guard: online masks need maps from `evidence_steps` steps, and a map that
+        # does not split clearly in two (Otsu separation below `min_separation`) gives no mask
+        self.min_separation, self.evidence_steps = min_separation, max(1, int(evidence_steps))
         self.user_masks = user_masks or {}  # character -> [1 or P, H, W] float
         self.reset()
 
     # ---- lifecycle -------------------------------------------------------------------
-    def reset(self) -> None:
+    def reset(self, clock: NoiseClock | None = None) -> None:
+        self.clock = clock  # places sigmas in the model's noise schedule (see steps.py)
         self.acc: MapAccumulator | None = None
         self.schedule: list[float] | None = None
         self._sig_obj = None
@@ -123,6 +136,11 @@ class IsolationRun:
         return self._sig_step
 
     def fraction(self, step: int) -> float:
+        """Position of `step` in the run: in the model's noise schedule when sampling knows the
+        model (so a split run's second stage places its steps where the single run does), else
+        step / steps."""
+        if self.clock is not None and self.schedule and step < len(self.schedule):
+            return self.clock.progress(self.schedule[step])
         return step / self.total_steps
 
     def capturing(self, step: int) -> bool:
@@ -139,13 +157,22 @@ class IsolationRun:
 
     def masks_from(self, maps: torch.Tensor | None, grid=None, device=None) -> torch.Tensor | None:
         return masks_from_maps(
-            self.plan, maps, self.user_masks, grid, device, self.blur, self.dilate, self.min_area
+            self.plan,
+            maps,
+            self.user_masks,
+            grid,
+            device,
+            self.blur,
+            self.dilate,
+            self.min_area,
+            self.min_separation,
         )
 
     def masks(self, step: int, grid=None, device=None) -> torch.Tensor | None:
         """Boolean masks [P, K, H, W] for use at `step` (from steps < step), cached per step."""
         if step not in self._mask_cache:
-            maps = self.acc.mean(before_step=step) if self.acc is not None else None
+            evidence = sum(1 for s in self.acc.steps if s < step) if self.acc is not None else 0
+            maps = self.acc.mean(before_step=step) if evidence >= self.evidence_steps else None
             self._mask_cache[step] = self.masks_from(maps, grid or self._grid(), device)
         return self._mask_cache[step]
 
@@ -175,6 +202,7 @@ def masks_from_maps(
     blur: float = 0.0,
     dilate: int = 0,
     min_area: float = 0.0,
+    min_separation: float = 0.0,
 ) -> torch.Tensor | None:
     """Boolean masks [P, K, H, W] from maps [P, K, h, w] (Otsu + CV rule per panel), user masks
     replacing their character's online mask; None when there is neither."""
@@ -191,7 +219,7 @@ def masks_from_maps(
     for p in range(P):
         present = [plan.present[p][k] and k not in user for k in range(K)]
         if maps is not None and any(present):
-            out[p] = panel_masks(maps[p], present, blur, dilate, min_area)
+            out[p] = panel_masks(maps[p], present, blur, dilate, min_area, min_separation)
         taken = out[p].any(0)
         for k in sorted(user):
             if plan.present[p][k]:

@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .consistent import reference_table
 from .consistent_run import Mode
 from .identity_bank import IdentityBank
 from .joint_consistent import JointLayout, joint_consistent_attention, rotate_pairs
-from .steps import StepWindow, step_progress, step_sigma
+from .steps import NoiseClock, StepWindow, step_progress, step_sigma, warmup_step
 from .token_sampling import ProbabilitySchedule, gate_draw, sample_token_indices
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -79,7 +78,9 @@ class JointConsistentRun:
     def __post_init__(self):
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, clock: NoiseClock | None = None) -> None:
+        """A new sampling run; `clock` places sigmas in the model's noise schedule (see steps.py)."""
+        self.clock = clock
         self.indices: dict = {}  # (step sigma, tokens, images, keep-rate) -> LongTensor [B, k]
         self.steps: dict = {}  # sigma -> (step index, progress, step sigma)
         kind, bank = self.mode.kind, self.mode.bank
@@ -93,10 +94,15 @@ class JointConsistentRun:
         labels = self.mode.labels
         return tuple(labels) * images if len(labels) == 1 else tuple(labels)
 
-    def _step(self, call: JointCall) -> tuple[int, float, float]:
+    def _step(self, call: JointCall) -> tuple[bool, float, float]:
+        """(warm-up step?, progress, step sigma), by the shared rule of steps.py."""
         if call.sigma not in self.steps:
             t, progress = step_progress(call.sigma, call.sample_sigmas)
-            self.steps[call.sigma] = (t, progress, step_sigma(call.sigma, call.sample_sigmas))
+            sigma = step_sigma(call.sigma, call.sample_sigmas)
+            if self.clock is not None:
+                progress = self.clock.progress(sigma)
+            warm = warmup_step(t, self.config.warmup_steps, call.sample_sigmas, self.clock)
+            self.steps[call.sigma] = (warm, progress, sigma)
         return self.steps[call.sigma]
 
     def _indices(self, sigma: float, tokens: int, images: int, rate: float) -> torch.Tensor:
@@ -124,10 +130,10 @@ class JointConsistentRun:
         if not cfg.covers(call.block) or rows % chunks or cfg.strength <= 0:
             return kernel(q, k, v, mask)
         images = rows // chunks
-        t, progress, sigma = self._step(call)
+        warm, progress, sigma = self._step(call)
         layer = (call.block[0], int(call.block[1]), 0)
         active = (
-            t >= cfg.warmup_steps
+            not warm
             and cfg.steps.contains(progress)
             and gate_draw(cfg.seed, sigma, layer) < cfg.schedule.at(progress)
         )
@@ -141,12 +147,7 @@ class JointConsistentRun:
         if not active:
             return kernel(q, k, v, mask)
         labels = self.labels(images) if kind != "plain" else None
-        if kind == "plain":
-            refs = reference_table(images, cfg.window)
-        elif kind == "write":
-            refs = reference_table(images, cfg.window, groups=labels)
-        else:
-            refs = [()] * images
+        refs = self.mode.sharing(images, cfg.window) if kind in ("plain", "write") else [()] * images
         row_extra = None
         if kind == "read":
             row_extra = self._bank_rows(q, call, sigma, layer, images, labels, rotations)

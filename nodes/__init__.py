@@ -11,6 +11,7 @@ from . import (
     motion_predictor_loader,
     story_prompt,
     story_transition,
+    world_model_loader,
 )
 
 _MODULES = (
@@ -24,6 +25,7 @@ _MODULES = (
     story_transition,
     motion_predictor_loader,
     frame_embeddings,
+    world_model_loader,
 )
 
 NODE_CLASS_MAPPINGS: dict = {}

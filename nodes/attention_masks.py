@@ -141,10 +141,6 @@ class StoryAttentionMasks:
             },
         }
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, start_percent=0.0, end_percent=1.0) -> bool | str:
-        return check_step_window(NODE, start_percent, end_percent)
-
     def sample(
         self,
         model,
@@ -167,6 +163,7 @@ class StoryAttentionMasks:
         denoise=1.0,
         legend=True,
     ) -> tuple:
+        check_step_window(NODE, start_percent, end_percent)
         plan = build_plan(NODE, clip, story)
         samples = latent_image["samples"]
         if samples.shape[0] != plan.panels:
@@ -177,7 +174,9 @@ class StoryAttentionMasks:
         require_family(model, NODE, IsolatedPatch.families)
         branch = installed_branch(model)
         if branch is None:
-            config = IsolationConfig(node=NODE, isolate=False, capture=layers)
+            config = IsolationConfig(
+                node=NODE, isolate=False, capture=layers, story_cond=getattr(story, "positive", None)
+            )
             branch = IsolatedBranch(
                 config, IsolationRun(plan, capture=StepWindow(start_percent, end_percent))
             )

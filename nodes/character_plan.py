@@ -5,9 +5,11 @@ Errors name the node, the input and the fix (StoryError), and are raised before 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..attention.cross_maps import find_phrase
+from ..attention.cross_maps import find_phrase, phrase_occurrences
 from ..attention.isolated_run import CharacterPlan, first_appearances
 from .common import StoryError
 
@@ -25,6 +27,32 @@ def _flat_tokens(clip, text: str) -> list[tuple[int, int]]:
 
 def _phrase_ids(clip, text: str) -> list[int]:
     return [tok for tok, word in _flat_tokens(clip, text) if word != 0]
+
+
+def written_name_positions(clip, story, p: int, text: str, name: str) -> list[int] | None:
+    """Token positions of `name` where the Story Prompt wrote it into panel p's text (its tags),
+    never where the name occurs inside a description ("[Alice]: a woman, Bob's sister").
+
+    The k-th written mention is the c-th occurrence of the name's tokens in the whole text, where
+    c counts the occurrences in the text up to the end of that mention (the tokenizer splits a
+    name from the ', ' that follows it, so the prefix tokenizes like the whole). None when the
+    story carries no mentions (built by hand) or its prompt is not inside `text`.
+    """
+    panel = story.panels[p] if p < len(story.panels) else None
+    offsets = [at for who, at in getattr(panel, "mentions", ()) if who == name]
+    base = text.find(panel.prompt) if panel is not None else -1
+    if not offsets or base < 0:
+        return None
+    phrase = _phrase_ids(clip, name)
+    occurrences = phrase_occurrences(_flat_tokens(clip, text), phrase)
+    out: list[int] = []
+    for at in offsets:
+        end = base + at + len(name)
+        c = len(phrase_occurrences(_flat_tokens(clip, text[:end]), phrase))
+        if not 0 < c <= len(occurrences):
+            return None
+        out.extend(occurrences[c - 1])
+    return sorted(set(out))
 
 
 def check_story(node: str, story) -> list[str]:
@@ -57,7 +85,8 @@ def build_plan(node: str, clip, story) -> CharacterPlan:
                 row_present.append(False)
                 row_pos.append([])
                 continue
-            pos = find_phrase(flat, _phrase_ids(clip, name)) or find_phrase(flat, _phrase_ids(clip, story.characters[name]))
+            pos = (written_name_positions(clip, story, p, text, name) or find_phrase(flat, _phrase_ids(clip, name))
+                   or find_phrase(flat, _phrase_ids(clip, story.characters[name])))
             if not pos:
                 raise StoryError(
                     f"{node}: panel {p + 1} tags [{name}] but neither the name nor the description of [{name}] is found in "
@@ -71,9 +100,31 @@ def build_plan(node: str, clip, story) -> CharacterPlan:
                          ref_panel=first_appearances(present))
 
 
+def regional_texts(story, name: str) -> list[str] | None:
+    """The text each panel's region of `name` attends to: the Story Prompt's regional prompt of
+    that panel (description + the panel's action, styled), 'Name, description' where the panel
+    does not tag the character. None for a story without regional prompts (built by hand)."""
+    regional = list(getattr(story, "encoded_regional", None) or [])
+    if len(regional) != len(story.tags):
+        return None
+    plain = f"{name}, {story.characters[name]}"
+    return [row.get(name, plain) for row in regional]
+
+
+def _encode_rows(clip, texts: list[str]) -> torch.Tensor:
+    """[len(texts), T, C] contexts, each tiled to the LCM of their lengths (as ComfyUI batches them)."""
+    cache: dict[str, torch.Tensor] = {}
+    for text in texts:
+        if text not in cache:
+            cache[text] = clip.encode_from_tokens(clip.tokenize(text), return_dict=True)["cond"]
+    length = math.lcm(*[c.shape[1] for c in cache.values()])
+    return torch.cat([cache[t].repeat(1, length // cache[t].shape[1], 1) for t in texts], 0)
+
+
 def character_contexts(node: str, clip, story, overrides: dict[int, list]) -> list[torch.Tensor]:
-    """Per character: the description context [1 or P, T, C]; a connected CONDITIONING wins,
-    otherwise 'Name, description' from the story is encoded with the clip."""
+    """Per character: the context its regions attend to, [1 or P, T, C]. A connected CONDITIONING
+    wins; otherwise each panel's regional prompt from the story (`regional_texts`), or, for a story
+    without them, 'Name, description' encoded with the clip."""
     names = list(story.characters)
     P = len(story.tags)
     out = []
@@ -82,8 +133,8 @@ def character_contexts(node: str, clip, story, overrides: dict[int, list]) -> li
         if cond is not None:
             ctx = conditioning_tensor(node, f"character_{k + 1}", cond, P)
         else:
-            enc = clip.encode_from_tokens(clip.tokenize(f"{name}, {story.characters[name]}"), return_dict=True)
-            ctx = enc["cond"]
+            texts = regional_texts(story, name) or [f"{name}, {story.characters[name]}"]
+            ctx = _encode_rows(clip, texts)
         out.append(ctx)
     for k in overrides:
         if k >= len(names):
@@ -125,3 +176,22 @@ def user_masks(node: str, masks: dict[int, torch.Tensor], story) -> dict[int, to
             )
         out[k] = m.float()
     return out
+
+
+LATENT_SCALE = 8  # image pixels per latent pixel of the UNet families the pack patches
+
+
+def check_mask_aspect(node: str, masks: dict[int, torch.Tensor], latent_hw: tuple[int, int]) -> None:
+    """Refuse a user mask whose aspect ratio differs from the image's (it would be stretched).
+
+    Masks are scaled to the latent grid; a mask of the same aspect at any size is fine, and so is
+    a difference of up to one latent pixel (rounding of odd sizes)."""
+    lh, lw = int(latent_hw[0]), int(latent_hw[1])
+    for k, m in sorted(masks.items()):
+        mh, mw = int(m.shape[-2]), int(m.shape[-1])
+        if abs(mh * lw / mw - lh) <= 1.0 and abs(mw * lh / mh - lw) <= 1.0:
+            continue
+        raise StoryError(
+            f"{node}: mask_{k + 1} is {mw}×{mh} px (width×height) but the image is {lw * LATENT_SCALE}×"
+            f"{lh * LATENT_SCALE} (latent {lw}×{lh}): its aspect ratio differs, so it would be stretched. Give a mask "
+            f"of the image's aspect ratio (e.g. the image's own size; crop or pad it first).")

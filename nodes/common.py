@@ -13,13 +13,26 @@ class StoryError(ValueError):
     """An input problem the user can fix; the message names the node, the input and the fix."""
 
 
-def check_step_window(node: str, start_percent: float, end_percent: float) -> bool | str:
-    """VALIDATE_INPUTS helper for a [start, end] window given as fractions of the steps.
+def sampler_time_error(node: str, problem: str, fix: str) -> StoryError:
+    """An error found only when the sampler runs a patch of `node` (the latent batch is known only
+    then). ComfyUI shows it on the sampler node, so the text sends the user to the pack's node."""
+    return StoryError(
+        f"{node}: {problem}. Fix it at the {node} node (this shows on the sampler because the "
+        f"sampler runs that node's patch): {fix}"
+    )
 
-    Naming these inputs in VALIDATE_INPUTS skips ComfyUI's own range check, so it is done here.
-    Returns True or the error text ComfyUI shows before queueing.
+
+def check_step_window(node: str, start_percent: float, end_percent: float, legacy_ok: bool = False) -> None:
+    """Raise a StoryError for a bad step window; call it when the node runs, before sampling.
+
+    One mistake, one message: ComfyUI attaches a VALIDATE_INPUTS error to every input the method
+    takes, so a check of two inputs there would show twice. Each bound's range is checked by
+    ComfyUI itself at queue time (the inputs' min/max) where the node lets it; the order (and the
+    range where old 0-100 values must pass queueing) is checked here, once, naming the input.
     """
-    return window_error(node, start_percent, end_percent) or True
+    error = window_error(node, start_percent, end_percent, legacy_ok=legacy_ok)
+    if error:
+        raise StoryError(error)
 
 
 def step_window_inputs(start_tip: str, end_tip: str) -> dict:

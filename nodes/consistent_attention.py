@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from ..attention.consistent_run import ConsistentConfig
-from ..attention.steps import is_legacy_percent, window_error, window_from_inputs
+from ..attention.consistent_run import ConsistentConfig, Mode
+from ..attention.steps import is_legacy_percent, window_from_inputs
 from ..attention.token_sampling import parse_probability_schedule
-from .common import CATEGORY_ROOT, StoryError, step_window_inputs
+from .character_plan import check_story
+from .common import CATEGORY_ROOT, StoryError, check_step_window, step_window_inputs
 from .dit_settings import dit_inputs
 from .patch_consistent_dit import consistent_patch
 from .patch_core import install
@@ -110,14 +111,10 @@ def csa_inputs() -> dict:
     return req
 
 
-def validate_settings(node: str, apply_probability, start_percent=None, end_percent=None) -> bool | str:
-    try:
-        parse_probability_schedule(apply_probability)
-    except ValueError as e:
-        return f"{node}: apply_probability: {e}"
-    if start_percent is not None and end_percent is not None:
-        return window_error(node, start_percent, end_percent, legacy_ok=True) or True
-    return True
+def story_tags(node: str, story) -> tuple[tuple[str, ...], ...]:
+    """The characters each panel shows, from a connected STORY (checked like the other story nodes)."""
+    check_story(node, story)
+    return tuple(tuple(tags) for tags in story.tags)
 
 
 def config_from(settings: dict, node: str = NODE) -> ConsistentConfig:
@@ -128,6 +125,7 @@ def config_from(settings: dict, node: str = NODE) -> ConsistentConfig:
     if settings["blocks"] not in BLOCKS:
         raise StoryError(f"{node}: blocks must be one of {BLOCKS}, got {settings['blocks']!r}.")
     start, end = settings["start_percent"], settings["end_percent"]
+    check_step_window(node, start, end, legacy_ok=True)
     if is_legacy_percent(start, end):
         logging.warning(
             "%s: start_percent %s / end_percent %s read as percents of the old 0-100 scale (%g..%g of the "
@@ -155,10 +153,12 @@ class ConsistentSelfAttention:
     DESCRIPTION = (
         "StoryDiffusion's Consistent Self-Attention on your MODEL: every image of the batch (one per story "
         "panel) also attends to a seeded random share of the other images' self-attention tokens, so "
-        "characters keep their face and clothes across panels. Works on SD1.5 and SDXL UNets at any size "
-        "and with LoRA, ControlNet and other attention patches, and on Flux.1/.2, Chroma, Qwen-Image, "
-        "SD3.5 and Z-Image (image tokens shared in their joint attention, text never; the keep_rate_double/"
-        "single and dit_positions inputs). Batch of one = unchanged model."
+        "characters keep their face and clothes across panels. With the Story Prompt's story connected, a "
+        "panel shares only with panels whose characters it all shows ([NC] and untagged panels take no "
+        "part, exactly as if sampled alone); without it, every image shares with every other. Works on "
+        "SD1.5 and SDXL UNets at any size and with LoRA, ControlNet and other attention patches, and on "
+        "Flux.1/.2, Chroma, Qwen-Image, SD3.5 and Z-Image (image tokens shared in their joint attention, "
+        "text never; the keep_rate_double/single and dit_positions inputs). Batch of one = unchanged model."
     )
     CATEGORY = f"{CATEGORY_ROOT}/attention"
     FUNCTION = "patch"
@@ -172,15 +172,29 @@ class ConsistentSelfAttention:
                 "model": ("MODEL", {"tooltip": "The model to patch (it is cloned, never changed)."}),
                 **csa_inputs(),
             },
-            "optional": dit_inputs(),
+            "optional": {
+                "story": (
+                    "STORY",
+                    {
+                        "tooltip": "The Story Prompt's story (recommended): a panel takes tokens only from "
+                        "panels whose characters it all shows, so Bob's panels never take Alice's tokens and "
+                        "[NC] or untagged panels neither give nor take; the latent's batch_size must be its "
+                        "panel_count. Empty: every image shares with every other."
+                    },
+                ),
+                **dit_inputs(),
+            },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, apply_probability, start_percent, end_percent) -> bool | str:
-        return validate_settings(NODE, apply_probability, start_percent, end_percent)
+    def VALIDATE_INPUTS(cls, start_percent, end_percent) -> bool:
+        """Lifts ComfyUI's max check of the window (release-0.1 workflows saved percents 0-100); every
+        check runs once when the node runs (ComfyUI would show a check here on each input it takes)."""
+        return True
 
-    def patch(self, model, **settings) -> tuple:
-        return (install(model, consistent_patch(model, config_from(settings), settings=settings)),)
+    def patch(self, model, story=None, **settings) -> tuple:
+        mode = Mode(tags=story_tags(NODE, story)) if story is not None else Mode()
+        return (install(model, consistent_patch(model, config_from(settings), mode, settings=settings)),)
 
 
 NODE_CLASS_MAPPINGS = {"StoryDiffConsistentSelfAttention": ConsistentSelfAttention}

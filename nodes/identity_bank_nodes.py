@@ -70,7 +70,8 @@ def write_model(model, story, names: str, bank, node: str) -> tuple:
     out_bank = IdentityBank()
     if bank is not None:
         out_bank.update_from(bank)
-    mode = Mode(kind="write", bank=out_bank, labels=labels, node=node)
+    tags = tuple(tuple(p.characters) for p in story.panels) if story is not None else None
+    mode = Mode(kind="write", bank=out_bank, labels=labels, node=node, tags=tags)
     return install(model, consistent_patch(model, _settings_of(model), mode)), out_bank
 
 

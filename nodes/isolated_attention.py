@@ -29,6 +29,44 @@ def check_identity_bank(bank) -> object:
     return bank
 
 
+GUARD_DEFAULTS = {"min_area": 0.01, "min_separation": 0.8, "evidence_steps": 2}
+GUARD_INPUTS = {
+    "min_area": (
+        "FLOAT",
+        {
+            "default": GUARD_DEFAULTS["min_area"],
+            "min": 0.0,
+            "max": 0.9,
+            "step": 0.005,
+            "tooltip": "Guard: an online mask covering less than this fraction of the panel is dropped "
+            "(that character is not isolated there).",
+        },
+    ),
+    "min_separation": (
+        "FLOAT",
+        {
+            "default": GUARD_DEFAULTS["min_separation"],
+            "min": 0.0,
+            "max": 1.0,
+            "step": 0.01,
+            "tooltip": "Guard: how clearly a character's cross-attention map must split into region and "
+            "background (Otsu's separation: a clear blob ≈ 0.95, noise 0.6-0.75) before its mask is used. "
+            "Otsu finds a 'region' in any map, noise included. 0 = no guard.",
+        },
+    ),
+    "evidence_steps": (
+        "INT",
+        {
+            "default": GUARD_DEFAULTS["evidence_steps"],
+            "min": 1,
+            "max": 100,
+            "tooltip": "Guard: online masks are used once the maps of this many steps are averaged (1 = "
+            "from the first step's map alone, as the paper). Given masks are used from the first step.",
+        },
+    ),
+}
+
+
 class IsolatedAttention:
     DESCRIPTION = (
         "Object Isolated Attention for multi-character stories. In the up-sampling blocks an extra branch "
@@ -68,18 +106,22 @@ class IsolatedAttention:
             optional[f"character_{i}"] = (
                 "CONDITIONING",
                 {
-                    "tooltip": f"Description prompt of the story's character #{i} (in declaration order). "
-                    "Empty: its story description is encoded with the clip."
+                    "tooltip": f"Regional prompt of the story's character #{i} (in declaration order), e.g. "
+                    "its description alone. Empty: each panel's own line with only this character's tag "
+                    "filled in (the panel's action and style kept, other characters removed), encoded with "
+                    "the clip."
                 },
             )
         for i in range(1, SLOTS + 1):
             optional[f"mask_{i}"] = (
                 "MASK",
                 {
-                    "tooltip": f"Region of character #{i} (1 mask for every panel or one per panel). Empty: "
-                    "computed online from the model's cross-attention during sampling."
+                    "tooltip": f"Region of character #{i} (1 mask for every panel or one per panel), of the "
+                    "image's aspect ratio (any size). Empty: computed online from the model's "
+                    "cross-attention during sampling."
                 },
             )
+        optional.update(GUARD_INPUTS)
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": f"The model to patch ({UNET.name})."}),
@@ -113,7 +155,8 @@ class IsolatedAttention:
                     },
                 ),
                 **step_window_inputs(
-                    "Isolate from this fraction of the steps (masks exist from the 2nd step).",
+                    "Isolate from this fraction of the model's noise schedule (online masks exist from "
+                    "the 2nd step; given masks from the 1st).",
                     "Isolate until this fraction of the steps.",
                 ),
             },
@@ -121,10 +164,6 @@ class IsolatedAttention:
             # the queued graph: a character_N fed by typed text is checked to name its character
             "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, start_percent=0.0, end_percent=1.0) -> bool | str:
-        return check_step_window(NODE, start_percent, end_percent)
 
     def patch(
         self,
@@ -142,6 +181,7 @@ class IsolatedAttention:
         **slots,
     ) -> tuple:
         require_family(model, NODE, IsolatedPatch.families)
+        check_step_window(NODE, start_percent, end_percent)
         if strength == 0:
             return (model,)
         plan = build_plan(NODE, clip, story)
@@ -168,8 +208,17 @@ class IsolatedAttention:
             characters=character_contexts(NODE, clip, story, overrides),
             scene=conditioning_tensor(NODE, "scene", scene, P) if scene is not None else None,
             identity_bank=check_identity_bank(identity_bank),
+            story_cond=getattr(story, "positive", None),
         )
-        return (install(model, IsolatedPatch(IsolatedBranch(config, IsolationRun(plan, user_masks=masks)))),)
+        guard = {name: slots.get(name, default) for name, default in GUARD_DEFAULTS.items()}
+        run = IsolationRun(
+            plan,
+            user_masks=masks,
+            min_area=float(guard["min_area"]),
+            min_separation=float(guard["min_separation"]),
+            evidence_steps=int(guard["evidence_steps"]),
+        )
+        return (install(model, IsolatedPatch(IsolatedBranch(config, run))),)
 
 
 NODE_CLASS_MAPPINGS = {"StoryDiffIsolatedAttention": IsolatedAttention}

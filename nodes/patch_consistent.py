@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..attention.consistent_run import ConsistentConfig, ConsistentRun, Mode
-from .common import StoryError
+from .common import sampler_time_error
 from .patch_core import Family, FeaturePatch, LayerHook, Replace, default_attention
 from .patch_unet import SVD_UNET, UNET, attention_layers
 
@@ -63,7 +63,7 @@ class ConsistentPatch(FeaturePatch):
 
     def begin(self, noise: torch.Tensor | None) -> None:
         self._check_batch(int(noise.shape[0]) if noise is not None else None)
-        self.state.reset()
+        self.state.reset(self.clock)
 
     def end(self, completed: bool) -> None:
         if completed and self.mode.kind == "write" and self.state.staging is not None:
@@ -72,21 +72,32 @@ class ConsistentPatch(FeaturePatch):
 
     def _check_batch(self, batch: int | None) -> None:
         mode = self.mode
-        if mode.kind == "plain" or batch is None:
+        if batch is None:
+            return
+        if mode.kind == "plain":
+            if mode.tags is not None and len(mode.tags) != batch:
+                raise sampler_time_error(
+                    mode.node,
+                    f"the latent's batch_size is {batch} but the story's panel_count is {len(mode.tags)}",
+                    "connect the Story Prompt's panel_count to the latent's batch_size (one image per "
+                    "panel).",
+                )
             return
         if len(mode.labels) not in (1, batch):
-            raise StoryError(
-                f"{mode.node}: {len(mode.labels)} panels/characters are given but the latent batch is "
-                f"{batch}; connect the Story Prompt's panel_count to the latent's batch_size (or give one "
-                "name per image)."
+            raise sampler_time_error(
+                mode.node,
+                f"{len(mode.labels)} panels/characters are given but the latent batch is {batch}",
+                "connect the Story Prompt's panel_count to the latent's batch_size (or give one name per "
+                "image).",
             )
         if mode.kind == "read":
             missing = sorted({c for names in mode.labels for c in names} - set(mode.bank.characters))
             if missing:
                 have = ", ".join(f"[{c}]" for c in mode.bank.characters) or "nothing yet"
                 lacking = ", ".join(f"[{c}]" for c in missing)
-                raise StoryError(
-                    f"{mode.node}: the identity bank has no tokens for {lacking} (it holds {have}). Write "
-                    "them first (Identity Bank Write samples and returns the bank), load a bank that has "
-                    "them, or untag them."
+                raise sampler_time_error(
+                    mode.node,
+                    f"the identity bank has no tokens for {lacking} (it holds {have})",
+                    "write them first (Identity Bank Write samples and returns the bank), load a bank that "
+                    "has them, or untag them.",
                 )

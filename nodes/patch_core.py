@@ -12,9 +12,10 @@ Interface of a feature patch (subclass `FeaturePatch`):
 * `node`: the node's display name (errors name it); `families`: the `Family` objects it supports.
   `install` checks the model's family first and raises `StoryError` naming the family it got and
   the families supported.
-* `state`: the per-run state holder (any object with `reset()` and `release()`); `begin(noise)`
-  runs when sampling starts (checks, then `state.reset()`), `end(completed)` in `finally`
-  (`state.release()`), through an OUTER_SAMPLE wrapper: a cancelled run leaves nothing stale.
+* `state`: the per-run state holder (any object with `reset(clock)` and `release()`); `begin(noise)`
+  runs when sampling starts (checks, then `state.reset(clock)` with the model's noise schedule
+  from the guider), `end(completed)` in `finally` (`state.release()`), through an OUTER_SAMPLE
+  wrapper: a cancelled run leaves nothing stale.
 * `layer_hooks(model, family) -> list[LayerHook]`: which replace slots ("attn1", "attn2", or a
   DiT family's "dit") and layer keys the feature wraps, and `make(previous) -> replace`.
   The replaces are not stored in the MODEL: an APPLY_MODEL wrapper injects them into the
@@ -42,6 +43,7 @@ import torch
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension
 
+from ..attention.steps import NoiseClock
 from .common import StoryError
 
 PATCHES_KEY = "storydiff_patches"  # transformer_options[PATCHES_KEY][feature] -> FeaturePatch
@@ -49,7 +51,7 @@ Replace = Callable[..., Any]
 
 
 class RunState(Protocol):
-    def reset(self) -> None: ...
+    def reset(self, clock: NoiseClock | None = None) -> None: ...
 
     def release(self) -> None: ...
 
@@ -83,6 +85,16 @@ def default_attention(
         attn_precision=extra.get("attn_precision"),
         transformer_options=extra,
     )
+
+
+def noise_clock(executor) -> NoiseClock | None:
+    """The sampled model's noise schedule (attention/steps.py) from an OUTER_SAMPLE executor, whose
+    class_obj is the guider: step windows then follow the sigma, not the stage's own step count."""
+    patcher = getattr(getattr(executor, "class_obj", None), "model_patcher", None)
+    sampling = patcher.get_model_object("model_sampling") if patcher is not None else None
+    if sampling is None or not hasattr(sampling, "percent_to_sigma") or not hasattr(sampling, "sigma_max"):
+        return None
+    return NoiseClock(sampling.percent_to_sigma, float(sampling.sigma_max))
 
 
 def model_family_name(model) -> str:
@@ -119,6 +131,8 @@ class FeaturePatch:
 
     def __init__(self, state: RunState):
         self.state = state
+        self.clock: NoiseClock | None = None  # the model's noise schedule, set when sampling starts
+        self.guider = None  # the sampler's guider while it samples (its conds), else None
         self.family: Family | None = None
         self.hooks: list[LayerHook] = []
 
@@ -133,13 +147,15 @@ class FeaturePatch:
         return {}
 
     def begin(self, noise: torch.Tensor | None) -> None:
-        self.state.reset()
+        self.state.reset(self.clock)
 
     def end(self, completed: bool) -> None:
         self.state.release()
 
     # ---- wrappers --------------------------------------------------------------------
     def outer_sample(self, executor, *args, **kwargs) -> Any:
+        self.clock = noise_clock(executor)
+        self.guider = getattr(executor, "class_obj", None)  # the sampler's conds, for begin()
         self.begin(args[0] if args else kwargs.get("noise"))
         completed = False
         try:
@@ -147,6 +163,7 @@ class FeaturePatch:
             completed = True
             return out
         finally:
+            self.guider = None
             self.end(completed)
 
     def apply_model(self, executor, *args, **kwargs) -> Any:

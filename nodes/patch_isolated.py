@@ -15,7 +15,8 @@ from collections.abc import Callable
 import torch
 
 from ..attention.isolated_branch import IsolatedBranch, IsolationInputError, wants_attn1, wants_attn2
-from .common import StoryError
+from .character_plan import check_mask_aspect
+from .common import StoryError, sampler_time_error
 from .patch_core import Family, FeaturePatch, LayerHook, Replace, default_attention, installed
 from .patch_unet import UNET, attention_layers
 
@@ -33,6 +34,22 @@ class IsolatedPatch(FeaturePatch):
     @property
     def branch(self) -> IsolatedBranch:
         return self.state
+
+    def begin(self, noise: torch.Tensor | None) -> None:
+        """Before the first step: the latent batch must be the story's panels, and user masks must
+        have the image's aspect ratio (both known only now); ComfyUI shows these on the sampler."""
+        if noise is not None and noise.ndim >= 4:
+            panels = self.branch.run.plan.panels
+            if int(noise.shape[0]) != panels:
+                raise sampler_time_error(
+                    self.node,
+                    f"the latent batch has {int(noise.shape[0])} images but the story has {panels} panels",
+                    "connect the Story Prompt's panel_count to the latent's batch_size, or give the node the "
+                    "story of this batch.",
+                )
+            check_mask_aspect(self.node, self.branch.run.user_masks, tuple(noise.shape[-2:]))
+        self.branch.story_uuids = story_cond_uuids(self.guider, self.branch.config.story_cond)
+        super().begin(noise)
 
     def layer_hooks(self, model, family: Family) -> list[LayerHook]:
         hooks = []
@@ -94,6 +111,18 @@ def _user_errors(fn, *args) -> torch.Tensor:
         return fn(*args)
     except IsolationInputError as e:
         raise StoryError(str(e)) from None
+
+
+def story_cond_uuids(guider, story_cond) -> set | None:
+    """The sampler's positive cond entries that are the story's own rows: the entry holding the
+    Story Prompt's positive tensor, never an area- or mask-restricted one. Without it (a story built
+    elsewhere, a conditioning re-encoded on the way) every full-frame positive entry; None when the
+    sampler tells nothing."""
+    entries = (getattr(guider, "conds", None) or {}).get("positive") or []
+    full = [e for e in entries if isinstance(e, dict) and "area" not in e and "mask" not in e and "uuid" in e]
+    mine = [e for e in full if story_cond is not None and e.get("cross_attn") is story_cond]
+    chosen = mine or full
+    return {e["uuid"] for e in chosen} if chosen else None
 
 
 def installed_branch(model) -> IsolatedBranch | None:

@@ -116,6 +116,10 @@ class StoryPrompt:
         positive = encode_batch(clip, [s[0] for s in styled])
         negative_cond = encode_batch(clip, [styled[0][1]])
         parsed.encoded_prompts = [s[0] for s in styled]
+        parsed.positive = positive[0][0]
+        parsed.encoded_regional = [
+            {name: apply_style(style, text, negative)[0] for name, text in p.regional} for p in parsed.panels
+        ]
         captions = "\n".join(parsed.captions)
         return (positive, negative_cond, parsed, captions, len(parsed.panels))
 

@@ -5,8 +5,9 @@ installed, queues example_workflows/api/one_character_story.json through POST /p
 progress over the websocket and writes the panels and the comic page to output/ (the same
 queue/progress/download code as the `scripts/story_client.py` command line).
 
-    make demo                                   # tiny random-weight SDXL-shaped model: a smoke run
+    make demo                                   # the story world toy model (scripts/world_demo.py)
     make demo CKPT=/path/to/model.safetensors   # your SD1.5 / SDXL checkpoint
+    make demo ARGS=--smoke                      # tiny random-weight SDXL-shaped model: noise, a pipeline check
 """
 
 from __future__ import annotations
@@ -30,21 +31,35 @@ from story_client import (  # noqa: E402 - the CLI's own code: queue, progress, 
     run_prompt,
     text_progress,
 )
+from world_demo import to_world  # noqa: E402
 
 DEFAULT_WORKFLOW = ROOT / "example_workflows" / "api" / "one_character_story.json"
 
 
 def build_prompt(workflow: dict, args) -> dict:
-    """The workflow with the command's story, seed, steps, size and checkpoint (the CLI's code)."""
-    return apply_parameters(workflow, args.story, args.seed, args.ckpt, args.steps, args.width, args.height)
+    """The workflow with the command's story, seed, steps, size and checkpoint (the CLI's code);
+    without a checkpoint (and without --smoke) the story world toy model draws."""
+    prompt = apply_parameters(workflow, args.story, args.seed, args.ckpt, args.steps, args.width, args.height)
+    if args.ckpt or args.smoke:
+        return prompt
+    story = prompt_story(workflow, prompt) if args.story else ""
+    return to_world(prompt, story, args.steps, args.width, args.height)
+
+
+def prompt_story(workflow: dict, prompt: dict) -> str:
+    """The story text --story put into the prompt."""
+    return next(n["inputs"]["story"] for n in prompt.values() if n["class_type"] == "StoryDiffPrompt")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--ckpt",
-        default="",
-        help="an SD1.5/SDXL .safetensors checkpoint; empty = tiny random-weight smoke model",
+        "--ckpt", default="", help="an SD1.5/SDXL .safetensors checkpoint; empty = the story world toy model"
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="without --ckpt: the tiny random-weight SDXL-shaped model (noise)",
     )
     p.add_argument(
         "--story", default="", help="story text, or a file holding it (default: the workflow's story)"
@@ -70,10 +85,15 @@ def main(argv=None) -> int:
             return 2
         checkpoints.append(ckpt)
         print(f"[demo] checkpoint: {ckpt}")
+    elif args.smoke:
+        print(
+            "[demo] --smoke: using the tiny random-weight SDXL-shaped model; the images are noise, not art."
+        )
     else:
-        print("[demo] no CKPT given: using the embedded tiny random-weight SDXL-shaped model.")
-        print("[demo] This is a SMOKE RUN of the whole pipeline: the images are noise, not art.")
-        print("[demo] For real images: make demo CKPT=/path/to/sdxl_or_sd15.safetensors")
+        print("[demo] no CKPT given: the story world toy model draws (64x64 pictures of a procedural world;")
+        print(
+            "[demo] a toy trained by the pack, not art). For your own model: make demo CKPT=/path/to/sdxl_or_sd15.safetensors"
+        )
 
     workflow = json.loads(Path(args.workflow).read_text())
     prompt = build_prompt(workflow, args)
@@ -93,7 +113,7 @@ def _run(base, args, prompt, checkpoints, out_dir, t0) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "comfyui-demo.log"  # kept after the run, unlike the temporary base directory
     with ComfyServer(
-        base, with_tiny_models=not args.ckpt, checkpoints=checkpoints, log_path=log_path
+        base, with_tiny_models=args.smoke and not args.ckpt, checkpoints=checkpoints, log_path=log_path
     ) as server:
         print(f"[demo] ComfyUI is up at {server.url} (log: {server.log_path})")
         try:

@@ -59,7 +59,17 @@ def test_reference_table_windows_slide_and_stay_flat():
 
 def test_downscale_level_follows_ceil_rounding():
     assert [cs.downscale_level((10, 14), hw) for hw in [(10, 14), (5, 7), (3, 4), (2, 2)]] == [0, 1, 2, 3]
-    assert cs.downscale_level((16, 16), (3, 3)) is None
+
+
+def test_downscale_level_of_a_deep_shrink_size_is_the_nearest_level():
+    # Kohya Deep Shrink x1.5 after input block 3 of a 128x128 latent: 64 -> 43, then 22, 11; each lies
+    # just below the geometric middle of two levels (45, 23, 11.3), so it takes the smaller level's rate
+    assert [cs.downscale_level((128, 128), (s, s)) for s in (43, 22, 11)] == [2, 3, 4]
+    assert [cs.downscale_level((128, 128), (s, s)) for s in (48, 24, 12)] == [1, 2, 3]
+    # x3 at a 16x16 latent: 8 -> 3 (between 4x4 and 2x2: 9 tokens is nearer 16 than 4 in log scale)
+    assert cs.downscale_level((16, 16), (3, 3)) == 2
+    assert cs.downscale_level((16, 16), (5, 5)) == 2
+    assert cs.downscale_level((10, 14), (4, 5)) == 2
 
 
 def _qkv(b=4, n=24, c=32, seed=0):
@@ -94,3 +104,17 @@ def test_no_references_is_plain_attention_and_rows_can_differ():
     assert torch.equal(out[0], cs.sdpa(q[:1], k[:1], v[:1], 4)[0])
     ref1 = cs.sdpa(q[1:2], torch.cat([k[1:2], ek[None]], 1), torch.cat([v[1:2], ev[None]], 1), 4)
     assert torch.allclose(out[1], ref1[0], atol=1e-12)
+
+
+def test_story_references_share_only_through_the_characters_a_panel_shows():
+    tags = [["Bob"], ["Alice"], ["Bob", "Alice"], [], ["Bob"], ["Alice", "Bob"]]
+    assert cs.story_reference_table(tags) == [
+        (4,),  # Bob alone: Bob's other solo panel only, never a panel with Alice in it
+        (),  # Alice alone: nobody else shows only Alice
+        (0, 1, 4, 5),  # Bob and Alice: each of their panels
+        (),  # [NC]: neither gives nor takes
+        (0,),
+        (0, 1, 2, 4),
+    ]
+    assert cs.story_reference_table(tags, window=2) == [(4,), (), (1,), (), (0,), (4,)]
+    assert cs.story_reference_table([["Bob"]] * 3) == cs.reference_table(3)

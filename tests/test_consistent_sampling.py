@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import comfy.sample
-from pack_loader import submodule
+from pack_loader import pure, submodule
 
 ca = submodule("nodes.consistent_attention")
 core = submodule("nodes.patch_core")
@@ -188,19 +188,50 @@ def test_composes_with_other_attn1_patches_and_attn2_replaces(sd15):
     assert torch.equal(sample(twice, clip, steps=2), sample(csa(model, **ALWAYS), clip, steps=2))
 
 
-def test_bad_schedule_is_a_validation_error():
-    msg = ca.ConsistentSelfAttention.VALIDATE_INPUTS("0.7, 0.9", 0.0, 100.0)
+StoryError = submodule("nodes.common").StoryError
+
+
+def test_bad_schedule_is_one_clear_error():
+    with pytest.raises(StoryError) as e:
+        ca.config_from(dict(BASE, apply_probability="0.7, 0.9"))
+    msg = str(e.value)
     assert "Consistent Self-Attention" in msg and "apply_probability" in msg and "@percent" in msg
-    assert "swap" in ca.ConsistentSelfAttention.VALIDATE_INPUTS("1", 80.0, 20.0)
-    assert ca.ConsistentSelfAttention.VALIDATE_INPUTS("0.7, 0.9@40", 0.0, 1.0) is True
+    # queue-time checks and the window's order: tests/test_validation_messages.py
 
 
 def test_plan_skips_svd_temporal_calls_and_blocks_not_chosen():
-    patch = run_mod.ConsistentRun(run_mod.ConsistentConfig(warmup_steps=0))
+    always = pure("attention.token_sampling").ProbabilitySchedule(((0.0, 1.0),))
+    patch = run_mod.ConsistentRun(run_mod.ConsistentConfig(warmup_steps=0, schedule=always))
     extra = {"block": ("output", 3), "block_index": 0, "activations_shape": (4, 8, 4, 4), "original_shape": (4, 4, 8, 8),
              "cond_or_uncond": [1, 0], "sigmas": torch.tensor([1.0, 1.0]), "sample_sigmas": torch.tensor([2.0, 1.0, 0.0])}
     plan = patch.plan(4, 16, dict(extra))
     assert plan is not None and plan.images == 2 and plan.layer == ("output", 3, 0) and plan.sigma == 1.0
-    assert plan.indices is None or plan.indices.shape == (2, 8)  # keep-rate 0.5 at 1/16 (latent/2)
+    assert plan.active and plan.indices.shape == (2, 8)  # keep-rate 0.5 at 1/16 (latent/2)
     assert patch.plan(32, 2, dict(extra)) is None  # SVD temporal call: rows = chunks*h*w, tokens = frames
     assert patch.plan(4, 16, dict(extra, block=("input", 4))) is None  # 'up' blocks only by default
+
+
+def test_deep_shrink_by_a_factor_that_is_not_a_power_of_two_still_shares(sd15):
+    """Kohya Deep Shrink (core PatchModelAddDownscale) x1.5 for the whole run: the up blocks run
+    at 5x5 and 3x3 instead of 4x4 and 2x2; every one of them must still share tokens."""
+    from comfy_extras.nodes_model_downscale import PatchModelAddDownscale
+
+    model, clip, _ = sd15
+    shrunk = PatchModelAddDownscale.execute(model, 3, 1.5, 0.0, 1.0, True, "bicubic", "bicubic").result[0]
+    m = csa(shrunk, **dict(ALWAYS, blocks="up"))
+    patch = core.installed(m, "consistent").state
+    seen = {}
+    plan = patch.plan
+
+    def spy(rows, tokens, extra):
+        p = plan(rows, tokens, extra)
+        if p is not None:
+            seen.setdefault((p.layer, tokens), set()).add(p.indices is not None and p.indices.shape[1] > 0)
+        return p
+
+    patch.plan = spy
+    out = sample(m, clip, steps=2, hw=16)
+    assert torch.isfinite(out).all()
+    sizes = {tokens for _, tokens in seen}
+    assert {9, 25} <= sizes  # the shrunk sizes were really met
+    assert all(shared == {True} for shared in seen.values()), {k: v for k, v in seen.items() if v != {True}}

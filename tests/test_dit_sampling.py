@@ -230,3 +230,31 @@ def test_z_image_keep_rate_one_equals_dense_joint_attention_on_real_layer_calls(
             h.remove()
     assert len(errors) == 2 * len(dm.layers), len(errors)  # 2 steps, cond and uncond in one call
     assert max(errors) < 1e-5, max(errors)
+
+
+def test_story_aware_sharing_on_a_dit():
+    """The story input on a DiT (tiny Flux.1): an [NC] panel neither gives nor takes, bit for bit."""
+    import comfy.sample
+
+    from pack_loader import pure
+
+    family = "flux"
+    story = pure("story.syntax").parse_story("[Bob]: a man\n[Bob] waits\n[NC] a street\n[Bob] runs")
+    m = csa(tiny_dit(family), story=story, **ALWAYS)
+    pos = dit_factory.conditioning(family, 3, seed=1)
+    neg = dit_factory.conditioning(family, 3, seed=2)
+    latent = dit_factory.empty_latent(family, 3, 8, 12)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+
+    def run(n):
+        return comfy.sample.sample(m, n, 2, 2.0, "euler", "simple", pos, neg, latent, seed=0)
+
+    base = run(noise)
+    other = noise.clone()
+    other[1] = torch.randn(noise.shape[1:], generator=torch.Generator().manual_seed(9))
+    out = run(other)
+    assert torch.equal(out[[0, 2]], base[[0, 2]])  # the [NC] panel gives to nobody
+    other = noise.clone()
+    other[0] = torch.randn(noise.shape[1:], generator=torch.Generator().manual_seed(9))
+    out = run(other)
+    assert torch.equal(out[1], base[1]) and not torch.equal(out[2], base[2])  # ...takes from nobody

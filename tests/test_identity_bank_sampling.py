@@ -17,9 +17,19 @@ def write(model, clip, names="Bob", n=2, bank=None, story=None, seed=0):
     """Identity Bank Write: samples the identity images and returns (latent, bank)."""
     c = conds(clip, n)
     latent, out_bank = bank_nodes.IdentityBankWrite().sample(
-        csa(model, **SETTINGS), story=story, names=names, bank=bank, positive=c, negative=c,
-        latent_image={"samples": torch.zeros(n, 4, 8, 8)}, seed=seed, steps=2, cfg=5.0, sampler_name="euler",
-        scheduler="normal")
+        csa(model, **SETTINGS),
+        story=story,
+        names=names,
+        bank=bank,
+        positive=c,
+        negative=c,
+        latent_image={"samples": torch.zeros(n, 4, 8, 8)},
+        seed=seed,
+        steps=2,
+        cfg=5.0,
+        sampler_name="euler",
+        scheduler="normal",
+    )
     assert latent["samples"].shape == (n, 4, 8, 8)
     return out_bank
 
@@ -97,7 +107,27 @@ def test_two_characters_in_one_write_batch_from_a_story(written):
     both = write(model, clip, names="", n=3, story=story, bank=bank)
     assert both.characters == ["Ann", "Bob"]
     layer, sigma = both.layers("Ann")[0], both.sigmas("Ann")[0]
-    assert both.tokens("Ann", sigma, layer).shape == both.tokens("Bob", sigma, layer).shape  # one solo image each
+    assert (
+        both.tokens("Ann", sigma, layer).shape == both.tokens("Bob", sigma, layer).shape
+    )  # one solo image each
+    # Bob's and Ann's identity images share no tokens while written: re-noising Ann's image changes
+    # none of Bob's recorded tokens (bit for bit), and all of Ann's
+    import comfy.sample
+
+    def bank_from(noise):
+        m, out = bank_nodes.IdentityBankWritePatch().patch(csa(model, **SETTINGS), story=story)
+        c = conds(clip, 3)
+        comfy.sample.sample(m, noise, 2, 5.0, "euler", "normal", c, c, torch.zeros_like(noise), seed=0)
+        return out
+
+    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    other = noise.clone()
+    other[1] = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(5))
+    first, second = bank_from(noise), bank_from(other)
+    for layer in first.layers("Bob"):
+        for sigma in first.sigmas("Bob"):
+            assert torch.equal(first.tokens("Bob", sigma, layer), second.tokens("Bob", sigma, layer))
+            assert not torch.equal(first.tokens("Ann", sigma, layer), second.tokens("Ann", sigma, layer))
 
 
 def test_deprecated_write_node_still_writes_the_same_bank(written, tmp_path):

@@ -163,7 +163,8 @@ def test_step_index_from_sigmas():
     sched = [14.6, 7.0, 3.0, 1.0, 0.0]
     assert steps.step_index(14.6, sched) == 0
     assert steps.step_index(3.0, sched) == 2
-    assert steps.step_index(2.0, sched) == 2  # second-order midpoint belongs to the earlier step
+    assert steps.step_index(2.0, sched) == 2  # DPM-2's midpoint (between two sigmas) belongs to the earlier step
+    assert steps.step_index(1.0, sched) == 3  # Heun's 2nd call of step 2 lands on sigma[3]: it is step 3's call
     assert run_mod.first_appearances([[True, False], [False, False], [True, True]]) == [0, 2]
 
 
@@ -248,3 +249,19 @@ def test_attention_from_captured_probabilities_matches_sdpa():
     out = cross_maps.attend(cross_maps.head_probs(q, k, 3), v)
     assert torch.allclose(out, iso_self.sdpa_attention(q, k, v, 3), atol=1e-5)
     assert torch.allclose(cross_maps.head_probs(q, k, 3).sum(-1), torch.ones(2, 3, 6))
+
+
+def test_separation_guard_drops_noise_maps_and_keeps_a_blob():
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(16, 16, generator=g)
+    blob = torch.zeros(16, 16)
+    blob[4:10, 3:9] = 1.0
+    blob = blob + 0.1 * torch.rand(16, 16, generator=g)
+    assert otsu.otsu_separation(noise) < 0.7 < otsu.otsu_separation(blob)
+    assert otsu.otsu_separation(torch.ones(4, 4)) == 0.0
+    maps = torch.stack([blob, noise])
+    unguarded = otsu.panel_masks(maps, [True, True])
+    assert unguarded[1].any()  # Otsu alone finds a "region" in the noise
+    guarded = otsu.panel_masks(maps, [True, True], min_separation=0.7)
+    assert guarded[0].any() and not guarded[1].any()
+    assert torch.equal(guarded[0], otsu.panel_masks(blob[None], [True])[0])

@@ -142,8 +142,9 @@ def test_kernel_override_reaches_the_isolated_branch(sd15):
 
 def test_old_csa_percent_window_runs_as_the_fraction_window(sd15):
     model, clip, pos, neg, story, P = sd15
-    assert ca.ConsistentSelfAttention.VALIDATE_INPUTS("1", 0.0, 100.0) is True  # saved before fractions
-    assert "end_percent" in ca.ConsistentSelfAttention.VALIDATE_INPUTS("1", 0.0, 150.0)
+    assert ca.ConsistentSelfAttention.VALIDATE_INPUTS(0.0, 100.0) is True  # saved before fractions
+    with pytest.raises(StoryError, match="end_percent"):  # checked once, when the node runs
+        ca.ConsistentSelfAttention().patch(model, **dict(CSA_ALWAYS, end_percent=150.0))
     old = ca.ConsistentSelfAttention().patch(
         model, **dict(CSA_ALWAYS, start_percent=50.0, end_percent=100.0)
     )[0]

@@ -1,4 +1,4 @@
-"""attention/, motion/ and story/ are pure: importable with no ComfyUI module loaded."""
+"""attention/, motion/, story/ and story_world/ are pure: importable with no ComfyUI module loaded."""
 
 import subprocess
 import sys
@@ -11,7 +11,7 @@ import importlib, pkgutil, sys, types
 root = sys.argv[1]
 parent = types.ModuleType("pure_probe"); parent.__path__ = [root]; sys.modules["pure_probe"] = parent
 names = []
-for sub in ("attention", "motion", "story"):
+for sub in ("attention", "motion", "story", "story_world"):
     pkg = importlib.import_module("pure_probe." + sub)
     names.append(pkg.__name__)
     for info in pkgutil.iter_modules(pkg.__path__):
@@ -24,5 +24,5 @@ print(len(names), host)
 def test_pure_packages_import_without_comfyui():
     out = subprocess.run([sys.executable, "-c", PROBE, str(ROOT)], capture_output=True, text=True, check=True)
     count, host = out.stdout.strip().split(" ", 1)
-    assert int(count) >= 3
+    assert int(count) >= 4
     assert host == "[]", f"pure packages imported host modules: {host}"

@@ -46,6 +46,8 @@ def test_typo_is_reported_at_validation_with_the_line(story_prompt):
     msg = story_prompt.StoryPrompt.VALIDATE_INPUTS(story="[Bob]: a man\n[Bbo] walks")
     assert isinstance(msg, str) and "line 2" in msg and "[Bbo]" in msg
     assert story_prompt.StoryPrompt.VALIDATE_INPUTS(story="[Bob]: a man\n[Bob] walks") is True
+    msg = story_prompt.StoryPrompt.VALIDATE_INPUTS(story="[Bob]: a man\n[Bob walks to school")
+    assert isinstance(msg, str) and msg.startswith("Story Prompt: line 2:") and "no closing ']'" in msg
 
 
 def test_missing_clip_is_actionable(story_prompt):

@@ -58,9 +58,13 @@ def test_bad_stories_are_clear_errors(text, fragment):
         (
             "[Bob: a man with black hair\n[Bob] wakes up\n[Bob] sleeps",
             1,
-            "'[Bob:' misses its closing ']'; write '[Bob]: a man",
+            "'[Bob: a man with black hair' has no closing ']'",
         ),
-        ("[Bob]: a man\n[Alice : a woman\n[Bob] and [Alice] meet", 2, "'[Alice :' misses its closing ']'"),
+        (
+            "[Bob]: a man\n[Alice : a woman\n[Bob] and [Alice] meet",
+            2,
+            "'[Alice : a woman' has no closing ']'",
+        ),
         (
             "[Bob]: a man\n[Bob walks to work #Monday\n[Bob] sleeps",
             2,
@@ -93,3 +97,47 @@ def test_style_wraps_prompt_and_merges_negatives():
     assert styles.apply_style(styles.NO_STYLE, "a cat") == ("a cat", "")
     with pytest.raises(ValueError, match="choose one of"):
         styles.apply_style("Nope", "a cat")
+
+
+def test_mentions_are_where_the_parser_wrote_each_name():
+    story = syntax.parse_story(
+        "[Alice]: a woman, Bob's sister\n[Bob]: a man\n[Alice] and  [Bob] meet\n[bob] waves"
+    )
+    p = story.panels[0]
+    assert p.prompt == "Alice, a woman, Bob's sister and Bob, a man meet"
+    assert p.mentions == (("Alice", 0), ("Bob", p.prompt.index("Bob, a man")))
+    assert story.panels[1].mentions == (("Bob", 0),)
+    assert syntax.parse_story("a lighthouse").panels[0].mentions == ()
+
+
+def test_regional_prompt_texts():
+    story = syntax.parse_story(
+        "[Bob]: a man\n[Alice]: a woman\n[Bob] and [Alice] run through the rain\n"
+        "[Alice], [Bob]: they talk #caption"
+    )
+    assert dict(story.panels[0].regional) == {
+        "Bob": "Bob, a man and run through the rain",
+        "Alice": "and Alice, a woman run through the rain",
+    }
+    assert dict(story.panels[1].regional) == {
+        "Alice": "Alice, a woman: they talk",
+        "Bob": "Bob, a man: they talk",
+    }
+
+
+@pytest.mark.parametrize(
+    "text, line, fragment",
+    [
+        (
+            "[Bob]: a man\n[Bob] wakes up\n[Bob walks to school",
+            3,
+            "'[Bob walks to school' has no closing ']'",
+        ),
+        ("[Bob]: a man\nBob] walks to school", 2, "']' without an opening '['"),
+        ("[Bob: a man\n[Bob] walks to school", 1, "'[Bob: a man' has no closing ']'"),
+    ],
+)
+def test_unclosed_tag_is_an_error_at_its_own_line(text, line, fragment):
+    with pytest.raises(syntax.StorySyntaxError) as e:
+        syntax.parse_story(text)
+    assert str(e.value).startswith(f"line {line}:") and fragment in str(e.value), str(e.value)

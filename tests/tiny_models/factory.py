@@ -119,8 +119,12 @@ def tiny_unet(family: str = "sdxl", seed: int = 0) -> comfy.model_patcher.ModelP
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
 
 
-def tiny_clip(family: str = "sdxl", seed: int = 0) -> comfy.sd.CLIP:
-    """A CLIP (text encoder + real tokenizer) whose context matches the family's UNet."""
+def tiny_clip(family: str = "sdxl", seed: int = 0, embedding_directory=None) -> comfy.sd.CLIP:
+    """A CLIP (text encoder + real tokenizer) whose context matches the family's UNet.
+
+    embedding_directory: where `embedding:name` in a prompt is looked up, as a checkpoint loader
+    passes folder_paths.get_folder_paths("embeddings") (textual-inversion files).
+    """
     if family == "sd15":
         target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
         options = {"clip_l_model_config": dict(TINY_TEXT_LAYERS)}
@@ -131,7 +135,7 @@ def tiny_clip(family: str = "sdxl", seed: int = 0) -> comfy.sd.CLIP:
         raise ValueError(f"no text encoder for family {family!r}")
     device = torch.device("cpu")
     options.update({"load_device": device, "offload_device": device, "initial_device": device, "dtype": torch.float32})
-    clip = comfy.sd.CLIP(target, model_options=options)
+    clip = comfy.sd.CLIP(target, embedding_directory=embedding_directory, model_options=options)
     _seeded_init(clip.cond_stage_model, seed + 1)
     return clip
 

@@ -9,10 +9,6 @@ const TAG_RE = /\[([^\[\]\n]*)\]/g;
 const DECLARATION_RE = /^\s*\[([^\[\]\n]+)\]\s*:\s*(.*)$/;
 const NAME_RE = /^[^\s\[\]#:][^\[\]#:]*$/;
 const NO_CHARACTER = "NC";
-// "[Bob: a man ..." : a declaration whose name misses its closing bracket
-const UNCLOSED_DECLARATION_RE = /^\s*\[([^\[\]\n#:]+):\s*(.*)$/;
-// a '[' with no ']' before the next '[' or the end of the text
-const UNCLOSED_TAG_RE = /\[[^\[\]\n]*(?=\[|$)/;
 
 /**
  * @param {string} text the story
@@ -28,11 +24,6 @@ export function readStory(text) {
     const lineNo = i + 1;
     const line = raw.trim();
     if (!line || line.startsWith("//")) return;
-    const unclosed = line.match(UNCLOSED_DECLARATION_RE);
-    if (unclosed) {
-      problems.push(`line ${lineNo}: the declaration '[${unclosed[1]}:' misses its closing ']'`);
-      return;
-    }
     const decl = line.match(DECLARATION_RE);
     if (decl && !line.split(":", 1)[0].includes("#")) {
       const name = decl[1].trim();
@@ -51,8 +42,13 @@ export function readStory(text) {
     const body = hash >= 0 ? line.slice(0, hash) : line;
     const caption = hash >= 0 ? line.slice(hash + 1).trim() : "";
     const panel = { line: lineNo, characters: [], unknown: [], noCharacter: false, caption, segments: [] };
-    const openTag = body.match(UNCLOSED_TAG_RE);
-    if (openTag) problems.push(`line ${lineNo}: '${openTag[0].trim()}' has no closing ']'`);
+    const rest = body.replace(TAG_RE, (m) => " ".repeat(m.length));
+    const opening = rest.indexOf("["), closing = rest.indexOf("]");
+    if (opening >= 0 && (closing < 0 || opening < closing)) {
+      problems.push(`line ${lineNo}: '${body.slice(opening).trim()}' has no closing ']'`);
+    } else if (closing >= 0) {
+      problems.push(`line ${lineNo}: ']' without an opening '['`);
+    }
     let last = 0;
     for (const m of body.matchAll(TAG_RE)) {
       if (m.index > last) panel.segments.push({ text: body.slice(last, m.index), kind: "text" });

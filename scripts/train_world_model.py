@@ -1,0 +1,559 @@
+"""Train the story world's toy text-to-image model (VAE, then text encoder + UNet) on the CPU or a GPU.
+
+    .venv/bin/python scripts/train_world_model.py            # the shipped model (see README)
+    .venv/bin/python scripts/train_world_model.py --resume   # continue from work/train_world/state.pt
+
+Stages, each a fixed number of steps over a stream of world pictures that is a pure function of
+(seed, index) (story_world.sampling.dataset_item), with noise from generators seeded per step, so
+an interrupted run resumed from its last checkpoint gives bit-identical weights:
+
+1. vae:  ComfyUI's TAESD decoder + an encoder of TAESD's exact layout whose residual convs are
+         zero (so it is a thin, cheap conv stack that TAESD's class computes exactly); trained on
+         crops with an L1 + L2 loss. Latent mean/std set vae_shift/vae_scale so that the UNet
+         sees unit-variance latents through ComfyUI's SD1.5 latent format.
+2. unet: ComfyUI's SD1.5 UNet (small widths) + ComfyUI's SD1 CLIP text encoder (small widths),
+         epsilon prediction on SD1.5's own noise schedule, captions dropped 10% of the time so
+         classifier-free guidance works; every --decoder-every steps the VAE decoder takes a step
+         too (the encoder is frozen from here on, so the UNet's latents never change).
+3. decoder: the VAE decoder alone, its loss weighted towards the characters' pixels (they are
+         small; identity lives there).
+
+Checkpoints every --ckpt-minutes to --work; the final weights go to --out (one safetensors file
+with unet./clip./vae. prefixes and the configs in its metadata; world_model/build.py loads it).
+One torch thread by default (--threads raises it); a CUDA device is used when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import math
+import os
+import random
+import sys
+import time
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from comfy_host import host_root  # noqa: E402
+
+sys.path.insert(0, str(host_root()))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def _pack(dotted: str):
+    """Import a module of the pack without putting its root on sys.path (ComfyUI has a nodes.py too)."""
+    name = "storydiffusion_train"
+    if name not in sys.modules:
+        parent = types.ModuleType(name)
+        parent.__path__ = [str(ROOT)]
+        sys.modules[name] = parent
+    return importlib.import_module(f"{name}.{dotted}")
+
+
+def progress(stage: str, step: int, total: int, t0: float, start: int, loss: float) -> None:
+    done = step - start
+    rate = (time.time() - t0) / max(1, done)
+    eta = rate * (total - step)
+    bar = "#" * int(30 * step / total)
+    print(
+        f"\r[{stage}] |{bar:<30}| {step}/{total} loss {loss:.4f} {rate:.2f}s/step eta {eta / 60:.1f} min",
+        end="",
+        flush=True,
+    )
+
+
+def images_for(indices, seed: int, keep: float):
+    """(float images [B,3,H,W] in [0,1], captions) of the world's stream at these indices."""
+    draw = _pack("story_world.draw").draw
+    item = _pack("story_world.sampling").dataset_item
+    pics, caps = [], []
+    for i in indices:
+        p, c = item(int(i), seed, keep)
+        pics.append(np.asarray(draw(p), dtype=np.float32) / 255.0)
+        caps.append(c)
+    return torch.from_numpy(np.stack(pics)).permute(0, 3, 1, 2).contiguous(), caps
+
+
+def character_masks(indices, seed: int, keep: float) -> torch.Tensor:
+    """[B,1,H,W] 1 where the characters are drawn (the picture differs from its empty scene)."""
+    draw = _pack("story_world.draw").draw
+    item = _pack("story_world.sampling").dataset_item
+    masks = []
+    for i in indices:
+        p, _ = item(int(i), seed, keep)
+        full = np.asarray(draw(p), dtype=np.int16)
+        empty = np.asarray(draw(dataclasses.replace(p, characters=())), dtype=np.int16)
+        masks.append((np.abs(full - empty).sum(-1) > 0).astype(np.float32))
+    return torch.from_numpy(np.stack(masks))[:, None]
+
+
+# ---- the thin encoder inside TAESD's encoder layout -------------------------------------------------
+ENC_WIDTH = 32  # channels used of TAESD's 64; the rest stay zero
+
+
+def thin_encoder_masks(taesd) -> None:
+    """Zero TAESD encoder's residual convs (each Block becomes a ReLU) and the unused channels;
+    gradients of those weights are masked out by freeze_hooks so they stay zero."""
+    enc = taesd.taesd_encoder
+    with torch.no_grad():
+        for m in enc.modules():
+            if m.__class__.__name__ == "Block":
+                for p in m.conv.parameters():
+                    p.zero_()
+                    p.requires_grad_(False)
+        convs = [m for m in enc if isinstance(m, torch.nn.Conv2d)]
+        for k, c in enumerate(convs):
+            w = c.weight
+            if k > 0:
+                w[:, ENC_WIDTH:] = 0
+            if k < len(convs) - 1:
+                w[ENC_WIDTH:] = 0
+                if c.bias is not None:
+                    c.bias[ENC_WIDTH:] = 0
+            mask = torch.zeros_like(w)
+            mask[: (w.shape[0] if k == len(convs) - 1 else ENC_WIDTH), : (3 if k == 0 else ENC_WIDTH)] = 1
+            c.weight.register_hook(lambda g, mask=mask: g * mask)
+            if c.bias is not None and k < len(convs) - 1:
+                bmask = torch.zeros_like(c.bias)
+                bmask[:ENC_WIDTH] = 1
+                c.bias.register_hook(lambda g, bmask=bmask: g * bmask)
+
+
+def thin_encode(taesd, x01: torch.Tensor) -> torch.Tensor:
+    """TAESD's encoder computed cheaply: only its non-zero convs and channels (equal to taesd_encoder(x))."""
+    enc = taesd.taesd_encoder
+    convs = [m for m in enc if isinstance(m, torch.nn.Conv2d)]
+    h = x01
+    for k, c in enumerate(convs):
+        last = k == len(convs) - 1
+        w = c.weight[:, :ENC_WIDTH] if k > 0 else c.weight
+        if not last:
+            w = w[:ENC_WIDTH]
+        b = None if c.bias is None else (c.bias if last else c.bias[:ENC_WIDTH])
+        h = F.conv2d(h, w, b, stride=c.stride, padding=c.padding)
+        if not last:
+            h = F.relu(h)
+    return h
+
+
+def trainable_clip_layers() -> None:
+    """ComfyUI's CLIP layers add their residuals in place (fine for inference, not for autograd);
+    for training, the same sums out of place (identical outputs)."""
+    import comfy.clip_model
+
+    def forward(self, x, mask=None, optimized_attention=None):
+        x = x + self.self_attn(self.layer_norm1(x), mask, optimized_attention)
+        return x + self.mlp(self.layer_norm2(x))
+
+    comfy.clip_model.CLIPLayer.forward = forward
+
+
+def init_weights(module: torch.nn.Module) -> None:
+    """PyTorch's default initialisation (ComfyUI's ops skip it: their weights start empty), seeded."""
+    kinds = (
+        torch.nn.Conv2d,
+        torch.nn.Conv1d,
+        torch.nn.Conv3d,
+        torch.nn.Linear,
+        torch.nn.GroupNorm,
+        torch.nn.LayerNorm,
+        torch.nn.Embedding,
+    )
+    for m in module.modules():
+        for cls in kinds:
+            if isinstance(m, cls):
+                cls.reset_parameters(m)
+                break
+
+
+# ---- state ------------------------------------------------------------------------------------------
+def rng_state():
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-steps", type=int, default=250)
+    ap.add_argument("--vae-batch", type=int, default=16)
+    ap.add_argument(
+        "--vae-crop",
+        type=int,
+        default=6,
+        help="latent crop size for decoder training (x8 pixels; latents are 8x8)",
+    )
+    ap.add_argument("--unet-steps", type=int, default=800)
+    ap.add_argument(
+        "--decoder-every",
+        type=int,
+        default=2,
+        help="during the UNet stage, one more VAE-decoder step every N UNet steps (0: none); encoder frozen",
+    )
+    ap.add_argument(
+        "--decoder-steps", type=int, default=150, help="stage 3: decoder-only steps after the UNet"
+    )
+    ap.add_argument(
+        "--character-weight", type=float, default=8.0, help="stage 3: extra loss weight of character pixels"
+    )
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=8e-4)
+    ap.add_argument("--keep", type=float, default=0.6, help="probability a caption keeps each attribute")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--no-bf16",
+        action="store_true",
+        help="train the UNet in float32 (bfloat16 autocast is ~2x faster on CPUs with AVX512-BF16)",
+    )
+    ap.add_argument("--ckpt-minutes", type=float, default=4.0)
+    ap.add_argument("--work", default=str(ROOT / "work" / "train_world"))
+    ap.add_argument("--out", default=str(ROOT / "models" / "story_world" / "story_world.safetensors"))
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument(
+        "--export",
+        action="store_true",
+        help="only write --out from the last checkpoint (e.g. a preview mid-run)",
+    )
+    ap.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="stop (with a checkpoint) after this many steps of this run (tests of resume)",
+    )
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    from comfy.cli_args import args as comfy_args
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    comfy_args.cpu = device.type == "cpu"
+    build = _pack("world_model.build")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    state_path = work / "state.pt"
+
+    torch.manual_seed(args.seed)
+    taesd = build.build_taesd().to(device)
+    init_weights(taesd)
+    with torch.no_grad():
+        taesd.vae_scale.fill_(1.0)
+        taesd.vae_shift.fill_(0.0)
+    thin_encoder_masks(taesd)
+    model = build.build_unet(device=device)
+    unet = model.diffusion_model
+    init_weights(unet)
+    with torch.no_grad():  # the usual diffusion init: residual branches and the output start at zero
+        for name, mod in unet.named_modules():
+            if name == "out.2" or name.endswith("out_layers.3") or name.endswith("proj_out"):
+                for p in mod.parameters():
+                    p.zero_()
+    clip = build.build_clip(device=device)
+    text = clip.cond_stage_model.clip_l
+    trainable_clip_layers()
+    for p in text.transformer.parameters():  # ComfyUI's SDClipModel freezes its weights on construction
+        p.requires_grad_(True)
+    init_weights(text.transformer)
+    with torch.no_grad():
+        for name, p in text.transformer.named_parameters():
+            if "embedding" in name:
+                p.normal_(0, 0.02)
+    vae_params = [
+        p
+        for p in taesd.parameters()
+        if p.requires_grad and p is not taesd.vae_scale and p is not taesd.vae_shift
+    ]
+    vae_opt = torch.optim.AdamW(vae_params, lr=1e-3, weight_decay=0.0)
+    main_params = list(unet.parameters()) + list(text.transformer.parameters())
+    opt = torch.optim.AdamW(main_params, lr=args.lr, weight_decay=0.01)
+    run_args = {
+        k: v for k, v in vars(args).items() if k not in ("resume", "export", "stop_after", "out", "work")
+    }
+    command = "scripts/train_world_model.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in run_args.items() if v != ap.get_default(k)
+    )
+    st = {
+        "stage": "vae",
+        "step": 0,
+        "losses": [],
+        "latent_mean": 0.0,
+        "latent_std": 1.0,
+        "seconds": 0.0,
+        "args": run_args,
+        "command": command,
+    }
+    if (args.resume or args.export) and state_path.is_file():
+        ck = torch.load(state_path, map_location=device, weights_only=False)
+        taesd.load_state_dict(ck["taesd"])
+        unet.load_state_dict(ck["unet"])
+        text.transformer.load_state_dict(ck["text"])
+        vae_opt.load_state_dict(ck["vae_opt"])
+        opt.load_state_dict(ck["opt"])
+        st = ck["st"]
+        st["seconds"] = st.get("seconds_at_ck", 0.0)
+        st.setdefault("args", run_args)
+        st.setdefault("command", command)
+        set_rng_state(ck["rng"])
+        print(f"resumed at stage {st['stage']} step {st['step']}")
+
+    def checkpoint():
+        st["seconds_at_ck"] = st["seconds"] + time.time() - t_run
+        tmp = state_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "taesd": taesd.state_dict(),
+                "unet": unet.state_dict(),
+                "text": text.transformer.state_dict(),
+                "vae_opt": vae_opt.state_dict(),
+                "opt": opt.state_dict(),
+                "st": st,
+                "rng": rng_state(),
+            },
+            tmp,
+        )
+        tmp.replace(state_path)
+
+    if args.export:
+        if not state_path.is_file():
+            print(f"error: no checkpoint at {state_path}", file=sys.stderr)
+            return 2
+        print(f"exporting stage {st['stage']} step {st['step']}")
+        return export(args, argv, st, unet, text, taesd, device, build, work, 0.0)
+
+    last_ck = t_run = time.time()
+    run_steps = 0
+    k_latent = 0.18215  # ComfyUI's SD1.5 latent format scale
+
+    def vae_loss(gen_seed: int, first_index: int, train_encoder: bool, character_weight: float = 0.0):
+        """Encoder (thin TAESD) + TAESD decoder on random latent crops: L1 + L2 (+ a small latent penalty);
+        character_weight > 0 weighs the characters' pixels 1 + character_weight times."""
+        g = torch.Generator().manual_seed(gen_seed)
+        indices = range(first_index, first_index + args.vae_batch)
+        imgs, _ = images_for(indices, args.seed, args.keep)
+        imgs = imgs.to(device)
+        weight = None
+        if character_weight:
+            weight = 1 + character_weight * character_masks(indices, args.seed, args.keep).to(device)
+        with torch.set_grad_enabled(train_encoder):
+            lat = thin_encode(taesd, imgs)  # [B,4,8,8]
+        n, crop = lat.shape[-1], min(args.vae_crop, lat.shape[-1])
+        oy = torch.randint(0, n - crop + 1, (1,), generator=g).item()
+        ox = torch.randint(0, n - crop + 1, (1,), generator=g).item()
+        z = lat[:, :, oy : oy + crop, ox : ox + crop]
+        noise = torch.randn(z.shape, generator=g).to(device)
+        z = z + 0.05 * z.detach().std() * noise
+        rec = taesd.taesd_decoder(z)
+        tgt = imgs[:, :, oy * 8 : (oy + crop) * 8, ox * 8 : (ox + crop) * 8]
+        if weight is not None:
+            w = weight[:, :, oy * 8 : (oy + crop) * 8, ox * 8 : (ox + crop) * 8]
+            err = (rec - tgt).abs() + (rec - tgt).pow(2)
+            return (w * err).sum() / (w.sum() * 3)
+        return F.l1_loss(rec, tgt) + F.mse_loss(rec, tgt) + 1e-4 * lat.pow(2).mean()
+
+    def stop_now():
+        return args.stop_after and run_steps >= args.stop_after
+
+    # ---- stage 1: VAE ----
+    if st["stage"] == "vae":
+        t0, start = time.time(), st["step"]
+        while st["step"] < args.vae_steps:
+            step = st["step"]
+            lr = (
+                1e-3
+                * min(1.0, (step + 1) / 50)
+                * (0.5 * (1 + math.cos(math.pi * step / args.vae_steps)) * 0.9 + 0.1)
+            )
+            loss = vae_loss(args.seed * 7919 + step, 10_000_000 + step * args.vae_batch, train_encoder=True)
+            for pg in vae_opt.param_groups:
+                pg["lr"] = lr
+            vae_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            vae_opt.step()
+            st["step"] += 1
+            run_steps += 1
+            st["losses"].append(("vae", step, loss.item()))
+            progress(
+                "vae",
+                st["step"],
+                args.vae_steps,
+                t0,
+                start,
+                float(np.mean([x[2] for x in st["losses"][-20:]])),
+            )
+            if time.time() - last_ck > args.ckpt_minutes * 60 or stop_now():
+                checkpoint()
+                last_ck = time.time()
+                if stop_now():
+                    print("\nstopped (--stop-after)")
+                    return 0
+        print()
+        with torch.no_grad():
+            imgs, _ = images_for(range(20_000_000, 20_000_256), args.seed, args.keep)
+            lat = thin_encode(taesd, imgs.to(device))
+            st["latent_mean"], st["latent_std"] = float(lat.mean()), float(lat.std())
+            taesd.vae_scale.fill_(k_latent * st["latent_std"])
+            taesd.vae_shift.fill_(-st["latent_mean"] / (st["latent_std"] * k_latent))
+        print(f"latent mean {st['latent_mean']:.3f} std {st['latent_std']:.3f}")
+        st["stage"], st["step"] = "unet", 0
+        checkpoint()
+        last_ck = time.time()
+
+    # ---- stage 2: text encoder + UNet ----
+    sigmas = model.model_sampling.sigmas.to(device)  # SD1.5's 1000 training sigmas
+    acp = 1.0 / (1.0 + sigmas**2)
+    tokenizer = clip.tokenizer
+    token_cache: dict[str, list[int]] = {}
+
+    def tokens(caption: str) -> list[int]:
+        if caption not in token_cache:
+            token_cache[caption] = [t[0] for t in tokenizer.tokenize_with_weights(caption)["l"][0]]
+        return token_cache[caption]
+
+    if st["stage"] == "unet":
+        t0, start = time.time(), st["step"]
+        m, s = st["latent_mean"], st["latent_std"]
+        while st["step"] < args.unet_steps:
+            step = st["step"]
+            g = torch.Generator().manual_seed(args.seed * 104729 + step)
+            idx = [step * args.batch + i for i in range(args.batch)]
+            imgs, caps = images_for(idx, args.seed, args.keep)
+            drop = torch.rand(args.batch, generator=g) < 0.1
+            caps = ["" if d else c for c, d in zip(caps, drop.tolist(), strict=True)]
+            with torch.no_grad():
+                z0 = (thin_encode(taesd, imgs.to(device)) - m) / s
+            t = torch.randint(0, 1000, (args.batch,), generator=g)
+            eps = torch.randn(z0.shape, generator=g).to(device)
+            a = acp[t.to(device)].view(-1, 1, 1, 1)
+            xt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=not args.no_bf16):
+                ctx = text([tokens(c) for c in caps])[0]
+                pred = unet(xt, t.to(device).float(), context=ctx)
+            loss = F.mse_loss(pred.float(), eps)
+            lr = (
+                args.lr
+                * min(1.0, (step + 1) / 100)
+                * (0.5 * (1 + math.cos(math.pi * step / args.unet_steps)) * 0.9 + 0.1)
+            )
+            for pg in opt.param_groups:
+                pg["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+            opt.step()
+            if (
+                args.decoder_every and step % args.decoder_every == 0
+            ):  # the decoder keeps learning; latents are fixed
+                dec_loss = vae_loss(
+                    args.seed * 15485863 + step, 30_000_000 + step * args.vae_batch, train_encoder=False
+                )
+                for pg in vae_opt.param_groups:
+                    pg["lr"] = 5e-4 * (0.5 * (1 + math.cos(math.pi * step / args.unet_steps)) * 0.9 + 0.1)
+                vae_opt.zero_grad(set_to_none=True)
+                dec_loss.backward()
+                vae_opt.step()
+                st["losses"].append(("decoder", step, dec_loss.item()))
+            st["step"] += 1
+            run_steps += 1
+            st["losses"].append(("unet", step, loss.item()))
+            progress(
+                "unet",
+                st["step"],
+                args.unet_steps,
+                t0,
+                start,
+                float(np.mean([x[2] for x in st["losses"][-50:]])),
+            )
+            if time.time() - last_ck > args.ckpt_minutes * 60 or stop_now():
+                checkpoint()
+                last_ck = time.time()
+                if stop_now():
+                    print("\nstopped (--stop-after)")
+                    return 0
+        print()
+        st["stage"], st["step"] = "decoder", 0
+        checkpoint()
+        last_ck = time.time()
+
+    # ---- stage 3: the decoder alone, weighted towards the characters (latents and UNet unchanged) ----
+    if st["stage"] == "decoder":
+        t0, start = time.time(), st["step"]
+        while st["step"] < args.decoder_steps:
+            step = st["step"]
+            loss = vae_loss(
+                args.seed * 32452843 + step,
+                40_000_000 + step * args.vae_batch,
+                train_encoder=False,
+                character_weight=args.character_weight,
+            )
+            lr = 5e-4 * (0.5 * (1 + math.cos(math.pi * step / args.decoder_steps)) * 0.9 + 0.1)
+            for pg in vae_opt.param_groups:
+                pg["lr"] = lr
+            vae_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            vae_opt.step()
+            st["step"] += 1
+            run_steps += 1
+            st["losses"].append(("decoder3", step, loss.item()))
+            progress(
+                "decoder",
+                st["step"],
+                args.decoder_steps,
+                t0,
+                start,
+                float(np.mean([x[2] for x in st["losses"][-20:]])),
+            )
+            if time.time() - last_ck > args.ckpt_minutes * 60 or stop_now():
+                checkpoint()
+                last_ck = time.time()
+                if stop_now():
+                    print("\nstopped (--stop-after)")
+                    return 0
+        print()
+        st["stage"] = "done"
+        checkpoint()
+
+    return export(args, argv, st, unet, text, taesd, device, build, work, st["seconds"] + time.time() - t_run)
+
+
+def export(args, argv, st, unet, text, taesd, device, build, work, seconds) -> int:
+    losses = [x[2] for x in st["losses"] if x[0] == "unet"]
+    run = st.get("args", {})
+    info = {
+        "command": st.get("command", ""),
+        "vae_steps": run.get("vae_steps"),
+        "unet_steps": run.get("unet_steps"),
+        "batch": run.get("batch"),
+        "seed": run.get("seed"),
+        "train_seconds": round(seconds or st.get("seconds_at_ck", 0.0)),
+        "device": device.type,
+        "stage": st["stage"],
+        "step": st["step"],
+        "final_unet_loss_last100": float(np.mean(losses[-100:])) if losses else None,
+    }
+    build.save(Path(args.out), unet, text.transformer, taesd, info)
+    (work / "losses.json").write_text(json.dumps(st["losses"]))
+    print(f"saved {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB); {json.dumps(info)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
