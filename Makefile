@@ -13,7 +13,7 @@ setup:
 
 ## The main job: the example story through a real headless ComfyUI and its API queue -> output/
 demo: setup
-	@$(PY) scripts/run_story.py $(if $(CKPT),--ckpt "$(CKPT)") $(ARGS)
+	@exec $(PY) scripts/run_story.py $(if $(CKPT),--ckpt "$(CKPT)") $(ARGS)
 
 ## Every test: the linter and format check (ruff, once), then on every host (scripts/test_matrix.py:
 ## the embedded 0.3.75, and 0.33.0 when ../shared/hosts has it; HOSTS=0.3.75 for one) pure math,
@@ -24,10 +24,11 @@ test: setup
 	@$(PY) -m ruff format --check .
 	@STORY_HOSTS="$(HOSTS)" $(PY) scripts/test_matrix.py $(ARGS)
 
-## ComfyUI with the pack, for the browser canvas (http://127.0.0.1:$(PORT)).
+## ComfyUI with the pack, for the browser canvas (http://127.0.0.1:$(PORT)); ARGS=--tiny-models adds the
+## test-only tiny model nodes. exec: a SIGTERM from make (docker stop) reaches the launcher, which stops ComfyUI.
 PORT ?= 8188
 serve: setup
-	@$(PY) scripts/serve.py --port $(PORT) $(if $(CKPT),--ckpt "$(CKPT)") $(ARGS)
+	@exec $(PY) scripts/serve.py --port $(PORT) $(if $(CKPT),--ckpt "$(CKPT)") $(ARGS)
 
 bench: setup
 	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -9,6 +9,7 @@ import torch
 from ..attention.isolated_branch import CAPTURE_LAYERS, IsolatedBranch, IsolationConfig
 from ..attention.isolated_run import IsolationRun, mask_iou, masks_from_maps
 from ..attention.steps import StepWindow
+from ..story.mask_legend import with_legend
 from .character_plan import build_plan
 from .common import (
     CATEGORY_ROOT,
@@ -67,7 +68,8 @@ class StoryAttentionMasks:
         "The sampled latent (decode it as usual).",
         "One mask per panel and character, panel-major: index = panel × characters + character (story "
         "declaration order); a character absent from a panel has an empty mask.",
-        "One image per panel, each character in its own colour.",
+        "One image per panel, each character in its own colour; with legend, a band under each image names "
+        "the panel and each character's colour (characters absent from the panel greyed out).",
     )
 
     @classmethod
@@ -128,6 +130,14 @@ class StoryAttentionMasks:
             },
             "optional": {
                 "denoise": DENOISE_INPUT,
+                "legend": (
+                    "BOOLEAN",
+                    {
+                        "default": True,
+                        "tooltip": "Draw a legend under each preview image: the panel number and which "
+                        "colour is which character. Off: the preview has the panels' size.",
+                    },
+                ),
             },
         }
 
@@ -151,6 +161,7 @@ class StoryAttentionMasks:
         dilate,
         min_area,
         denoise=1.0,
+        legend=True,
     ) -> tuple:
         check_step_window(NODE, start_percent, end_percent)
         plan = build_plan(NODE, clip, story)
@@ -202,7 +213,11 @@ class StoryAttentionMasks:
         full = upscale(masks, factor)
         P, K = masks.shape[:2]
         mask_out = full.reshape(P * K, *full.shape[-2:]).float() if K else torch.zeros(0, *full.shape[-2:])
-        return (latent, mask_out, preview(full))
+        image = preview(full)
+        if legend and K:
+            colours = [tuple(PALETTE[k % len(PALETTE)].tolist()) for k in range(K)]
+            image = with_legend(image, list(plan.names), colours, [list(row) for row in plan.present])
+        return (latent, mask_out, image)
 
 
 NODE_CLASS_MAPPINGS = {"StoryDiffAttentionMasks": StoryAttentionMasks}

@@ -14,6 +14,8 @@ from .patch_dit import FLUX
 from .patch_isolated import IsolatedPatch
 from .patch_isolated_dit import DiTIsolatedPatch
 from .patch_unet import UNET
+from .regional_prompts import regional_prompt_warnings
+from .user_warnings import warn
 
 NODE = "Isolated Attention"
 SLOTS = 4
@@ -162,6 +164,8 @@ class IsolatedAttention:
                 ),
             },
             "optional": optional,
+            # the queued graph: a character_N fed by typed text is checked to name its character
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
     def patch(
@@ -175,6 +179,8 @@ class IsolatedAttention:
         end_percent,
         scene=None,
         identity_bank=None,
+        prompt=None,
+        unique_id=None,
         **slots,
     ) -> tuple:
         family = require_family(model, NODE, (*IsolatedPatch.families, *DiTIsolatedPatch.families))
@@ -192,6 +198,8 @@ class IsolatedAttention:
             raise StoryError(
                 f"{NODE}: the story declares no character; declare characters with '[Name]: description'."
             )
+        for message in regional_prompt_warnings(NODE, list(story.characters), prompt, unique_id, SLOTS):
+            warn(NODE, message, unique_id)
         P = plan.panels
         overrides = {
             i - 1: slots.get(f"character_{i}")

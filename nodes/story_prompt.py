@@ -56,7 +56,8 @@ class StoryPrompt:
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "STORY", "STRING", "INT")
     RETURN_NAMES = ("positive", "negative", "story", "captions", "panel_count")
     OUTPUT_TOOLTIPS = (
-        "One conditioning row per panel, in story order (batch = number of panels).",
+        "One conditioning row per panel, in story order (batch = number of panels): the positive of the KSampler "
+        "(or Story Attention Masks) that samples the panels. The attention nodes patch the MODEL instead.",
         "The style's negative prompt plus yours, shared by all panels.",
         "The parsed story: characters and the character tags of each panel, for the attention nodes.",
         "The panel captions, one per line (empty line for a panel without caption).",

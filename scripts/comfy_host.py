@@ -12,10 +12,12 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -80,7 +82,9 @@ class HttpClient:
             return r.read()
 
     def post(self, path: str, payload: dict, timeout: float = 30) -> tuple[int, dict]:
-        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, json.loads(r.read() or b"{}")
@@ -92,22 +96,66 @@ class HttpClient:
                 return e.code, {"error": {"message": body.decode(errors="replace")}}
 
 
-class ComfyServer(HttpClient):
-    """A headless ComfyUI child process on a free loopback port; always stopped on exit."""
+class Terminated(SystemExit):
+    """SIGTERM (docker stop, systemd, kill) turned into an exception, so `with`/`finally` blocks
+    stop the ComfyUI child before the launcher exits."""
 
-    def __init__(self, base: Path, port: int | None = None, with_tiny_models: bool = True,
-                 checkpoints: list[Path] = (), log_path: Path | None = None, extra_args: list[str] = ()):
+
+def _raise_terminated(signum, frame):
+    raise Terminated(128 + signum)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends SIGTERM when the launcher dies, even by SIGKILL
+    (Linux only; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a launcher started in the background ignores SIGINT
+
+
+class ComfyServer(HttpClient):
+    """A headless ComfyUI child process on a free loopback port; always stopped on exit.
+
+    While it runs, SIGTERM in the launcher raises `Terminated` and SIGINT raises
+    KeyboardInterrupt even when the launcher was started in the background (where SIGINT is
+    ignored), so the launcher stops and reaps the child (in the main thread; restored on stop).
+    """
+
+    def __init__(
+        self,
+        base: Path,
+        port: int | None = None,
+        with_tiny_models: bool = True,
+        checkpoints: list[Path] = (),
+        log_path: Path | None = None,
+        extra_args: list[str] = (),
+    ):
         self.base = make_base_directory(Path(base), with_tiny_models, list(checkpoints))
         self.port = port or free_port()
         super().__init__(f"http://127.0.0.1:{self.port}")
         self.log_path = Path(log_path) if log_path else self.base / "comfyui.log"
         whitelist = [PACK_FOLDER] + ([TINY_PACK_FOLDER] if with_tiny_models else [])
         self.cmd = [
-            sys.executable, str(host_root() / "main.py"), "--cpu",
-            "--listen", "127.0.0.1", "--port", str(self.port),
-            "--base-directory", str(self.base),
-            "--disable-all-custom-nodes", "--whitelist-custom-nodes", *whitelist,
-            "--disable-auto-launch", "--database-url", "sqlite:///:memory:", "--disable-api-nodes",
+            sys.executable,
+            str(host_root() / "main.py"),
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(self.base),
+            "--disable-all-custom-nodes",
+            "--whitelist-custom-nodes",
+            *whitelist,
+            "--disable-auto-launch",
+            "--database-url",
+            "sqlite:///:memory:",
+            "--disable-api-nodes",
             *extra_args,
         ]
         self.proc: subprocess.Popen | None = None
@@ -115,11 +163,21 @@ class ComfyServer(HttpClient):
     def start(self, timeout: float = 180.0) -> "ComfyServer":
         self._log = open(self.log_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(self.cmd, cwd=str(host_root()), stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self._install_signal_handlers()
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=str(host_root()),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent if os.name == "posix" else None,
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with code {self.proc.returncode} during start-up:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"ComfyUI exited with code {self.proc.returncode} during start-up:\n{self.log_tail()}"
+                )
             try:
                 self.get("/system_stats", timeout=2)
                 return self
@@ -128,16 +186,39 @@ class ComfyServer(HttpClient):
         self.stop()
         raise TimeoutError(f"ComfyUI did not answer within {timeout:.0f}s:\n{self.log_tail()}")
 
+    def _install_signal_handlers(self) -> None:
+        self._previous_handlers = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._previous_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_terminated)
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            self._previous_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in getattr(self, "_previous_handlers", {}).items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
+        """Terminate the child (kill it after 20 s) and reap it; a second signal while stopping
+        does not leave it running."""
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        except BaseException:
+            if self.proc is not None and self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
-        if getattr(self, "_log", None):
-            self._log.close()
+            raise
+        finally:
+            self._restore_signal_handlers()
+            if getattr(self, "_log", None):
+                self._log.close()
 
     def __enter__(self):
         return self.start()

@@ -102,6 +102,9 @@ def main(argv=None) -> int:
     t0 = time.time()
     try:
         return _run(base, args, prompt, checkpoints, out_dir, t0)
+    except KeyboardInterrupt:  # SIGTERM raises comfy_host.Terminated: exit code 143, ComfyUI stopped too
+        print("[demo] interrupted; ComfyUI stopped", file=sys.stderr)
+        return 130
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -50,6 +50,40 @@ def test_bad_stories_are_clear_errors(text, fragment):
     assert fragment in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "text, line, fragment",
+    [
+        # the declaration's name misses its ']': reported at the declaration, not as an unknown
+        # tag on the next line
+        (
+            "[Bob: a man with black hair\n[Bob] wakes up\n[Bob] sleeps",
+            1,
+            "'[Bob: a man with black hair' has no closing ']'",
+        ),
+        (
+            "[Bob]: a man\n[Alice : a woman\n[Bob] and [Alice] meet",
+            2,
+            "'[Alice : a woman' has no closing ']'",
+        ),
+        (
+            "[Bob]: a man\n[Bob walks to work #Monday\n[Bob] sleeps",
+            2,
+            "'[Bob walks to work' has no closing ']'",
+        ),
+        ("[Bob]: a man\n[Bob] meets [Bob at noon", 2, "'[Bob at noon' has no closing ']'"),
+    ],
+)
+def test_a_missing_closing_bracket_is_reported_at_its_own_line(text, line, fragment):
+    with pytest.raises(syntax.StorySyntaxError) as e:
+        syntax.parse_story(text)
+    assert str(e.value).startswith(f"line {line}: ") and fragment in str(e.value), str(e.value)
+
+
+def test_brackets_in_captions_are_free_text():
+    story = syntax.parse_story("[Bob]: a man\n[Bob] walks #[sic")
+    assert story.captions == ["[sic"]
+
+
 def test_comment_lines_and_blank_lines_are_skipped():
     story = syntax.parse_story("// a comment\n\n  a lighthouse at dawn  \n")
     assert [p.prompt for p in story.panels] == ["a lighthouse at dawn"]

@@ -8,6 +8,10 @@ const NODE_ID = "StoryDiffPrompt";
 const STYLE_ID = "storydiff-feedback-style";
 const ROW_HEIGHT = 17;
 const MAX_HEIGHT = 220;
+// the story is the text a user writes: give it most of the node, and the usually empty negative
+// box a few lines (classic canvas: DOM widget sizes; Nodes 2.0: the CSS below)
+const STORY_MIN_HEIGHT = 200;
+const NEGATIVE_MAX_HEIGHT = 56;
 const CSS = `
 .storydiff-feedback { font: 12px/1.35 sans-serif; color: var(--input-text, #ddd); background: rgba(0,0,0,.25);
   border-radius: 6px; padding: 4px 6px; overflow-y: auto; box-sizing: border-box; }
@@ -16,6 +20,10 @@ const CSS = `
 .storydiff-feedback .storydiff-unknown { background: #b3261e; color: #fff; border-radius: 3px; padding: 0 2px; }
 .storydiff-feedback .storydiff-nc { color: #999; }
 .storydiff-feedback .storydiff-problem { color: #ff8a80; }
+textarea.storydiff-story { min-height: ${STORY_MIN_HEIGHT}px; }
+textarea.storydiff-negative { max-height: ${NEGATIVE_MAX_HEIGHT}px; }
+.lg-node-widget:has(> [node-type="${NODE_ID}"] > textarea[placeholder="story"]) { flex: 4 1 0; min-height: ${STORY_MIN_HEIGHT}px; }
+.lg-node-widget:has(> [node-type="${NODE_ID}"] > textarea[placeholder="negative"]) { flex: 1 1 0; max-height: ${NEGATIVE_MAX_HEIGHT}px; }
 `;
 
 function el(tag, className, text) {
@@ -53,9 +61,19 @@ export function renderFeedback(container, text) {
   return story;
 }
 
+function sizeTextBoxes(node) {
+  const story = node.widgets?.find((w) => w.name === "story");
+  const negative = node.widgets?.find((w) => w.name === "negative");
+  if (story?.options) story.options.getMinHeight = () => STORY_MIN_HEIGHT;
+  if (negative?.options) negative.options.getMaxHeight = () => NEGATIVE_MAX_HEIGHT;
+  (story?.element ?? story?.inputEl)?.classList?.add("storydiff-story");
+  (negative?.element ?? negative?.inputEl)?.classList?.add("storydiff-negative");
+}
+
 function attach(node) {
   const storyWidget = node.widgets?.find((w) => w.name === "story");
   if (!storyWidget || node.widgets.some((w) => w.name === "story_feedback")) return;
+  sizeTextBoxes(node);
   const box = el("div", "storydiff-feedback");
   const widget = node.addDOMWidget("story_feedback", "storydiff-feedback", box, {
     serialize: false,
