@@ -30,7 +30,9 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch
     return out.transpose(1, 2).reshape(b, nq, c)
 
 
-def reference_table(num_images: int, window: int = 0, groups: Sequence | None = None) -> list[tuple[int, ...]]:
+def reference_table(
+    num_images: int, window: int = 0, groups: Sequence | None = None
+) -> list[tuple[int, ...]]:
     """For each image, the other images whose sampled tokens it attends to (sorted).
 
     window 0 = every other image; window W = a run of W consecutive story images around the
@@ -46,7 +48,7 @@ def reference_table(num_images: int, window: int = 0, groups: Sequence | None = 
             continue
         cand = [j for j in range(num_images) if j != i and (groups is None or groups[j] == groups[i])]
         if window and len(cand) > window - 1:
-            cand = sorted(cand, key=lambda j: (abs(j - i), j))[:max(0, window - 1)]
+            cand = sorted(cand, key=lambda j: (abs(j - i), j))[: max(0, window - 1)]
         table.append(tuple(sorted(cand)))
     return table
 
@@ -153,7 +155,9 @@ def consistent_attention(
     return out
 
 
-def gather_index(length: int, n: int, indices: torch.Tensor, refs: Sequence[Sequence[int]], rows: Sequence[int]):
+def gather_index(
+    length: int, n: int, indices: torch.Tensor, refs: Sequence[Sequence[int]], rows: Sequence[int]
+):
     """Flat row indices into k.reshape(B*length, C) for the given rows: each row's own `length`
     tokens, then the shared tokens of each of its refs. One index_select builds all keys."""
     own = torch.tensor(list(rows), dtype=torch.long).unsqueeze(1) * length + torch.arange(length)

@@ -27,9 +27,14 @@ def blocked_value(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min / 2 if dtype.is_floating_point else -1e30
 
 
-def isolation_bias(region: torch.Tensor, ref_owner: torch.Tensor, own_cols: int,
-                   activation: torch.Tensor | None = None, gamma: float = 0.0,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def isolation_bias(
+    region: torch.Tensor,
+    ref_owner: torch.Tensor,
+    own_cols: int,
+    activation: torch.Tensor | None = None,
+    gamma: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Additive mask [N, own_cols + R].
 
     region: [K, N] bool, query token n lies in character k's region (disjoint over k).
@@ -44,7 +49,11 @@ def isolation_bias(region: torch.Tensor, ref_owner: torch.Tensor, own_cols: int,
     allowed = region[ref_owner.to(region.device)].transpose(0, 1)  # [N, R]
     act = torch.ones(R, device=region.device) if activation is None else activation.to(region.device).float()
     boost = torch.log1p(gamma * act.clamp(min=0)) if gamma > 0 else torch.zeros_like(act)
-    ref = torch.where(allowed, boost.to(dtype).expand(N, R), torch.tensor(blocked_value(dtype), dtype=dtype, device=region.device))
+    ref = torch.where(
+        allowed,
+        boost.to(dtype).expand(N, R),
+        torch.tensor(blocked_value(dtype), dtype=dtype, device=region.device),
+    )
     bias[:, own_cols:] = ref
     return bias
 
@@ -60,8 +69,20 @@ def sdpa_attention(q, k, v, heads, mask=None, **_):
     return out.transpose(1, 2).reshape(b, n, hd)
 
 
-def isolated_self_attention(q, k, v, refs_k, refs_v, ref_owner, region, heads, attn_fn=sdpa_attention,
-                            activation=None, gamma: float = 0.0, **attn_kwargs):
+def isolated_self_attention(
+    q,
+    k,
+    v,
+    refs_k,
+    refs_v,
+    ref_owner,
+    region,
+    heads,
+    attn_fn=sdpa_attention,
+    activation=None,
+    gamma: float = 0.0,
+    **attn_kwargs,
+):
     """Isolated self-attention of one panel: q [1, N, C]; k, v [1, M, C] (own image, M >= N
     when other patches appended tokens); refs_k, refs_v [R, C]; region [K, N] bool."""
     if refs_k is None or refs_k.shape[0] == 0:

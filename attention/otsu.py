@@ -82,13 +82,13 @@ def gaussian_blur(m: torch.Tensor, sigma: float) -> torch.Tensor:
         return m
     r = max(1, int(3 * sigma + 0.5))
     t = torch.arange(-r, r + 1, dtype=m.dtype, device=m.device)
-    g = torch.exp(-(t ** 2) / (2 * sigma ** 2))
+    g = torch.exp(-(t**2) / (2 * sigma**2))
     g = g / g.sum()
     x = m[None, None]
     pad_h, pad_w = min(r, m.shape[0] - 1), min(r, m.shape[1] - 1)
     x = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode="reflect" if min(pad_h, pad_w) > 0 else "replicate")
-    kh = g[r - pad_h: r + pad_h + 1].view(1, 1, -1, 1)
-    kw = g[r - pad_w: r + pad_w + 1].view(1, 1, 1, -1)
+    kh = g[r - pad_h : r + pad_h + 1].view(1, 1, -1, 1)
+    kw = g[r - pad_w : r + pad_w + 1].view(1, 1, 1, -1)
     x = F.conv2d(F.conv2d(x, kh / kh.sum()), kw / kw.sum())
     return x[0, 0]
 
@@ -109,7 +109,7 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     if radius <= 0:
         return mask
     x = mask.float()[None, None]
-    return (F.max_pool2d(x, 2 * radius + 1, stride=1, padding=radius)[0, 0] > 0)
+    return F.max_pool2d(x, 2 * radius + 1, stride=1, padding=radius)[0, 0] > 0
 
 
 def coefficient_of_variation(m: torch.Tensor, mask: torch.Tensor) -> float:
@@ -144,8 +144,14 @@ def separates(m: torch.Tensor, min_separation: float, blur: float = 0.0) -> bool
     return n is not None and otsu_separation(gaussian_blur(n, blur)) >= min_separation
 
 
-def panel_masks(maps: torch.Tensor, present: list[bool] | None = None, blur: float = 0.0,
-                dilate_radius: int = 0, min_area: float = 0.0, min_separation: float = 0.0) -> torch.Tensor:
+def panel_masks(
+    maps: torch.Tensor,
+    present: list[bool] | None = None,
+    blur: float = 0.0,
+    dilate_radius: int = 0,
+    min_area: float = 0.0,
+    min_separation: float = 0.0,
+) -> torch.Tensor:
     """Final disjoint boolean masks [K, H, W] of one panel from its maps [K, H, W].
 
     Characters not present in the panel (present[k] False) get empty masks, and so does a
@@ -156,8 +162,14 @@ def panel_masks(maps: torch.Tensor, present: list[bool] | None = None, blur: flo
     present = list(present) if present is not None else [True] * K
     if min_separation > 0:
         present = [bool(present[k]) and separates(maps[k], min_separation, blur) for k in range(K)]
-    masks = torch.stack([binarize(maps[k], blur) if present[k] else
-                         torch.zeros(maps.shape[1:], dtype=torch.bool, device=maps.device) for k in range(K)])
+    masks = torch.stack(
+        [
+            binarize(maps[k], blur)
+            if present[k]
+            else torch.zeros(maps.shape[1:], dtype=torch.bool, device=maps.device)
+            for k in range(K)
+        ]
+    )
     masks = torch.stack([dilate(masks[k], dilate_radius) for k in range(K)]) if K else masks
     masks = resolve_overlaps(maps, masks)
     if min_area > 0:

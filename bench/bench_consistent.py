@@ -20,8 +20,8 @@ is taken (reset through /proc/self/clear_refs).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import importlib
+import subprocess
 import sys
 import time
 import types
@@ -87,15 +87,32 @@ def peak_bytes(fn, device):
 def child_peak(variant, tokens, channels, heads, images, keep):
     """CPU: run one formulation once in a fresh process (so no freed heap is reused) and return
     its resident-memory high-water mark above the process after the inputs were made."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-mem", variant, str(tokens), str(channels),
-           str(heads), str(images), str(keep)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child-mem",
+        variant,
+        str(tokens),
+        str(channels),
+        str(heads),
+        str(images),
+        str(keep),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()
     return float(out[-1])
 
 
 def child_main(variant, tokens, channels, heads, images, keep):
-    case = attention_case(int(tokens), int(channels), int(heads), int(images), float(keep), torch.device("cpu"),
-                          torch.float32, 1)
+    case = attention_case(
+        int(tokens),
+        int(channels),
+        int(heads),
+        int(images),
+        float(keep),
+        torch.device("cpu"),
+        torch.float32,
+        1,
+    )
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     before = _rss_kib("VmRSS:")
     case[variant]()
@@ -121,10 +138,14 @@ def attention_case(tokens, channels, heads, images, keep, device, dtype, repeats
 
 
 def section_attention(device, dtype, scale, repeats):
-    print(f"\n== 1. attention, 4 story images, keep-rate 0.5 ({device.type}, {str(dtype).removeprefix('torch.')}, "
-          f"width x{scale:g}) ==")
-    print(f"{'tokens':>6} {'ch':>5} {'heads':>5} | {'vanilla ms':>10} {'CSA ms':>8} {'dense ms':>9} | "
-          f"{'CSA/van':>7} {'ideal':>5} {'CSA/ideal':>9} {'dense/CSA':>9} | {'CSA MiB':>8} {'dense MiB':>9} {'mem CSA/dense':>13}")
+    print(
+        f"\n== 1. attention, 4 story images, keep-rate 0.5 ({device.type}, {str(dtype).removeprefix('torch.')}, "
+        f"width x{scale:g}) =="
+    )
+    print(
+        f"{'tokens':>6} {'ch':>5} {'heads':>5} | {'vanilla ms':>10} {'CSA ms':>8} {'dense ms':>9} | "
+        f"{'CSA/van':>7} {'ideal':>5} {'CSA/ideal':>9} {'dense/CSA':>9} | {'CSA MiB':>8} {'dense MiB':>9} {'mem CSA/dense':>13}"
+    )
     for tokens, channels, heads in ((4096, 640, 10), (1024, 1280, 20)):
         ch, hd = max(64, int(channels * scale)), max(1, int(heads * scale))
         case = attention_case(tokens, ch, hd, 4, 0.5, device, dtype, repeats)
@@ -137,18 +158,22 @@ def section_attention(device, dtype, scale, repeats):
         else:
             mem = {name: child_peak(name, tokens, ch, hd, 4, 0.5) for name in ("ours", "dense")}
         ideal = 1 + 0.5 * 3
-        print(f"{tokens:>6} {ch:>5} {hd:>5} | {t['vanilla'] * 1e3:>10.2f} {t['ours'] * 1e3:>8.2f} {t['dense'] * 1e3:>9.2f} | "
-              f"{t['ours'] / t['vanilla']:>6.2f}x {ideal:>4.1f}x {t['ours'] / t['vanilla'] / ideal:>8.2f}x "
-              f"{t['dense'] / t['ours']:>8.2f}x | {mem['ours'] / 2**20:>8.1f} {mem['dense'] / 2**20:>9.1f} "
-              f"{mem['ours'] / mem['dense']:>12.2f}x   (max |CSA - dense| = {err:.1e})")
+        print(
+            f"{tokens:>6} {ch:>5} {hd:>5} | {t['vanilla'] * 1e3:>10.2f} {t['ours'] * 1e3:>8.2f} {t['dense'] * 1e3:>9.2f} | "
+            f"{t['ours'] / t['vanilla']:>6.2f}x {ideal:>4.1f}x {t['ours'] / t['vanilla'] / ideal:>8.2f}x "
+            f"{t['dense'] / t['ours']:>8.2f}x | {mem['ours'] / 2**20:>8.1f} {mem['dense'] / 2**20:>9.1f} "
+            f"{mem['ours'] / mem['dense']:>12.2f}x   (max |CSA - dense| = {err:.1e})"
+        )
         del case
 
 
 def section_window(device, dtype, scale, repeats):
     ch, hd = max(64, int(640 * scale)), max(1, int(10 * scale))
     print(f"\n== 2. CSA per image vs story length, window 4, 4096 tokens, {ch} ch / {hd} heads ==")
-    cases = {images: attention_case(4096, ch, hd, images, 0.5, device, dtype, repeats, window=4)["ours"]
-             for images in (4, 8, 16, 32)}
+    cases = {
+        images: attention_case(4096, ch, hd, images, 0.5, device, dtype, repeats, window=4)["ours"]
+        for images in (4, 8, 16, 32)
+    }
     t = timed_all(cases, device, repeats)
     for images, total in t.items():
         per = total / images
@@ -165,31 +190,53 @@ def section_sampling(repeats):
 
     comfy_args.cpu = True
     import comfy.sample
+
     from pack_loader import submodule
     from tiny_models import factory
 
     node = submodule("nodes.consistent_attention").ConsistentSelfAttention()
     model, clip, _ = factory.tiny_checkpoint("sdxl")
-    settings = dict(keep_rate_1_8=0.5, keep_rate_1_16=0.5, keep_rate_1_32=0.5, keep_rate_1_64=0.5, blocks="up",
-                    warmup_steps=1, start_percent=0.0, end_percent=100.0, apply_probability="0.7, 0.9@40",
-                    window=0, seed=0, strength=1.0)
+    settings = dict(
+        keep_rate_1_8=0.5,
+        keep_rate_1_16=0.5,
+        keep_rate_1_32=0.5,
+        keep_rate_1_64=0.5,
+        blocks="up",
+        warmup_steps=1,
+        start_percent=0.0,
+        end_percent=100.0,
+        apply_probability="0.7, 0.9@40",
+        window=0,
+        seed=0,
+        strength=1.0,
+    )
     patched = node.patch(model, **settings)[0]
-    out = clip.encode_from_tokens(clip.tokenize("a man in a red jacket"), return_pooled=True, return_dict=True)
+    out = clip.encode_from_tokens(
+        clip.tokenize("a man in a red jacket"), return_pooled=True, return_dict=True
+    )
     cond = [[out["cond"].repeat(4, 1, 1), {"pooled_output": out["pooled_output"].repeat(4, 1)}]]
     latent = torch.zeros(4, 4, 16, 16)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
 
     def run(m):
-        return comfy.sample.sample(m, noise, 6, 5.0, "euler", "normal", cond, cond, latent, seed=0, disable_pbar=True)
+        return comfy.sample.sample(
+            m, noise, 6, 5.0, "euler", "normal", cond, cond, latent, seed=0, disable_pbar=True
+        )
 
     print("\n== 3. whole sampling, tiny SDXL-shaped model, 4 images 128x128, 6 steps euler, cfg 5 (CPU) ==")
     run(model), run(patched)
     tv, tp = [], []
     for _ in range(repeats):  # interleaved, so load changes hit both alike
-        t0 = time.perf_counter(); run(model); tv.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); run(patched); tp.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        run(model)
+        tv.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        run(patched)
+        tp.append(time.perf_counter() - t0)
     v, p = min(tv), min(tp)
-    print(f"  unpatched {v:.3f} s, CSA {p:.3f} s: overhead {100 * (p / v - 1):+.1f} % (best of {repeats}, interleaved)")
+    print(
+        f"  unpatched {v:.3f} s, CSA {p:.3f} s: overhead {100 * (p / v - 1):+.1f} % (best of {repeats}, interleaved)"
+    )
 
 
 def main():
@@ -206,8 +253,14 @@ def main():
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     scale = a.width_scale if a.width_scale is not None else (1.0 if device.type == "cuda" else 0.25)
     repeats = a.repeats or (20 if device.type == "cuda" else 5)
-    print(f"torch {torch.__version__}, device {device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else
-                                                            f", {torch.get_num_threads()} threads"))
+    print(
+        f"torch {torch.__version__}, device {device}"
+        + (
+            f" ({torch.cuda.get_device_name()})"
+            if device.type == "cuda"
+            else f", {torch.get_num_threads()} threads"
+        )
+    )
     section_attention(device, dtype, scale, repeats)
     section_window(device, dtype, scale, repeats)
     if not a.skip_sampling:

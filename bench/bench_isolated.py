@@ -26,12 +26,15 @@ for p in (str(ROOT / "tests"), str(host_root())):
         sys.path.insert(0, p)
 
 import torch  # noqa: E402
+
 from comfy.cli_args import args as comfy_args  # noqa: E402
 
 comfy_args.cpu = not torch.cuda.is_available()
 
-import comfy.sample  # noqa: E402
 import psutil  # noqa: E402
+
+import comfy.sample  # noqa: E402
+
 from pack_loader import submodule  # noqa: E402
 from tiny_models import factory  # noqa: E402
 
@@ -81,7 +84,9 @@ def run(model, pos, neg, panels, size, steps):
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
     with PeakMemory() as mem:
         t = time.perf_counter()
-        comfy.sample.sample(model, noise, steps, 5.0, "euler", "normal", pos, neg, latent, seed=0, disable_pbar=True)
+        comfy.sample.sample(
+            model, noise, steps, 5.0, "euler", "normal", pos, neg, latent, seed=0, disable_pbar=True
+        )
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         dt = time.perf_counter() - t
@@ -98,9 +103,14 @@ def main():
     model, clip, _ = factory.tiny_checkpoint("sdxl")
     if torch.cuda.is_available():
         model.load_device = torch.device("cuda")
-    positive, negative, story, _, panels = submodule("nodes.story_prompt").StoryPrompt().encode(clip, STORY, "(No style)", "")
-    (iso,) = submodule("nodes.isolated_attention").IsolatedAttention().patch(
-        model, clip, story, strength=1.1, reweight=1.0, start_percent=0.0, end_percent=1.0)
+    positive, negative, story, _, panels = (
+        submodule("nodes.story_prompt").StoryPrompt().encode(clip, STORY, "(No style)", "")
+    )
+    (iso,) = (
+        submodule("nodes.isolated_attention")
+        .IsolatedAttention()
+        .patch(model, clip, story, strength=1.1, reweight=1.0, start_percent=0.0, end_percent=1.0)
+    )
 
     run(model, positive, negative, panels, a.size, 1)  # warm-up
     run(iso, positive, negative, panels, a.size, 1)
@@ -115,21 +125,29 @@ def main():
     tv, ti = min(times["vanilla"]), min(times["isolated"])
     mv, mi = max(mems["vanilla"]), max(mems["isolated"])
     dev = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"Isolated Attention benchmark: tiny SDXL-shaped UNet, 2 characters, {panels} panels, "
-          f"{a.size * 8}x{a.size * 8} px, {a.steps} steps, CFG 5, {a.reps} reps, {dev}")
+    print(
+        f"Isolated Attention benchmark: tiny SDXL-shaped UNet, 2 characters, {panels} panels, "
+        f"{a.size * 8}x{a.size * 8} px, {a.steps} steps, CFG 5, {a.reps} reps, {dev}"
+    )
     print(f"  {'run':<10}{'best s':>8}{'median s':>10}{'runs s':>30}{'peak +MiB':>12}")
     for name in times:
-        print(f"  {name:<10}{min(times[name]):>8.2f}{statistics.median(times[name]):>10.2f}"
-              f"{str([round(t, 2) for t in times[name]]):>30}{max(mems[name]):>12.1f}")
+        print(
+            f"  {name:<10}{min(times[name]):>8.2f}{statistics.median(times[name]):>10.2f}"
+            f"{str([round(t, 2) for t in times[name]]):>30}{max(mems[name]):>12.1f}"
+        )
     ratio = ti / tv
     med = statistics.median(times["isolated"]) / statistics.median(times["vanilla"])
-    print(f"  time ratio isolated/vanilla (best of {a.reps}): {ratio:.2f}x (target <= 1.8x) -> "
-          f"{'OK' if ratio <= 1.8 else 'OVER TARGET'}; ratio of medians {med:.2f}x")
+    print(
+        f"  time ratio isolated/vanilla (best of {a.reps}): {ratio:.2f}x (target <= 1.8x) -> "
+        f"{'OK' if ratio <= 1.8 else 'OVER TARGET'}; ratio of medians {med:.2f}x"
+    )
     print(f"  extra peak memory: {mi - mv:+.1f} MiB")
     result = submodule("nodes.patch_isolated").installed_branch(iso).run.result
     iou = submodule("attention.isolated_run").mask_iou(result.masks_at_70, result.masks)
-    print(f"  online mask stability: IoU(masks at 70% of the steps, at 100%) = {iou:.3f}; "
-          f"mask area per panel x character: {result['masks'].float().mean((-1, -2)).tolist()}")
+    print(
+        f"  online mask stability: IoU(masks at 70% of the steps, at 100%) = {iou:.3f}; "
+        f"mask area per panel x character: {result['masks'].float().mean((-1, -2)).tolist()}"
+    )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def _time(fn, repeats: int) -> float:
 def bench_cost() -> None:
     chain = _pure("motion.chain")
     pred = _pure("motion.predictor")
-    model = pred.SemanticMotionPredictor(pred.PredictorConfig(embed_dim=1024, width=512, depth=4, heads=8, max_frames=32)).eval()
+    model = pred.SemanticMotionPredictor(
+        pred.PredictorConfig(embed_dim=1024, width=512, depth=4, heads=8, max_frames=32)
+    ).eval()
     keys = torch.randn(2, 1024) * 20
     print(f"predictor: {model.parameter_count() / 1e6:.1f} M parameters (width 512, depth 4)")
     print(f"{'frames':>6} {'interpolation ms':>17} {'with predictor ms':>18} {'ratio':>7}")
@@ -59,9 +61,21 @@ def _train_and_evaluate(dim: int, frames: int, bend_rank, width: int, steps: int
     train = _pure("motion.train")
     clips = dataset.synthetic_clips(512, frames, dim, seed=1, bend_rank=bend_rank)
     held = dataset.synthetic_clips(128, frames, dim, seed=2, bend_rank=bend_rank)  # never trained on
-    cfg = train.TrainConfig(steps=steps, batch_size=32, lr=3e-3, warmup=20, min_frames=frames, max_frames=frames,
-                            max_stride=1, width=width, depth=2, heads=4, holdout=0.0,
-                            checkpoint_every=10_000, eval_every=10_000)
+    cfg = train.TrainConfig(
+        steps=steps,
+        batch_size=32,
+        lr=3e-3,
+        warmup=20,
+        min_frames=frames,
+        max_frames=frames,
+        max_stride=1,
+        width=width,
+        depth=2,
+        heads=4,
+        holdout=0.0,
+        checkpoint_every=10_000,
+        eval_every=10_000,
+    )
     out = Path(tempfile.mkdtemp()) / "bench_motion_predictor.safetensors"
     start = time.perf_counter()
     train.train(cfg, clips, out, progress=False, log=lambda s: None)
@@ -70,15 +84,21 @@ def _train_and_evaluate(dim: int, frames: int, bend_rank, width: int, steps: int
 
 
 def bench_quality() -> None:
-    print("held-out relative error (128 unseen synthetic trajectories), plain interpolation vs a predictor "
-          "trained 300 steps on 512 trajectories:")
+    print(
+        "held-out relative error (128 unseen synthetic trajectories), plain interpolation vs a predictor "
+        "trained 300 steps on 512 trajectories:"
+    )
     print(f"{'trajectories':>44} {'interpolation':>14} {'predictor':>10} {'ratio':>6} {'train s':>8}")
-    cases = [("1024-d, eased timing, 14 frames", 1024, 14, 0, 64),
-             ("16-d, eased timing + bend, 9 frames", 16, 9, None, 64)]
+    cases = [
+        ("1024-d, eased timing, 14 frames", 1024, 14, 0, 64),
+        ("16-d, eased timing + bend, 9 frames", 16, 9, None, 64),
+    ]
     for name, dim, frames, rank, width in cases:
         r, seconds = _train_and_evaluate(dim, frames, rank, width)
-        print(f"{name:>44} {r['interpolation']:>14.2e} {r['predictor']:>10.2e} "
-              f"{r['predictor'] / r['interpolation']:>6.3f} {seconds:>8.0f}")
+        print(
+            f"{name:>44} {r['interpolation']:>14.2e} {r['predictor']:>10.2e} "
+            f"{r['predictor'] / r['interpolation']:>6.3f} {seconds:>8.0f}"
+        )
 
 
 if __name__ == "__main__":

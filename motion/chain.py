@@ -13,7 +13,9 @@ import torch
 from .interpolation import chain_length, chain_positions, interpolate
 
 
-def chain_frame_embeddings(keys: torch.Tensor, frames_per_transition: int, mode: str = "linear", predictor=None) -> torch.Tensor:
+def chain_frame_embeddings(
+    keys: torch.Tensor, frames_per_transition: int, mode: str = "linear", predictor=None
+) -> torch.Tensor:
     """keys [N, D] (one embedding per panel) -> per-frame embeddings [(N-1)*(L-1)+1, D]."""
     if keys.dim() != 2:
         raise ValueError(f"panel embeddings must be [panels, dim], got {tuple(keys.shape)}")

@@ -67,7 +67,9 @@ def load_clips(sources, min_frames: int = 3) -> list[torch.Tensor]:
         raise MotionDataError(f"no clip with at least {min_frames} frames in {[str(s) for s in sources]}")
     dims = {c.shape[1] for c in clips}
     if len(dims) > 1:
-        raise MotionDataError(f"clips of different embedding sizes {sorted(dims)}: encode all clips with the same CLIP vision model")
+        raise MotionDataError(
+            f"clips of different embedding sizes {sorted(dims)}: encode all clips with the same CLIP vision model"
+        )
     return clips
 
 
@@ -84,7 +86,9 @@ def split_clips(clips: list[torch.Tensor], holdout: float, seed: int) -> tuple[l
     return train, hold
 
 
-def sample_windows(clips: list[torch.Tensor], batch: int, length: int, max_stride: int, gen: torch.Generator) -> torch.Tensor:
+def sample_windows(
+    clips: list[torch.Tensor], batch: int, length: int, max_stride: int, gen: torch.Generator
+) -> torch.Tensor:
     """[batch, length, dim] windows of `length` frames, each from a random clip, offset and stride."""
     usable = [c for c in clips if c.shape[0] >= length]
     if not usable:
@@ -96,20 +100,21 @@ def sample_windows(clips: list[torch.Tensor], batch: int, length: int, max_strid
         stride = int(torch.randint(1, top + 1, (1,), generator=gen))
         span = (length - 1) * stride + 1
         start = int(torch.randint(clip.shape[0] - span + 1, (1,), generator=gen))
-        out.append(clip[start:start + span:stride])
+        out.append(clip[start : start + span : stride])
     return torch.stack(out)
 
 
 def all_windows(clips: list[torch.Tensor], length: int) -> torch.Tensor:
     """Every stride-1 window of `length` frames of every clip (deterministic evaluation set)."""
-    wins = [c[s:s + length] for c in clips for s in range(0, c.shape[0] - length + 1)]
+    wins = [c[s : s + length] for c in clips for s in range(0, c.shape[0] - length + 1)]
     if not wins:
         raise MotionDataError(f"no clip has {length} frames")
     return torch.stack(wins)
 
 
-def synthetic_clips(count: int, frames: int, dim: int, seed: int, world_seed: int = 1234,
-                    bend_rank: int | None = None) -> list[torch.Tensor]:
+def synthetic_clips(
+    count: int, frames: int, dim: int, seed: int, world_seed: int = 1234, bend_rank: int | None = None
+) -> list[torch.Tensor]:
     """Smooth synthetic trajectories with structure an interpolation misses but a predictor can learn.
 
     x(t) = a + (b - a) * ease(t) + sin(pi t) * M (b - a): eased timing plus a bend whose
@@ -139,4 +144,6 @@ def synthetic_clips(count: int, frames: int, dim: int, seed: int, world_seed: in
 
 def describe(clips: list[torch.Tensor]) -> str:
     frames = [c.shape[0] for c in clips]
-    return json.dumps({"clips": len(clips), "dim": clips[0].shape[1], "frames_min": min(frames), "frames_max": max(frames)})
+    return json.dumps(
+        {"clips": len(clips), "dim": clips[0].shape[1], "frames_min": min(frames), "frames_max": max(frames)}
+    )

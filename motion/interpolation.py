@@ -66,7 +66,9 @@ def interpolate(a: torch.Tensor, b: torch.Tensor, frames: int, mode: str = "line
     """
     _check_mode(mode)
     if a.shape != b.shape:
-        raise InterpolationError(f"start and end embeddings differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+        raise InterpolationError(
+            f"start and end embeddings differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}"
+        )
     t = frame_times(frames, dtype=a.dtype if a.is_floating_point() else torch.float32, device=a.device)
     out = lerp(a, b, t) if mode == "linear" else slerp(a, b, t)
     out[..., 0, :] = a
@@ -80,7 +82,9 @@ def chain_positions(keys: int, frames_per_transition: int) -> list[int]:
     if keys < 2:
         raise InterpolationError(f"a key-frame chain needs at least 2 key frames, got {keys}")
     if frames_per_transition < 2:
-        raise InterpolationError(f"a transition needs at least 2 frames (start and end), got {frames_per_transition}")
+        raise InterpolationError(
+            f"a transition needs at least 2 frames (start and end), got {frames_per_transition}"
+        )
     return [k * (frames_per_transition - 1) for k in range(keys)]
 
 
@@ -96,7 +100,9 @@ def key_mask(positions: list[int], length: int, device=None) -> torch.Tensor:
     return mask
 
 
-def interpolate_keyframes(keys: torch.Tensor, positions: list[int], mode: str = "linear") -> tuple[torch.Tensor, torch.Tensor]:
+def interpolate_keyframes(
+    keys: torch.Tensor, positions: list[int], mode: str = "linear"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Interpolate between key frames placed at increasing frame positions.
 
     keys [..., K, D] with K == len(positions); positions start at 0 and increase strictly.
@@ -105,7 +111,9 @@ def interpolate_keyframes(keys: torch.Tensor, positions: list[int], mode: str = 
     _check_mode(mode)
     positions = [int(p) for p in positions]
     if keys.dim() < 2 or keys.shape[-2] != len(positions):
-        raise InterpolationError(f"{len(positions)} key positions for key embeddings of shape {tuple(keys.shape)}")
+        raise InterpolationError(
+            f"{len(positions)} key positions for key embeddings of shape {tuple(keys.shape)}"
+        )
     if len(positions) < 2:
         raise InterpolationError("a key-frame chain needs at least 2 key frames")
     if positions[0] != 0 or any(q <= p for p, q in zip(positions, positions[1:])):

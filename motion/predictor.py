@@ -42,13 +42,19 @@ class PredictorConfig:
         for name in ("embed_dim", "width", "depth", "heads", "max_frames"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise PredictorConfigError(f"predictor config: {name} must be a positive integer, got {value!r}")
+                raise PredictorConfigError(
+                    f"predictor config: {name} must be a positive integer, got {value!r}"
+                )
         if self.width % self.heads:
-            raise PredictorConfigError(f"predictor config: width {self.width} is not divisible by heads {self.heads}")
+            raise PredictorConfigError(
+                f"predictor config: width {self.width} is not divisible by heads {self.heads}"
+            )
         if self.max_frames < 2:
             raise PredictorConfigError("predictor config: max_frames must be at least 2")
         if not (isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio > 0):
-            raise PredictorConfigError(f"predictor config: mlp_ratio must be positive, got {self.mlp_ratio!r}")
+            raise PredictorConfigError(
+                f"predictor config: mlp_ratio must be positive, got {self.mlp_ratio!r}"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,14 +122,18 @@ class SemanticMotionPredictor(nn.Module):
             raise ValueError(f"expected a [batch, frames, dim] sequence, got shape {tuple(sequence.shape)}")
         b, length, dim = sequence.shape
         if dim != self.config.embed_dim:
-            raise ValueError(f"embedding size {dim} does not match the predictor's embed_dim {self.config.embed_dim}")
+            raise ValueError(
+                f"embedding size {dim} does not match the predictor's embed_dim {self.config.embed_dim}"
+            )
         if length > self.config.max_frames:
             raise ValueError(f"{length} frames exceed the predictor's max_frames {self.config.max_frames}")
         keyframes = keyframes.to(device=sequence.device, dtype=torch.bool)
         if keyframes.dim() == 1:
             keyframes = keyframes.unsqueeze(0).expand(b, length)
         if tuple(keyframes.shape) != (b, length):
-            raise ValueError(f"key-frame mask of shape {tuple(keyframes.shape)} for a sequence of shape {tuple(sequence.shape)}")
+            raise ValueError(
+                f"key-frame mask of shape {tuple(keyframes.shape)} for a sequence of shape {tuple(sequence.shape)}"
+            )
         if not keyframes.any(dim=1).all():
             raise ValueError("every sequence needs at least one key frame")
         x = sequence.float()
@@ -134,7 +144,9 @@ class SemanticMotionPredictor(nn.Module):
         for block in self.blocks:
             h = block(h)
         h = self.norm_out(h)
-        weights = self.mix_query(h) @ self.mix_key(h).transpose(1, 2) / math.sqrt(self.config.width)  # [B, L, L]
+        weights = (
+            self.mix_query(h) @ self.mix_key(h).transpose(1, 2) / math.sqrt(self.config.width)
+        )  # [B, L, L]
         mixed = (weights * kf.unsqueeze(1)) @ (x / scale)  # combinations of the key frames only
         residual = (self.proj_out(h) + mixed) * scale
         out = (x + residual).to(sequence.dtype)
@@ -170,4 +182,10 @@ def relative_error(pred: torch.Tensor, target: torch.Tensor, keyframes: torch.Te
     return (err * inner).sum() / inner.sum().clamp_min(1.0)
 
 
-__all__ = ["PredictorConfig", "PredictorConfigError", "SemanticMotionPredictor", "relative_error", "suggested_heads"]
+__all__ = [
+    "PredictorConfig",
+    "PredictorConfigError",
+    "SemanticMotionPredictor",
+    "relative_error",
+    "suggested_heads",
+]

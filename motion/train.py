@@ -25,14 +25,22 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors.torch import save_file
 
 from .dataset import all_windows, describe, load_clips, sample_windows, split_clips, synthetic_clips
 from .interpolation import MODES, interpolate
 from .predictor import PredictorConfig, SemanticMotionPredictor, relative_error, suggested_heads
-from .weights import (CONFIG_KEY, KIND_KEY, TRAIN_STATE_KIND, MotionWeightsError, build_from_tensors,
-                      config_from_metadata, read_metadata, read_tensors, save_predictor)
-
-from safetensors.torch import save_file
+from .weights import (
+    CONFIG_KEY,
+    KIND_KEY,
+    TRAIN_STATE_KIND,
+    MotionWeightsError,
+    build_from_tensors,
+    config_from_metadata,
+    read_metadata,
+    read_tensors,
+    save_predictor,
+)
 
 
 @dataclasses.dataclass
@@ -65,7 +73,9 @@ class TrainConfig:
 
     def predictor_config(self, embed_dim: int) -> PredictorConfig:
         heads = self.heads or suggested_heads(self.width)
-        return PredictorConfig(embed_dim=embed_dim, width=self.width, depth=self.depth, heads=heads, max_frames=self.max_frames)
+        return PredictorConfig(
+            embed_dim=embed_dim, width=self.width, depth=self.depth, heads=heads, max_frames=self.max_frames
+        )
 
 
 def state_path_for(out: Path) -> Path:
@@ -107,14 +117,18 @@ def evaluate(model: SemanticMotionPredictor, clips, length: int, mode: str, chun
     model.eval()
     pred_sum = interp_sum = 0.0
     for i in range(0, wins.shape[0], chunk):
-        w = wins[i:i + chunk]
+        w = wins[i : i + chunk]
         seq, mask = endpoints_interpolation(w, mode)
         n = w.shape[0]
         pred_sum += float(relative_error(model(seq, mask), w, mask)) * n
         interp_sum += float(relative_error(seq, w, mask)) * n
     model.train(was_training)
-    return {"windows": int(wins.shape[0]), "frames": length, "predictor": pred_sum / wins.shape[0],
-            "interpolation": interp_sum / wins.shape[0]}
+    return {
+        "windows": int(wins.shape[0]),
+        "frames": length,
+        "predictor": pred_sum / wins.shape[0],
+        "interpolation": interp_sum / wins.shape[0],
+    }
 
 
 def save_train_state(path: Path, model, optimizer, step: int, cfg: TrainConfig) -> Path:
@@ -123,9 +137,16 @@ def save_train_state(path: Path, model, optimizer, step: int, cfg: TrainConfig) 
     for idx, state in opt["state"].items():
         for key, value in state.items():
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().reshape(-1).contiguous()
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt["param_groups"]]
-    meta = {KIND_KEY: TRAIN_STATE_KIND, CONFIG_KEY: json.dumps(model.config.to_dict(), sort_keys=True),
-            "step": str(step), "train_config": json.dumps(dataclasses.asdict(cfg)), "param_groups": json.dumps(groups)}
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt["param_groups"]
+    ]
+    meta = {
+        KIND_KEY: TRAIN_STATE_KIND,
+        CONFIG_KEY: json.dumps(model.config.to_dict(), sort_keys=True),
+        "step": str(step),
+        "train_config": json.dumps(dataclasses.asdict(cfg)),
+        "param_groups": json.dumps(groups),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
@@ -137,8 +158,12 @@ def load_train_state(path: Path):
     """(model, optimizer state dict, next step, TrainConfig) from a training-state file."""
     meta = read_metadata(path)
     if meta.get(KIND_KEY) != TRAIN_STATE_KIND:
-        raise MotionWeightsError(f"{Path(path).name}: not a training-state file (written by python -m motion.train)")
-    model = build_from_tensors(config_from_metadata(meta, Path(path).name), read_tensors(path, "model."), Path(path).name)
+        raise MotionWeightsError(
+            f"{Path(path).name}: not a training-state file (written by python -m motion.train)"
+        )
+    model = build_from_tensors(
+        config_from_metadata(meta, Path(path).name), read_tensors(path, "model."), Path(path).name
+    )
     groups = json.loads(meta["param_groups"])
     for g in groups:
         if isinstance(g.get("betas"), list):
@@ -149,11 +174,23 @@ def load_train_state(path: Path):
         idx, name = key.split(".", 1)
         idx = int(idx)
         state.setdefault(idx, {})[name] = value.reshape(()) if name == "step" else value.reshape(shapes[idx])
-    return model, {"state": state, "param_groups": groups}, int(meta["step"]), TrainConfig(**json.loads(meta["train_config"]))
+    return (
+        model,
+        {"state": state, "param_groups": groups},
+        int(meta["step"]),
+        TrainConfig(**json.loads(meta["train_config"])),
+    )
 
 
-def train(cfg: TrainConfig, clips, out: Path, resume: Path | None = None, progress: bool = True,
-          on_step: Callable[[int, float], None] | None = None, log=print) -> dict:
+def train(
+    cfg: TrainConfig,
+    clips,
+    out: Path,
+    resume: Path | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+    log=print,
+) -> dict:
     """Train (or resume) and write the predictor to `out`; returns the last held-out evaluation."""
     cfg.check()
     out = Path(out)
@@ -161,7 +198,9 @@ def train(cfg: TrainConfig, clips, out: Path, resume: Path | None = None, progre
     start = 0
     if resume is not None:
         model, opt_state, start, saved = load_train_state(Path(resume))
-        cfg = dataclasses.replace(saved, steps=cfg.steps, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every)
+        cfg = dataclasses.replace(
+            saved, steps=cfg.steps, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every
+        )
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         optimizer.load_state_dict(opt_state)
         log(f"resumed from {resume} at step {start} of {cfg.steps}")
@@ -182,7 +221,9 @@ def train(cfg: TrainConfig, clips, out: Path, resume: Path | None = None, progre
 
     def checkpoint(at: int):
         save_train_state(state_path, model, optimizer, at, cfg)
-        save_predictor(model, out, {"interpolation": cfg.mode, "trained_steps": at, "heldout": json.dumps(result)})
+        save_predictor(
+            model, out, {"interpolation": cfg.mode, "trained_steps": at, "heldout": json.dumps(result)}
+        )
 
     try:
         for step in range(start, cfg.steps):
@@ -204,13 +245,17 @@ def train(cfg: TrainConfig, clips, out: Path, resume: Path | None = None, progre
                 bar.set_postfix(loss=f"{loss_value:.4f}")
             if completed % cfg.eval_every == 0 or completed == cfg.steps:
                 result = evaluate(model, eval_clips, eval_len, cfg.mode)
-                say(f"step {completed}: held-out error predictor {result['predictor']:.5f} "
-                    f"vs interpolation {result['interpolation']:.5f}")
+                say(
+                    f"step {completed}: held-out error predictor {result['predictor']:.5f} "
+                    f"vs interpolation {result['interpolation']:.5f}"
+                )
             if completed % cfg.checkpoint_every == 0 or completed == cfg.steps:
                 checkpoint(completed)
     except KeyboardInterrupt:
         checkpoint(completed)  # a step interrupted before its update is repeated on resume
-        say(f"interrupted: state saved at step {completed} in {state_path}; continue with --resume {state_path}")
+        say(
+            f"interrupted: state saved at step {completed} in {state_path}; continue with --resume {state_path}"
+        )
         raise
     finally:
         if bar is not None:
@@ -231,28 +276,55 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 
 
 ARG_HELP = {
-    "steps": "total optimiser steps", "batch_size": "windows per step", "lr": "peak learning rate (warm-up, cosine decay)",
-    "weight_decay": "AdamW weight decay", "warmup": "warm-up steps",
-    "min_frames": "shortest training window", "max_frames": "longest training window = most frames per transition the predictor accepts",
-    "max_stride": "windows may skip up to this many frames (faster motion)", "mode": "interpolation the predictor refines",
-    "width": "transformer width", "depth": "transformer layers", "heads": "attention heads (0 = width // 64)",
-    "seed": "seed of weights, batches and the held-out split", "holdout": "fraction of clips held out for evaluation",
-    "checkpoint_every": "write the predictor and the training state every N steps", "eval_every": "held-out evaluation every N steps",
+    "steps": "total optimiser steps",
+    "batch_size": "windows per step",
+    "lr": "peak learning rate (warm-up, cosine decay)",
+    "weight_decay": "AdamW weight decay",
+    "warmup": "warm-up steps",
+    "min_frames": "shortest training window",
+    "max_frames": "longest training window = most frames per transition the predictor accepts",
+    "max_stride": "windows may skip up to this many frames (faster motion)",
+    "mode": "interpolation the predictor refines",
+    "width": "transformer width",
+    "depth": "transformer layers",
+    "heads": "attention heads (0 = width // 64)",
+    "seed": "seed of weights, batches and the held-out split",
+    "holdout": "fraction of clips held out for evaluation",
+    "checkpoint_every": "write the predictor and the training state every N steps",
+    "eval_every": "held-out evaluation every N steps",
 }
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m motion.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", nargs="+", help="frame-embedding .safetensors files or folders (from Encode Frame Embeddings)")
-    p.add_argument("--synthetic", type=int, default=0, help="train on N synthetic smooth clips instead of --data (a smoke test)")
-    p.add_argument("--out", required=True, help="predictor file to write (.safetensors), e.g. ComfyUI/models/motion_predictor/mine.safetensors")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        help="frame-embedding .safetensors files or folders (from Encode Frame Embeddings)",
+    )
+    p.add_argument(
+        "--synthetic",
+        type=int,
+        default=0,
+        help="train on N synthetic smooth clips instead of --data (a smoke test)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="predictor file to write (.safetensors), e.g. ComfyUI/models/motion_predictor/mine.safetensors",
+    )
     p.add_argument("--resume", help="a .train-state.safetensors file to continue from")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         kind = type(getattr(defaults, f.name))
         extra = {"choices": MODES} if f.name == "mode" else {}
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=getattr(defaults, f.name),
-                       help=f"{ARG_HELP.get(f.name, '')} (default {getattr(defaults, f.name)})".strip(), **extra)
+        p.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=kind,
+            default=getattr(defaults, f.name),
+            help=f"{ARG_HELP.get(f.name, '')} (default {getattr(defaults, f.name)})".strip(),
+            **extra,
+        )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -269,7 +341,13 @@ def main(argv=None) -> int:
         return 2
     print(f"data: {describe(clips)}")
     try:
-        result = train(cfg, clips, Path(args.out), Path(args.resume) if args.resume else None, progress=not args.no_progress)
+        result = train(
+            cfg,
+            clips,
+            Path(args.out),
+            Path(args.resume) if args.resume else None,
+            progress=not args.no_progress,
+        )
     except KeyboardInterrupt:
         return 130
     print(json.dumps({"out": args.out, **result}))

@@ -38,15 +38,21 @@ def check_safetensors_file(path) -> Path:
             "arbitrary code; save the predictor as .safetensors (motion.weights.save_predictor or the training CLI)"
         )
     if path.suffix.lower() != ".safetensors":
-        raise MotionWeightsError(f"{path.name}: not a .safetensors file; predictor weights must be saved as .safetensors")
+        raise MotionWeightsError(
+            f"{path.name}: not a .safetensors file; predictor weights must be saved as .safetensors"
+        )
     if not path.is_file():
         raise MotionWeightsError(f"{path}: no such file")
     with open(path, "rb") as f:
         head = f.read(9)
     if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= path.stat().st_size - 8:
         return path  # an 8-byte little-endian header length, then the JSON header
-    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
-        raise MotionWeightsError(f"{path.name}: this is a pickled (torch.save) file renamed to .safetensors; refused")
+    if head[:4] == b"PK\x03\x04" or (
+        head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+    ):
+        raise MotionWeightsError(
+            f"{path.name}: this is a pickled (torch.save) file renamed to .safetensors; refused"
+        )
     raise MotionWeightsError(f"{path.name}: not a valid safetensors file (bad header)")
 
 
@@ -62,13 +68,15 @@ def read_metadata(path) -> dict:
 def read_tensors(path, prefix: str = "") -> dict[str, torch.Tensor]:
     path = check_safetensors_file(path)
     with safe_open(str(path), framework="pt") as f:
-        return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+        return {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
 
 
 def config_from_metadata(meta: dict, name: str) -> PredictorConfig:
     raw = meta.get(CONFIG_KEY)
     if raw is None:
-        raise MotionWeightsError(f"{name}: no predictor config in the file's metadata; it is not a motion predictor file")
+        raise MotionWeightsError(
+            f"{name}: no predictor config in the file's metadata; it is not a motion predictor file"
+        )
     try:
         return PredictorConfig.from_dict(json.loads(raw))
     except (json.JSONDecodeError, TypeError, PredictorConfigError) as e:
@@ -94,8 +102,11 @@ def build_from_tensors(config: PredictorConfig, tensors: dict, name: str) -> Sem
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
-    shapes = [f"{k}: file {tuple(tensors[k].shape)} vs config {tuple(v.shape)}"
-              for k, v in expected.items() if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)]
+    shapes = [
+        f"{k}: file {tuple(tensors[k].shape)} vs config {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)
+    ]
     if missing or extra or shapes:
         parts = []
         if shapes:
@@ -104,7 +115,9 @@ def build_from_tensors(config: PredictorConfig, tensors: dict, name: str) -> Sem
             parts.append(f"missing {missing[:4]}" + (" ..." if len(missing) > 4 else ""))
         if extra:
             parts.append(f"unexpected {extra[:4]}" + (" ..." if len(extra) > 4 else ""))
-        raise MotionWeightsError(f"{name}: the weights do not match the stored config {config.to_dict()}: " + ", ".join(parts))
+        raise MotionWeightsError(
+            f"{name}: the weights do not match the stored config {config.to_dict()}: " + ", ".join(parts)
+        )
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
     return model
 
@@ -115,11 +128,17 @@ def load_predictor(path, device="cpu") -> SemanticMotionPredictor:
     meta = read_metadata(path)
     kind = meta.get(KIND_KEY)
     if kind == TRAIN_STATE_KIND:
-        raise MotionWeightsError(f"{path.name}: this is a training-state file (for --resume); load the predictor file "
-                                 "the training wrote next to it instead")
+        raise MotionWeightsError(
+            f"{path.name}: this is a training-state file (for --resume); load the predictor file "
+            "the training wrote next to it instead"
+        )
     if kind != PREDICTOR_KIND:
-        raise MotionWeightsError(f"{path.name}: not a motion predictor file (metadata kind {kind!r}, expected {PREDICTOR_KIND!r})")
+        raise MotionWeightsError(
+            f"{path.name}: not a motion predictor file (metadata kind {kind!r}, expected {PREDICTOR_KIND!r})"
+        )
     config = config_from_metadata(meta, path.name)
     model = build_from_tensors(config, read_tensors(path), path.name)
-    model.metadata = {k: v for k, v in meta.items() if k not in (KIND_KEY, CONFIG_KEY)}  # e.g. "interpolation"
+    model.metadata = {
+        k: v for k, v in meta.items() if k not in (KIND_KEY, CONFIG_KEY)
+    }  # e.g. "interpolation"
     return model.to(device).eval()

@@ -218,4 +218,5 @@ def check_mask_aspect(node: str, masks: dict[int, torch.Tensor], latent_hw: tupl
         raise StoryError(
             f"{node}: mask_{k + 1} is {mw}×{mh} px (width×height) but the image is {lw * LATENT_SCALE}×"
             f"{lh * LATENT_SCALE} (latent {lw}×{lh}): its aspect ratio differs, so it would be stretched. Give a mask "
-            f"of the image's aspect ratio (e.g. the image's own size; crop or pad it first).")
+            f"of the image's aspect ratio (e.g. the image's own size; crop or pad it first)."
+        )

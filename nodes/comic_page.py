@@ -33,23 +33,74 @@ class ComicPage:
     FUNCTION = "compose"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("pages",)
-    OUTPUT_TOOLTIPS = ("The comic pages, one image per page, in story order: connect to Save Image or Preview Image.",)
+    OUTPUT_TOOLTIPS = (
+        "The comic pages, one image per page, in story order: connect to Save Image or Preview Image.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "images": ("IMAGE", {"tooltip": "The panels in story order (e.g. VAE Decode of the story batch)."}),
-                "layout": (list(LAYOUTS), {"default": "four panel", "tooltip": "four panel = 2x2 grid; classic strip = rows of 3 then 2; single column = full-width panels, as many as fit the page height."}),
-                "caption_position": (list(CAPTION_POSITIONS), {"default": "under", "tooltip": "Where each panel's caption goes; 'none' draws no captions."}),
-                "page_width": ("INT", {"default": 1024, "min": 128, "max": 8192, "step": 8, "tooltip": "Page width in pixels."}),
-                "page_height": ("INT", {"default": 1024, "min": 128, "max": 8192, "step": 8, "tooltip": "Page height in pixels (single column: a taller page holds more panels)."}),
-                "margin": ("INT", {"default": 16, "min": 0, "max": 512, "tooltip": "White space around the page and between panels, in pixels."}),
-                "font_size": ("INT", {"default": 28, "min": 6, "max": 256, "tooltip": "Caption text size in pixels; long captions wrap to the panel width."}),
+                "images": (
+                    "IMAGE",
+                    {"tooltip": "The panels in story order (e.g. VAE Decode of the story batch)."},
+                ),
+                "layout": (
+                    list(LAYOUTS),
+                    {
+                        "default": "four panel",
+                        "tooltip": "four panel = 2x2 grid; classic strip = rows of 3 then 2; single column = full-width panels, as many as fit the page height.",
+                    },
+                ),
+                "caption_position": (
+                    list(CAPTION_POSITIONS),
+                    {
+                        "default": "under",
+                        "tooltip": "Where each panel's caption goes; 'none' draws no captions.",
+                    },
+                ),
+                "page_width": (
+                    "INT",
+                    {"default": 1024, "min": 128, "max": 8192, "step": 8, "tooltip": "Page width in pixels."},
+                ),
+                "page_height": (
+                    "INT",
+                    {
+                        "default": 1024,
+                        "min": 128,
+                        "max": 8192,
+                        "step": 8,
+                        "tooltip": "Page height in pixels (single column: a taller page holds more panels).",
+                    },
+                ),
+                "margin": (
+                    "INT",
+                    {
+                        "default": 16,
+                        "min": 0,
+                        "max": 512,
+                        "tooltip": "White space around the page and between panels, in pixels.",
+                    },
+                ),
+                "font_size": (
+                    "INT",
+                    {
+                        "default": 28,
+                        "min": 6,
+                        "max": 256,
+                        "tooltip": "Caption text size in pixels; long captions wrap to the panel width.",
+                    },
+                ),
             },
             "optional": {
-                "captions": ("STRING", {"multiline": True, "default": "",
-                                         "tooltip": "One caption per line, in panel order (an empty line = no caption): connect the Story Prompt's captions output, or type them."}),
+                "captions": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "",
+                        "tooltip": "One caption per line, in panel order (an empty line = no caption): connect the Story Prompt's captions output, or type them.",
+                    },
+                ),
             },
         }
 
@@ -61,16 +112,28 @@ class ComicPage:
             return f"Comic Page: {e}."
         return True
 
-    def compose(self, images, layout, caption_position, page_width, page_height, margin, font_size, captions=""):
+    def compose(
+        self, images, layout, caption_position, page_width, page_height, margin, font_size, captions=""
+    ):
         if images is None or images.ndim != 4 or images.shape[0] == 0:
-            raise StoryError("Comic Page: the images input is empty; connect the decoded panels (VAE Decode) to 'images'.")
-        spec = PageSpec(layout=layout, width=page_width, height=page_height, margin=margin,
-                        caption_position=caption_position, font_size=font_size)
+            raise StoryError(
+                "Comic Page: the images input is empty; connect the decoded panels (VAE Decode) to 'images'."
+            )
+        spec = PageSpec(
+            layout=layout,
+            width=page_width,
+            height=page_height,
+            margin=margin,
+            caption_position=caption_position,
+            font_size=font_size,
+        )
         try:
             spec.validate()
             lines = split_captions(captions or "", images.shape[0])
         except ValueError as e:
-            raise StoryError(f"Comic Page: {e}. Connect the captions of the same Story Prompt that made the panels.") from None
+            raise StoryError(
+                f"Comic Page: {e}. Connect the captions of the same Story Prompt that made the panels."
+            ) from None
         pages = render_pages(tensor_to_pil(images), lines, spec)
         return (pil_to_tensor(pages),)
 

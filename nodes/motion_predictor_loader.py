@@ -40,22 +40,30 @@ class LoadMotionPredictor:
     FUNCTION = "load"
     RETURN_TYPES = ("MOTION_PREDICTOR",)
     RETURN_NAMES = ("predictor",)
-    OUTPUT_TOOLTIPS = ("The predictor (embedding size, max frames per transition and width come from the file).",)
+    OUTPUT_TOOLTIPS = (
+        "The predictor (embedding size, max frames per transition and width come from the file).",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "predictor_name": (predictor_files(), {
-                    "tooltip": "A .safetensors predictor in models/motion_predictor (train one on your clips with the CLI)."}),
+                "predictor_name": (
+                    predictor_files(),
+                    {
+                        "tooltip": "A .safetensors predictor in models/motion_predictor (train one on your clips with the CLI)."
+                    },
+                ),
             }
         }
 
     def load(self, predictor_name: str):
         path = folder_paths.get_full_path(MOTION_FOLDER, predictor_name)
         if path is None:
-            raise StoryError(f"Load Motion Predictor: predictor_name '{predictor_name}' is not in "
-                             f"{folder_paths.get_folder_paths(MOTION_FOLDER)}; put the file there and refresh.")
+            raise StoryError(
+                f"Load Motion Predictor: predictor_name '{predictor_name}' is not in "
+                f"{folder_paths.get_folder_paths(MOTION_FOLDER)}; put the file there and refresh."
+            )
         try:
             model = load_predictor(path)
         except MotionWeightsError as e:

@@ -15,6 +15,7 @@ import torch
 
 import comfy.model_base
 import comfy.utils
+
 import nodes as comfy_nodes
 
 from ..motion.chain import chain_frame_embeddings, start_panel_of_frame
@@ -32,8 +33,10 @@ def check_frames(frames) -> str | None:
     except (TypeError, ValueError):
         return f"{NODE}: frames must be a whole number, got {frames!r}."
     if frames < 2:
-        return (f"{NODE}: frames is {frames}; a transition needs at least 2 frames (its start and end panel). "
-                "Use 14 or 25 for SVD.")
+        return (
+            f"{NODE}: frames is {frames}; a transition needs at least 2 frames (its start and end panel). "
+            "Use 14 or 25 for SVD."
+        )
     if frames > MAX_FRAMES:
         return f"{NODE}: frames is {frames}; at most {MAX_FRAMES}."
     return None
@@ -41,12 +44,14 @@ def check_frames(frames) -> str | None:
 
 def panels_from_inputs(start_image, end_image) -> list[torch.Tensor]:
     """The key images in order, each [1, H, W, C]: the start batch, then the end batch."""
-    panels = [start_image[i:i + 1] for i in range(start_image.shape[0])]
+    panels = [start_image[i : i + 1] for i in range(start_image.shape[0])]
     if end_image is not None:
-        panels += [end_image[i:i + 1] for i in range(end_image.shape[0])]
+        panels += [end_image[i : i + 1] for i in range(end_image.shape[0])]
     if len(panels) < 2:
-        raise StoryError(f"{NODE}: only one image; connect end_image, or pass a batch of at least 2 panels as "
-                         "start_image (for a single still image use the core SVD_img2vid_Conditioning node).")
+        raise StoryError(
+            f"{NODE}: only one image; connect end_image, or pass a batch of at least 2 panels as "
+            "start_image (for a single still image use the core SVD_img2vid_Conditioning node)."
+        )
     return panels
 
 
@@ -56,9 +61,11 @@ def check_model(model) -> None:
     base = getattr(model, "model", None)
     if not isinstance(base, comfy.model_base.SVD_img2vid):
         kind = type(base).__name__ if base is not None else type(model).__name__
-        raise StoryError(f"{NODE}: model is a {kind} model, not Stable Video Diffusion. This conditioning (per-frame "
-                         "1024-d image embeddings + a concat latent) only works on an SVD img2vid checkpoint: load one "
-                         "with Image Only Checkpoint Loader and sample with that MODEL.")
+        raise StoryError(
+            f"{NODE}: model is a {kind} model, not Stable Video Diffusion. This conditioning (per-frame "
+            "1024-d image embeddings + a concat latent) only works on an SVD img2vid checkpoint: load one "
+            "with Image Only Checkpoint Loader and sample with that MODEL."
+        )
 
 
 def check_predictor(predictor, dim: int, frames: int) -> None:
@@ -68,16 +75,22 @@ def check_predictor(predictor, dim: int, frames: int) -> None:
     if config is None:
         raise StoryError(f"{NODE}: predictor is not a motion predictor; connect Load Motion Predictor.")
     if config.embed_dim != dim:
-        raise StoryError(f"{NODE}: the predictor works on {config.embed_dim}-d embeddings but clip_vision gives {dim}-d; "
-                         "train the predictor on embeddings of this CLIP vision model.")
+        raise StoryError(
+            f"{NODE}: the predictor works on {config.embed_dim}-d embeddings but clip_vision gives {dim}-d; "
+            "train the predictor on embeddings of this CLIP vision model."
+        )
     if frames > config.max_frames:
-        raise StoryError(f"{NODE}: frames is {frames} but this predictor handles at most {config.max_frames} frames per "
-                         "transition; lower frames or train with a larger --max-frames.")
+        raise StoryError(
+            f"{NODE}: frames is {frames} but this predictor handles at most {config.max_frames} frames per "
+            "transition; lower frames or train with a larger --max-frames."
+        )
 
 
 def encode_panel(vae, image, width: int, height: int, augmentation_level: float) -> torch.Tensor:
     """The concat latent of one panel, exactly as core SVD_img2vid_Conditioning computes it."""
-    pixels = comfy.utils.common_upscale(image.movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
+    pixels = comfy.utils.common_upscale(image.movedim(-1, 1), width, height, "bilinear", "center").movedim(
+        1, -1
+    )
     encode_pixels = pixels[:, :, :, :3]
     if augmentation_level > 0:
         encode_pixels = encode_pixels + torch.randn_like(encode_pixels) * augmentation_level
@@ -109,26 +122,92 @@ class StoryTransitionSVD:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "clip_vision": ("CLIP_VISION", {"tooltip": "The ViT-H image encoder of the SVD checkpoint (Image Only Checkpoint Loader)."}),
-                "vae": ("VAE", {"tooltip": "The SVD checkpoint's VAE (encodes the start panels as concat latents)."}),
-                "start_image": ("IMAGE", {"tooltip": "The first panel, or a batch of N panels for N-1 chained transitions."}),
-                "width": ("INT", {"default": 1024, "min": 16, "max": comfy_nodes.MAX_RESOLUTION, "step": 8,
-                                  "tooltip": "Video width; every image is resized (centre crop) to it."}),
-                "height": ("INT", {"default": 576, "min": 16, "max": comfy_nodes.MAX_RESOLUTION, "step": 8,
-                                   "tooltip": "Video height; every image is resized (centre crop) to it."}),
-                "frames": ("INT", {"default": 14, "min": 2, "max": MAX_FRAMES,
-                                   "tooltip": "Frames per transition, both panels included (SVD: 14 or 25 in all)."}),
-                "interpolation": (list(MODES), {"default": "linear",
-                                                "tooltip": "How embeddings move between panels: straight line, or along the sphere (keeps the norm)."}),
-                "motion_bucket_id": ("INT", {"default": 127, "min": 1, "max": 1023, "tooltip": "SVD motion amount (higher = more motion)."}),
-                "fps": ("INT", {"default": 6, "min": 1, "max": 1024, "tooltip": "SVD frame-rate conditioning."}),
-                "augmentation_level": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01,
-                                                 "tooltip": "Noise added to the concat images (more = less tied to the panels)."}),
+                "clip_vision": (
+                    "CLIP_VISION",
+                    {
+                        "tooltip": "The ViT-H image encoder of the SVD checkpoint (Image Only Checkpoint Loader)."
+                    },
+                ),
+                "vae": (
+                    "VAE",
+                    {"tooltip": "The SVD checkpoint's VAE (encodes the start panels as concat latents)."},
+                ),
+                "start_image": (
+                    "IMAGE",
+                    {"tooltip": "The first panel, or a batch of N panels for N-1 chained transitions."},
+                ),
+                "width": (
+                    "INT",
+                    {
+                        "default": 1024,
+                        "min": 16,
+                        "max": comfy_nodes.MAX_RESOLUTION,
+                        "step": 8,
+                        "tooltip": "Video width; every image is resized (centre crop) to it.",
+                    },
+                ),
+                "height": (
+                    "INT",
+                    {
+                        "default": 576,
+                        "min": 16,
+                        "max": comfy_nodes.MAX_RESOLUTION,
+                        "step": 8,
+                        "tooltip": "Video height; every image is resized (centre crop) to it.",
+                    },
+                ),
+                "frames": (
+                    "INT",
+                    {
+                        "default": 14,
+                        "min": 2,
+                        "max": MAX_FRAMES,
+                        "tooltip": "Frames per transition, both panels included (SVD: 14 or 25 in all).",
+                    },
+                ),
+                "interpolation": (
+                    list(MODES),
+                    {
+                        "default": "linear",
+                        "tooltip": "How embeddings move between panels: straight line, or along the sphere (keeps the norm).",
+                    },
+                ),
+                "motion_bucket_id": (
+                    "INT",
+                    {
+                        "default": 127,
+                        "min": 1,
+                        "max": 1023,
+                        "tooltip": "SVD motion amount (higher = more motion).",
+                    },
+                ),
+                "fps": (
+                    "INT",
+                    {"default": 6, "min": 1, "max": 1024, "tooltip": "SVD frame-rate conditioning."},
+                ),
+                "augmentation_level": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 10.0,
+                        "step": 0.01,
+                        "tooltip": "Noise added to the concat images (more = less tied to the panels).",
+                    },
+                ),
             },
             "optional": {
                 "end_image": ("IMAGE", {"tooltip": "The last panel (appended after start_image's batch)."}),
-                "predictor": ("MOTION_PREDICTOR", {"tooltip": "A trained motion predictor; without one, plain interpolation."}),
-                "model": ("MODEL", {"tooltip": "Optional: the MODEL you sample with, checked to be SVD before sampling starts."}),
+                "predictor": (
+                    "MOTION_PREDICTOR",
+                    {"tooltip": "A trained motion predictor; without one, plain interpolation."},
+                ),
+                "model": (
+                    "MODEL",
+                    {
+                        "tooltip": "Optional: the MODEL you sample with, checked to be SVD before sampling starts."
+                    },
+                ),
             },
         }
 
@@ -139,27 +218,52 @@ class StoryTransitionSVD:
         problem = check_frames(frames)
         return problem or True
 
-    def encode(self, clip_vision, vae, start_image, width, height, frames, interpolation, motion_bucket_id, fps,
-               augmentation_level, end_image=None, predictor=None, model=None):
+    def encode(
+        self,
+        clip_vision,
+        vae,
+        start_image,
+        width,
+        height,
+        frames,
+        interpolation,
+        motion_bucket_id,
+        fps,
+        augmentation_level,
+        end_image=None,
+        predictor=None,
+        model=None,
+    ):
         problem = check_frames(frames)
         if problem:
             raise StoryError(problem)
         if interpolation not in MODES:
             raise StoryError(f"{NODE}: interpolation '{interpolation}' is not one of {', '.join(MODES)}.")
         if clip_vision is None or vae is None:
-            raise StoryError(f"{NODE}: connect clip_vision and vae (both come from Image Only Checkpoint Loader with an SVD checkpoint).")
+            raise StoryError(
+                f"{NODE}: connect clip_vision and vae (both come from Image Only Checkpoint Loader with an SVD checkpoint)."
+            )
         check_model(model)
         panels = panels_from_inputs(start_image, end_image)
         with torch.no_grad():
-            keys = torch.cat([clip_vision.encode_image(p).image_embeds.detach() for p in panels], dim=0)  # [N, D]
+            keys = torch.cat(
+                [clip_vision.encode_image(p).image_embeds.detach() for p in panels], dim=0
+            )  # [N, D]
             if keys.shape[-1] != SVD_EMBED_DIM:
-                raise StoryError(f"{NODE}: clip_vision gives {keys.shape[-1]}-d embeddings; SVD needs {SVD_EMBED_DIM}-d "
-                                 "(ViT-H/14). Use the CLIP_VISION of the SVD checkpoint.")
+                raise StoryError(
+                    f"{NODE}: clip_vision gives {keys.shape[-1]}-d embeddings; SVD needs {SVD_EMBED_DIM}-d "
+                    "(ViT-H/14). Use the CLIP_VISION of the SVD checkpoint."
+                )
             check_predictor(predictor, keys.shape[-1], frames)
             trained = (getattr(predictor, "metadata", None) or {}).get("interpolation")
             if trained and trained != interpolation:
-                logging.warning("%s: the predictor was trained on %s interpolation but interpolation is %s; "
-                                "results are best with the mode it was trained on.", NODE, trained, interpolation)
+                logging.warning(
+                    "%s: the predictor was trained on %s interpolation but interpolation is %s; "
+                    "results are best with the mode it was trained on.",
+                    NODE,
+                    trained,
+                    interpolation,
+                )
             try:
                 per_frame = chain_frame_embeddings(keys, frames, interpolation, predictor)  # [F, D]
             except ValueError as e:

@@ -51,7 +51,12 @@ def note_for(api_path: Path) -> str | None:
 def build(api_path: Path, object_info: dict) -> dict:
     api = json.loads(api_path.read_text())
     name = api_path.stem
-    return convert(api, object_info, note=note_for(api_path), workflow_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"storydiffusion/{name}")))
+    return convert(
+        api,
+        object_info,
+        note=note_for(api_path),
+        workflow_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"storydiffusion/{name}")),
+    )
 
 
 def stale_reasons(target: Path, built: dict) -> list[str]:
@@ -77,11 +82,18 @@ def dump(workflow: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("api", nargs="*", help="API-format workflows (default: every example_workflows/api/*.json)")
-    p.add_argument("--server", default="", help="a running ComfyUI with the pack (default: start a temporary one)")
+    p.add_argument(
+        "api", nargs="*", help="API-format workflows (default: every example_workflows/api/*.json)"
+    )
+    p.add_argument(
+        "--server", default="", help="a running ComfyUI with the pack (default: start a temporary one)"
+    )
     p.add_argument("--out", default="", help="output file, with a single input workflow")
-    p.add_argument("--check", action="store_true",
-                   help="write nothing; exit 1 when a UI workflow's nodes, links or widget values differ from its API twin")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 when a UI workflow's nodes, links or widget values differ from its API twin",
+    )
     args = p.parse_args(argv)
 
     sources = [Path(a) for a in args.api] or sorted(API_DIR.glob("*.json"))
@@ -95,14 +107,21 @@ def main(argv=None) -> int:
         if args.check:
             reasons = stale_reasons(target, built)
             if reasons:
-                stale.append(f"{target}: " + "; ".join(reasons[:5]) + (f" (+{len(reasons) - 5} more)" if len(reasons) > 5 else ""))
+                stale.append(
+                    f"{target}: "
+                    + "; ".join(reasons[:5])
+                    + (f" (+{len(reasons) - 5} more)" if len(reasons) > 5 else "")
+                )
             continue
         text = dump(built)
         target.write_text(text)
         draw_thumbnail(json.loads(text), heading(src)).save(target.with_suffix(".jpg"), quality=88)
         print(f"wrote {target} and {target.with_suffix('.jpg').name}")
     if stale:
-        print("out of date (run .venv/bin/python scripts/api_to_ui.py):\n  " + "\n  ".join(map(str, stale)), file=sys.stderr)
+        print(
+            "out of date (run .venv/bin/python scripts/api_to_ui.py):\n  " + "\n  ".join(map(str, stale)),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -50,12 +50,16 @@ def format_rejection(response: dict) -> str:
     lines = [f"{err.get('message', 'prompt rejected')}: {err.get('details', '')}".rstrip(": ")]
     for node_id, info in (response.get("node_errors") or {}).items():
         for e in info.get("errors", []):
-            lines.append(f"  node {node_id} ({info.get('class_type')}): {e.get('message')}: {e.get('details')}")
+            lines.append(
+                f"  node {node_id} ({info.get('class_type')}): {e.get('message')}: {e.get('details')}"
+            )
     return "\n".join(lines)
 
 
 def queue_prompt(server, prompt: dict, client_id: str) -> str:
-    status, body = server.post("/prompt", {"prompt": prompt, "client_id": client_id, "prompt_id": str(uuid.uuid4())})
+    status, body = server.post(
+        "/prompt", {"prompt": prompt, "client_id": client_id, "prompt_id": str(uuid.uuid4())}
+    )
     if status != 200 or body.get("node_errors"):
         raise PromptRejected(body)
     return body["prompt_id"]
@@ -84,7 +88,9 @@ def open_progress_socket(server, client_id: str):
     try:
         base = urllib.parse.urlsplit(server.url)
         scheme = "wss" if base.scheme == "https" else "ws"
-        return websocket.create_connection(f"{scheme}://{base.netloc}{base.path.rstrip('/')}/ws?clientId={client_id}", timeout=5)
+        return websocket.create_connection(
+            f"{scheme}://{base.netloc}{base.path.rstrip('/')}/ws?clientId={client_id}", timeout=5
+        )
     except Exception:  # noqa: BLE001 - fall back to polling
         return None
 
@@ -123,7 +129,11 @@ def wait_for(server, prompt_id: str, ws=None, timeout: float = 1800, on_progress
             else:
                 time.sleep(0.5)
             entry = _history_entry(server, prompt_id)
-            if entry and entry.get("status", {}).get("completed") is not None and entry.get("status", {}).get("status_str"):
+            if (
+                entry
+                and entry.get("status", {}).get("completed") is not None
+                and entry.get("status", {}).get("status_str")
+            ):
                 break
         else:
             raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f}s")
@@ -162,7 +172,9 @@ def download_outputs(server, entry: dict, dest: Path, prefix: str = "") -> list[
             for item in items if isinstance(items, list) else []:
                 if not (isinstance(item, dict) and item.get("filename") and item.get("type") == "output"):
                     continue
-                query = urllib.parse.urlencode({k: item.get(k, "") for k in ("filename", "subfolder", "type")})
+                query = urllib.parse.urlencode(
+                    {k: item.get(k, "") for k in ("filename", "subfolder", "type")}
+                )
                 target = dest / f"{prefix}{item['filename']}"
                 target.write_bytes(server.get_bytes(f"/view?{query}"))
                 saved.append(target)
@@ -202,15 +214,30 @@ def load_workflow(path: Path) -> dict:
     """An API-format workflow; a UI-format one (front-end "Save") is refused with the fix."""
     data = json.loads(Path(path).read_text())
     if isinstance(data, dict) and "nodes" in data and "links" in data:
-        raise ValueError(f"{path} is a UI-format workflow (the front end's Save); queue its API twin instead: "
-                         "example_workflows/api/<name>.json, or use the front end's 'Export (API)'")
-    if not isinstance(data, dict) or not data or not all(isinstance(n, dict) and "class_type" in n for n in data.values()):
-        raise ValueError(f"{path} is not an API-format workflow (an object of nodes with class_type and inputs)")
+        raise ValueError(
+            f"{path} is a UI-format workflow (the front end's Save); queue its API twin instead: "
+            "example_workflows/api/<name>.json, or use the front end's 'Export (API)'"
+        )
+    if (
+        not isinstance(data, dict)
+        or not data
+        or not all(isinstance(n, dict) and "class_type" in n for n in data.values())
+    ):
+        raise ValueError(
+            f"{path} is not an API-format workflow (an object of nodes with class_type and inputs)"
+        )
     return data
 
 
-def apply_parameters(workflow: dict, story: str = "", seed=None, ckpt: str = "", steps: int = 0,
-                     width: int = 0, height: int = 0) -> dict:
+def apply_parameters(
+    workflow: dict,
+    story: str = "",
+    seed=None,
+    ckpt: str = "",
+    steps: int = 0,
+    width: int = 0,
+    height: int = 0,
+) -> dict:
     """A copy of `workflow` with the story text, seed, checkpoint, steps and size applied.
 
     story: text, or the path of a file holding it. ckpt: a checkpoint file name as the server
@@ -243,12 +270,16 @@ def apply_parameters(workflow: dict, story: str = "", seed=None, ckpt: str = "",
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="story_client.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="story_client.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("workflow", help="API-format workflow JSON")
     p.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI URL (default %(default)s)")
     p.add_argument("--story", default="", help="story text, or a file holding it (default: the workflow's)")
     p.add_argument("--seed", type=int, default=None, help="sampler seed (default: the workflow's)")
-    p.add_argument("--ckpt", default="", help="checkpoint name as the server lists it (default: the workflow's loader)")
+    p.add_argument(
+        "--ckpt", default="", help="checkpoint name as the server lists it (default: the workflow's loader)"
+    )
     p.add_argument("--steps", type=int, default=0)
     p.add_argument("--width", type=int, default=0)
     p.add_argument("--height", type=int, default=0)
@@ -256,8 +287,15 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the run")
     args = p.parse_args(argv)
     try:
-        prompt = apply_parameters(load_workflow(Path(args.workflow)), args.story, args.seed, args.ckpt,
-                                  args.steps, args.width, args.height)
+        prompt = apply_parameters(
+            load_workflow(Path(args.workflow)),
+            args.story,
+            args.seed,
+            args.ckpt,
+            args.steps,
+            args.width,
+            args.height,
+        )
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -265,7 +303,10 @@ def main(argv=None) -> int:
     try:
         server.get("/system_stats", timeout=10)
     except (OSError, ValueError) as e:
-        print(f"error: no ComfyUI answers at {args.server} ({e}); start it (make serve) or pass --server URL", file=sys.stderr)
+        print(
+            f"error: no ComfyUI answers at {args.server} ({e}); start it (make serve) or pass --server URL",
+            file=sys.stderr,
+        )
         return 3
     try:
         entry = run_prompt(server, prompt, timeout=args.timeout, on_progress=text_progress)

@@ -18,7 +18,7 @@ def unpack(wheel: Path, dest: Path) -> int:
         for info in zf.infolist():
             if not info.filename.startswith(PREFIX) or info.is_dir():
                 continue
-            rel = info.filename[len(PREFIX):]
+            rel = info.filename[len(PREFIX) :]
             if rel in SKIP:
                 continue
             target = dest / rel

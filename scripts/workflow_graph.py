@@ -441,9 +441,13 @@ def graph_meaning(ui: dict) -> dict:
     they follow the host's /object_info (a host that adds an output socket or renames a node
     draws the same graph differently)."""
     nodes = {n["id"]: {"type": n["type"], "widgets_values": n.get("widgets_values", [])} for n in ui["nodes"]}
-    input_names = {(n["id"], slot): inp["name"] for n in ui["nodes"] for slot, inp in enumerate(n.get("inputs", []))}
-    links = sorted((src, src_slot, dst, input_names.get((dst, dst_slot), f"#{dst_slot}"), kind)
-                   for _, src, src_slot, dst, dst_slot, kind in ui["links"])
+    input_names = {
+        (n["id"], slot): inp["name"] for n in ui["nodes"] for slot, inp in enumerate(n.get("inputs", []))
+    }
+    links = sorted(
+        (src, src_slot, dst, input_names.get((dst, dst_slot), f"#{dst_slot}"), kind)
+        for _, src, src_slot, dst, dst_slot, kind in ui["links"]
+    )
     return {"nodes": nodes, "links": links}
 
 

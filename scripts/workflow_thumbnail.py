@@ -37,10 +37,16 @@ def draw_thumbnail(ui: dict, heading: str, size=(512, 384)):
         x, y = pad + c * (bw + pad), top + r * (bh + pad)
         centres.append((x, y, x + bw, y + bh))
     for a, b in zip(centres, centres[1:]):
-        draw.line([((a[0] + a[2]) / 2, (a[1] + a[3]) / 2), ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)], fill=(150, 210, 130), width=4)
+        draw.line(
+            [((a[0] + a[2]) / 2, (a[1] + a[3]) / 2), ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)],
+            fill=(150, 210, 130),
+            width=4,
+        )
     for n, box in zip(nodes, centres):
         ours = n["properties"].get("cnr_id") == PACK_ID
-        draw.rounded_rectangle(box, radius=8, fill=(96, 70, 160) if ours else (62, 66, 78), outline=(220, 220, 230), width=2)
+        draw.rounded_rectangle(
+            box, radius=8, fill=(96, 70, 160) if ours else (62, 66, 78), outline=(220, 220, 230), width=2
+        )
         words, lines, line = (n.get("title") or n["type"]).split(), [], ""
         for w in words:
             trial = f"{line} {w}".strip()
@@ -53,5 +59,10 @@ def draw_thumbnail(ui: dict, heading: str, size=(512, 384)):
         lines = lines[:3]
         y = (box[1] + box[3]) / 2 - 9 * len(lines)
         for k, text in enumerate(lines):
-            draw.text(((box[0] + box[2]) / 2 - label.getlength(text) / 2, y + 18 * k), text, font=label, fill=(245, 245, 245))
+            draw.text(
+                ((box[0] + box[2]) / 2 - label.getlength(text) / 2, y + 18 * k),
+                text,
+                font=label,
+                fill=(245, 245, 245),
+            )
     return img

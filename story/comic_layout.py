@@ -50,13 +50,17 @@ class PageSpec:
         if self.layout not in LAYOUT_ROWS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
         if self.caption_position not in CAPTION_POSITIONS:
-            raise ValueError(f"caption position must be one of {', '.join(CAPTION_POSITIONS)}, not {self.caption_position!r}")
+            raise ValueError(
+                f"caption position must be one of {', '.join(CAPTION_POSITIONS)}, not {self.caption_position!r}"
+            )
         if self.margin < 0 or self.font_size < 1 or self.border < 0:
             raise ValueError("margin and border must be >= 0 and the font size >= 1")
         smallest = 3 * self.margin + 16
         if self.width < smallest or self.height < smallest:
-            raise ValueError(f"a {self.width}x{self.height} page leaves no room for panels with a {self.margin}px margin; "
-                             f"make the page at least {smallest}px each way or the margin smaller")
+            raise ValueError(
+                f"a {self.width}x{self.height} page leaves no room for panels with a {self.margin}px margin; "
+                f"make the page at least {smallest}px each way or the margin smaller"
+            )
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,11 @@ def rows_for_single_column(spec: PageSpec, panel_size: tuple[int, int]) -> int:
     """How many full-width panels (with a one-line caption) fit one page, at least 1."""
     pw, ph = panel_size
     inner_w = spec.width - 2 * spec.margin
-    band = 0 if spec.caption_position == "none" else line_height(load_font(spec.font_size, spec.font_path)) + 2 * _padding(spec)
+    band = (
+        0
+        if spec.caption_position == "none"
+        else line_height(load_font(spec.font_size, spec.font_path)) + 2 * _padding(spec)
+    )
     row_h = inner_w * ph / max(pw, 1) + band
     return max(1, int((spec.height - spec.margin) // (row_h + spec.margin)))
 
@@ -116,8 +124,10 @@ def split_captions(captions: str | list[str] | None, count: int) -> list[str]:
         lines = [str(c) for c in captions]
     extra = [c for c in lines[count:] if c.strip()]
     if extra:
-        raise ValueError(f"{len(lines)} caption lines for {count} panels (one caption line per panel, in order); "
-                         f"the first unmatched caption is {extra[0]!r}")
+        raise ValueError(
+            f"{len(lines)} caption lines for {count} panels (one caption line per panel, in order); "
+            f"the first unmatched caption is {extra[0]!r}"
+        )
     return (lines + [""] * count)[:count]
 
 
@@ -141,7 +151,9 @@ def _caption_lines(spec: PageSpec, captions: list[str], cell: Cell) -> list[tupl
     return out
 
 
-def _draw_row(page: Image.Image, spec: PageSpec, row: list[Cell], panels: list[Image.Image], captions: list[str]) -> None:
+def _draw_row(
+    page: Image.Image, spec: PageSpec, row: list[Cell], panels: list[Image.Image], captions: list[str]
+) -> None:
     """One row: every panel with its caption block, centred in its cell, captions on the chosen side."""
     draw = ImageDraw.Draw(page)
     pad = _padding(spec)
@@ -157,10 +169,16 @@ def _draw_row(page: Image.Image, spec: PageSpec, row: list[Cell], panels: list[I
         img_top = top + band if over else top
         page.paste(fitted, (x, img_top))
         if spec.border:
-            draw.rectangle((x, img_top, x + fitted.width - 1, img_top + fitted.height - 1), outline=INK, width=spec.border)
+            draw.rectangle(
+                (x, img_top, x + fitted.width - 1, img_top + fitted.height - 1),
+                outline=INK,
+                width=spec.border,
+            )
         text_top = top + pad if over else img_top + fitted.height + pad
         for i, line in enumerate(lines):
-            draw.text((cell.x + (cell.w - font.getlength(line)) / 2, text_top + i * lh), line, font=font, fill=INK)
+            draw.text(
+                (cell.x + (cell.w - font.getlength(line)) / 2, text_top + i * lh), line, font=font, fill=INK
+            )
 
 
 def render_pages(panels: list[Image.Image], captions: list[str], spec: PageSpec) -> list[Image.Image]:
@@ -177,10 +195,12 @@ def render_pages(panels: list[Image.Image], captions: list[str], spec: PageSpec)
         page = Image.new("RGB", (spec.width, spec.height), BACKGROUND)
         i = start
         for row in grid:
-            take = panels[i:i + len(row)]
+            take = panels[i : i + len(row)]
             if not take:
                 break
-            _draw_row(page, spec, row[:len(take)], [p.convert("RGB") for p in take], captions[i:i + len(take)])
+            _draw_row(
+                page, spec, row[: len(take)], [p.convert("RGB") for p in take], captions[i : i + len(take)]
+            )
             i += len(take)
         pages.append(page)
     return pages

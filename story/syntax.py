@@ -93,7 +93,7 @@ def _place_names(prompt: str, written: list[str]) -> tuple[str, tuple[tuple[str,
     """Replace the name placeholders by the names; return the text and (name, offset) of each."""
     out, mentions, at = [], [], 0
     for match in PLACEHOLDER_RE.finditer(prompt):
-        out.append(prompt[at:match.start()])
+        out.append(prompt[at : match.start()])
         name = written[int(match.group(1))]
         mentions.append((name, sum(len(x) for x in out)))
         out.append(name)
@@ -112,11 +112,13 @@ def _check_brackets(body: str, line_no: int) -> None:
         fragment = fragment if len(fragment) <= 40 else fragment[:37] + "..."
         raise StorySyntaxError(
             f"line {line_no}: '{fragment}' has no closing ']'; close the tag as in '[Name]' (or '[Name]: description' "
-            "for a declaration). Square brackets are only for character tags.")
+            "for a declaration). Square brackets are only for character tags."
+        )
     if closing >= 0:
         raise StorySyntaxError(
             f"line {line_no}: ']' without an opening '[' ('{body.strip()[:40]}'); write the tag as '[Name]'. "
-            "Square brackets are only for character tags.")
+            "Square brackets are only for character tags."
+        )
 
 
 def _regional_prompt(body: str, name: str, characters: dict[str, str], known: dict[str, str]) -> str:
@@ -147,20 +149,26 @@ def parse_story(text: str) -> Story:
         if decl and "#" not in line.split(":", 1)[0]:
             name = _clean_name(decl.group(1), line_no)
             if name.upper() == NO_CHARACTER:
-                raise StorySyntaxError(f"line {line_no}: [NC] is reserved for panels with no character; pick another name.")
+                raise StorySyntaxError(
+                    f"line {line_no}: [NC] is reserved for panels with no character; pick another name."
+                )
             description = decl.group(2).strip()
             if not description:
                 raise StorySyntaxError(
                     f"line {line_no}: character [{name}] is declared without a description; write '[{name}]: a short description of their look'."
                 )
             if name in story.characters:
-                raise StorySyntaxError(f"line {line_no}: character [{name}] is declared twice; keep one declaration.")
+                raise StorySyntaxError(
+                    f"line {line_no}: character [{name}] is declared twice; keep one declaration."
+                )
             story.characters[name] = description
             continue
         panel_lines.append((line_no, line))
 
     if not panel_lines:
-        raise StorySyntaxError("the story has no panels; write one line per panel, e.g. '[Bob] walks to work #Monday'.")
+        raise StorySyntaxError(
+            "the story has no panels; write one line per panel, e.g. '[Bob] walks to work #Monday'."
+        )
 
     known = {n.casefold(): n for n in story.characters}
     for index, (line_no, line) in enumerate(panel_lines):
@@ -181,7 +189,11 @@ def parse_story(text: str) -> Story:
             canonical = known.get(name.casefold())
             if canonical is None:
                 declared = ", ".join(f"[{n}]" for n in story.characters) or "none"
-                hint = f"declare it with a line '[{name}]: description'" if name else "write a name inside the brackets"
+                hint = (
+                    f"declare it with a line '[{name}]: description'"
+                    if name
+                    else "write a name inside the brackets"
+                )
                 raise StorySyntaxError(
                     f"line {line_no}: unknown character tag [{raw}] (declared: {declared}); fix the spelling or {hint}."
                 )
@@ -195,11 +207,23 @@ def parse_story(text: str) -> Story:
         prompt, mentions = _place_names(prompt, written)
         regional = tuple((name, _regional_prompt(body, name, story.characters, known)) for name in names)
         if no_character and names:
-            raise StorySyntaxError(f"line {line_no}: [NC] marks a panel with no character, but the line also tags {names}; remove one of them.")
+            raise StorySyntaxError(
+                f"line {line_no}: [NC] marks a panel with no character, but the line also tags {names}; remove one of them."
+            )
         if not prompt:
-            raise StorySyntaxError(f"line {line_no}: the panel has no prompt text before '#'; describe the scene.")
+            raise StorySyntaxError(
+                f"line {line_no}: the panel has no prompt text before '#'; describe the scene."
+            )
         story.panels.append(
-            Panel(index=index, line=line_no, prompt=prompt, characters=tuple(names), caption=caption,
-                  no_character=no_character, mentions=mentions, regional=regional)
+            Panel(
+                index=index,
+                line=line_no,
+                prompt=prompt,
+                characters=tuple(names),
+                caption=caption,
+                no_character=no_character,
+                mentions=mentions,
+                regional=regional,
+            )
         )
     return story

@@ -21,7 +21,7 @@ COLORS = [(255, 0, 0), (0, 200, 0), (0, 0, 255), (200, 200, 0), (0, 200, 200), (
 def color_boxes(page: Image.Image, color) -> tuple[int, int, int, int] | None:
     """Bounding box (x0, y0, x1, y1) of the pixels close to `color`."""
     arr = np.asarray(page).astype(int)
-    hit = (np.abs(arr - np.array(color)).sum(-1) < 30)
+    hit = np.abs(arr - np.array(color)).sum(-1) < 30
     if not hit.any():
         return None
     ys, xs = np.nonzero(hit)
@@ -83,11 +83,16 @@ def test_single_column_fits_as_many_full_width_panels_as_the_page_height_allows(
 
 @pytest.mark.parametrize("position", ["under", "over"])
 def test_caption_is_drawn_on_the_requested_side(position):
-    spec = PageSpec(layout="four panel", width=400, height=400, margin=10, font_size=16, caption_position=position)
+    spec = PageSpec(
+        layout="four panel", width=400, height=400, margin=10, font_size=16, caption_position=position
+    )
     page = layout.render_pages([solid(COLORS[0])], ["Hello there"], spec)[0]
     x0, y0, x1, y1 = color_boxes(page, COLORS[0])
     cell_bottom = 10 + (400 - 30) // 2
-    above, below = ink_rows(page, (x0 + 4, 10, x1 - 4, y0 - 3)), ink_rows(page, (x0 + 4, y1 + 3, x1 - 4, cell_bottom))
+    above, below = (
+        ink_rows(page, (x0 + 4, 10, x1 - 4, y0 - 3)),
+        ink_rows(page, (x0 + 4, y1 + 3, x1 - 4, cell_bottom)),
+    )
     if position == "under":
         assert len(below) > 5 and len(above) == 0
     else:
@@ -98,7 +103,9 @@ def test_no_caption_position_none_and_empty_captions_leave_the_panel_full_height
     spec = PageSpec(layout="four panel", width=400, height=400, margin=10, font_size=16)
     with_text = layout.render_pages([solid(COLORS[0])], "some caption", spec)[0]
     empty = layout.render_pages([solid(COLORS[0])], "", spec)[0]
-    none = layout.render_pages([solid(COLORS[0])], "some caption", PageSpec(**{**spec.__dict__, "caption_position": "none"}))[0]
+    none = layout.render_pages(
+        [solid(COLORS[0])], "some caption", PageSpec(**{**spec.__dict__, "caption_position": "none"})
+    )[0]
     h = lambda p: color_boxes(p, COLORS[0])[3] - color_boxes(p, COLORS[0])[1]  # noqa: E731
     assert h(empty) == h(none) > h(with_text)
     assert np.array_equal(np.asarray(empty), np.asarray(none))
@@ -112,7 +119,9 @@ def test_captions_are_plain_text_and_markup_is_drawn_literally():
 
 def test_long_caption_wraps_within_the_width_and_breaks_long_words():
     font = text.load_font(16)
-    caption = "The bus is late again and the rain does not stop " * 3 + "Supercalifragilisticexpialidocious" * 3
+    caption = (
+        "The bus is late again and the rain does not stop " * 3 + "Supercalifragilisticexpialidocious" * 3
+    )
     lines = text.wrap_text(caption, font, 150)
     assert len(lines) > 4
     assert all(font.getlength(line) <= 150 for line in lines)
@@ -162,11 +171,14 @@ def test_caption_lines_must_match_the_panels():
         layout.split_captions("a\nb\nc", 2)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"layout": "manga"}, "layout must be one of"),
-    ({"caption_position": "left"}, "caption position"),
-    ({"width": 40, "margin": 16}, "no room for panels"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"layout": "manga"}, "layout must be one of"),
+        ({"caption_position": "left"}, "caption position"),
+        ({"width": 40, "margin": 16}, "no room for panels"),
+    ],
+)
 def test_bad_page_specs_are_explained(kwargs, match):
     with pytest.raises(ValueError, match=match):
         layout.render_pages([solid(COLORS[0])], "", PageSpec(**kwargs))
@@ -178,16 +190,25 @@ def test_cjk_captions_get_a_cjk_font_when_one_is_installed(tmp_path):
         pytest.skip("no TrueType font on this machine")
     stand_in = tmp_path / "cjk.ttf"  # any TrueType file stands in for the CJK font here
     stand_in.write_bytes(open(base, "rb").read())
-    assert text.has_cjk("你好") and text.has_cjk("こんにちは") and text.has_cjk("안녕") and not text.has_cjk("Grüße Ωμέγα")
+    assert (
+        text.has_cjk("你好")
+        and text.has_cjk("こんにちは")
+        and text.has_cjk("안녕")
+        and not text.has_cjk("Grüße Ωμέγα")
+    )
     cjk = text.font_for_text("你好，世界", 20, cjk_candidates=(str(tmp_path / "missing.ttc"), str(stand_in)))
     assert cjk.path == str(stand_in)
     assert text.font_for_text("hello", 20, cjk_candidates=(str(stand_in),)).path == base
     assert text.font_for_text("你好", 20, cjk_candidates=()).path == base  # none installed: the usual font
-    assert text.font_for_text("你好", 20, path=base, cjk_candidates=(str(stand_in),)).path == base  # a chosen font wins
+    assert (
+        text.font_for_text("你好", 20, path=base, cjk_candidates=(str(stand_in),)).path == base
+    )  # a chosen font wins
 
 
 def test_panel_and_caption_are_centred_together_in_their_cell():
-    spec = PageSpec(layout="single column", width=300, height=900, margin=10, font_size=14, caption_position="over")
+    spec = PageSpec(
+        layout="single column", width=300, height=900, margin=10, font_size=14, caption_position="over"
+    )
     page = layout.render_pages([solid(COLORS[0], (256, 256))], ["top caption"], spec)[0]
     rows = layout.page_rows(spec, (256, 256))
     cell = layout.page_cells(spec, (256, 256))[0][0]

@@ -38,7 +38,9 @@ def test_panel_pixels_survive_the_round_trip(comic):
 
 
 def test_grayscale_images_are_accepted(comic):
-    (pages,) = comic.ComicPage().compose(torch.rand(2, 32, 32, 1), "classic strip", "over", 256, 128, 4, 10, "a\nb")
+    (pages,) = comic.ComicPage().compose(
+        torch.rand(2, 32, 32, 1), "classic strip", "over", 256, 128, 4, 10, "a\nb"
+    )
     assert pages.shape == (1, 128, 256, 3)
 
 

@@ -6,6 +6,7 @@ import torch
 
 import comfy.sample
 import comfy.sd
+
 from test_consistent_sampling import conds, csa
 from test_isolated_controlnet import tiny_controlnet, with_control
 

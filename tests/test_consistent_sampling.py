@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import comfy.sample
+
 from pack_loader import pure, submodule
 
 ca = submodule("nodes.consistent_attention")
@@ -11,9 +12,20 @@ core = submodule("nodes.patch_core")
 unet = submodule("nodes.patch_unet")
 run_mod = submodule("attention.consistent_run")
 
-BASE = dict(keep_rate_1_8=0.5, keep_rate_1_16=0.5, keep_rate_1_32=0.5, keep_rate_1_64=0.5, blocks="up",
-            warmup_steps=1, start_percent=0.0, end_percent=1.0, apply_probability="0.7, 0.9@40", window=0,
-            seed=0, strength=1.0)
+BASE = dict(
+    keep_rate_1_8=0.5,
+    keep_rate_1_16=0.5,
+    keep_rate_1_32=0.5,
+    keep_rate_1_64=0.5,
+    blocks="up",
+    warmup_steps=1,
+    start_percent=0.0,
+    end_percent=1.0,
+    apply_probability="0.7, 0.9@40",
+    window=0,
+    seed=0,
+    strength=1.0,
+)
 ALWAYS = dict(BASE, warmup_steps=0, apply_probability="1", blocks="all")
 
 
@@ -31,7 +43,9 @@ def sample(model, clip, n=3, steps=2, cfg=5.0, sampler="euler", hw=8, seed=0, ca
     h, w = (hw, hw) if isinstance(hw, int) else hw  # an int for square latents, or (h, w)
     latent = torch.zeros(n, 4, h, w)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-    return comfy.sample.sample(model, noise, steps, cfg, sampler, "normal", c, c, latent, seed=seed, callback=callback)
+    return comfy.sample.sample(
+        model, noise, steps, cfg, sampler, "normal", c, c, latent, seed=seed, callback=callback
+    )
 
 
 def close(a, b, rel=1e-5):
@@ -90,8 +104,12 @@ def test_cfg1_split_cfg_and_multi_call_samplers(sd15):
     import comfy.samplers
 
     def separately(args):
-        return [comfy.samplers.calc_cond_batch(args["model"], [c], args["input"], args["sigma"], args["model_options"])[0]
-                for c in args["conds"]]
+        return [
+            comfy.samplers.calc_cond_batch(
+                args["model"], [c], args["input"], args["sigma"], args["model_options"]
+            )[0]
+            for c in args["conds"]
+        ]
 
     split = m.clone()
     split.set_model_sampler_calc_cond_batch_function(separately)
@@ -100,7 +118,9 @@ def test_cfg1_split_cfg_and_multi_call_samplers(sd15):
 
 def _module_path(block, index):
     name, bid = block
-    prefix = {"input": f"input_blocks.{bid}", "output": f"output_blocks.{bid}", "middle": "middle_block"}[name]
+    prefix = {"input": f"input_blocks.{bid}", "output": f"output_blocks.{bid}", "middle": "middle_block"}[
+        name
+    ]
     return f"diffusion_model.{prefix}.1.transformer_blocks.{index}.attn1"
 
 
@@ -127,8 +147,10 @@ def test_keep_rate_one_equals_dense_attention_over_all_story_images(tiny, family
                 allk = kc.reshape(1, -1, kc.shape[-1]).expand(qc.shape[0], -1, -1)
                 allv = vc.reshape(1, -1, vc.shape[-1]).expand(qc.shape[0], -1, -1)
                 d = qc.shape[-1] // heads
-                qh, kh, vh = (t.reshape(t.shape[0], t.shape[1], heads, d).transpose(1, 2) for t in (qc, allk, allv))
-                p = (qh @ kh.transpose(-1, -2) * d ** -0.5).softmax(-1)
+                qh, kh, vh = (
+                    t.reshape(t.shape[0], t.shape[1], heads, d).transpose(1, 2) for t in (qc, allk, allv)
+                )
+                p = (qh @ kh.transpose(-1, -2) * d**-0.5).softmax(-1)
                 ref.append((p @ vh).transpose(1, 2).reshape(qc.shape))
             ref = attn.to_out(torch.cat(ref).float())
         checked.append((out - ref).abs().max().item())
@@ -202,8 +224,15 @@ def test_bad_schedule_is_one_clear_error():
 def test_plan_skips_svd_temporal_calls_and_blocks_not_chosen():
     always = pure("attention.token_sampling").ProbabilitySchedule(((0.0, 1.0),))
     patch = run_mod.ConsistentRun(run_mod.ConsistentConfig(warmup_steps=0, schedule=always))
-    extra = {"block": ("output", 3), "block_index": 0, "activations_shape": (4, 8, 4, 4), "original_shape": (4, 4, 8, 8),
-             "cond_or_uncond": [1, 0], "sigmas": torch.tensor([1.0, 1.0]), "sample_sigmas": torch.tensor([2.0, 1.0, 0.0])}
+    extra = {
+        "block": ("output", 3),
+        "block_index": 0,
+        "activations_shape": (4, 8, 4, 4),
+        "original_shape": (4, 4, 8, 8),
+        "cond_or_uncond": [1, 0],
+        "sigmas": torch.tensor([1.0, 1.0]),
+        "sample_sigmas": torch.tensor([2.0, 1.0, 0.0]),
+    }
     plan = patch.plan(4, 16, dict(extra))
     assert plan is not None and plan.images == 2 and plan.layer == ("output", 3, 0) and plan.sigma == 1.0
     assert plan.active and plan.indices.shape == (2, 8)  # keep-rate 0.5 at 1/16 (latent/2)

@@ -16,9 +16,20 @@ bank_nodes = submodule("nodes.identity_bank_nodes")
 ca = submodule("nodes.consistent_attention")
 parse_story = pure("story.syntax").parse_story
 
-CSA = dict(keep_rate_1_8=0.5, keep_rate_1_16=0.5, keep_rate_1_32=0.5, keep_rate_1_64=0.5, blocks="up",
-           warmup_steps=0, start_percent=0.0, end_percent=100.0, apply_probability="1", window=0,
-           seed=0, strength=1.0)
+CSA = dict(
+    keep_rate_1_8=0.5,
+    keep_rate_1_16=0.5,
+    keep_rate_1_32=0.5,
+    keep_rate_1_64=0.5,
+    blocks="up",
+    warmup_steps=0,
+    start_percent=0.0,
+    end_percent=100.0,
+    apply_probability="1",
+    window=0,
+    seed=0,
+    strength=1.0,
+)
 IDENTITY = "[Bob]: a man with short black hair, red jacket\n[Alice]: a woman with long silver hair, green dress\n[Bob] portrait\n[Alice] portrait"
 
 
@@ -37,7 +48,9 @@ def setup(tiny):
 def bank(setup):
     model, clip, *_ = setup
     id_pos, id_neg, id_story, n = encode_story(clip, IDENTITY)
-    writer, out_bank = bank_nodes.IdentityBankWritePatch().patch(csa(model), story=id_story, names="", bank=None)
+    writer, out_bank = bank_nodes.IdentityBankWritePatch().patch(
+        csa(model), story=id_story, names="", bank=None
+    )
     sample(writer, id_pos, id_neg, n, steps=4)
     return out_bank
 

@@ -6,6 +6,7 @@ import torch
 import comfy.cldm.cldm
 import comfy.controlnet
 import comfy.ops
+
 from isolated_helpers import NO_GUARD, encode_story, isolated, sample, state_of
 from tiny_models import factory
 

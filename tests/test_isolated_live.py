@@ -32,7 +32,10 @@ def test_bad_mask_batch_is_reported_naming_the_input(live_server):
     prompt["6"]["inputs"].update(width=64, height=64)
     prompt["7"]["inputs"]["steps"] = 1
     prompt["22"] = {"class_type": "ImageToMask", "inputs": {"image": ["23", 0], "channel": "red"}}
-    prompt["23"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 3, "color": 0}}
+    prompt["23"] = {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 64, "height": 64, "batch_size": 3, "color": 0},
+    }
     prompt["5"]["inputs"]["mask_1"] = ["22", 0]
     with pytest.raises((PromptFailed, PromptRejected)) as e:
         run_prompt(live_server, prompt, timeout=300)

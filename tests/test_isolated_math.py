@@ -60,7 +60,7 @@ def _blob(y0, y1, x0, x1, noise, seed):
 
 def test_overlap_goes_to_the_lower_coefficient_of_variation():
     clean = _blob(2, 12, 2, 12, 0.05, 0)  # low CV inside its mask
-    noisy = _blob(6, 16, 6, 16, 3.0, 1)   # high CV inside its mask
+    noisy = _blob(6, 16, 6, 16, 3.0, 1)  # high CV inside its mask
     maps = torch.stack([noisy, clean])
     masks = torch.stack([otsu.binarize(noisy), otsu.binarize(clean)])
     overlap = masks[0] & masks[1]
@@ -77,7 +77,9 @@ def test_overlap_goes_to_the_lower_coefficient_of_variation():
 
 
 def test_three_characters_are_disjoint_and_absent_ones_empty():
-    maps = torch.stack([_blob(0, 10, 0, 10, 0.5, 0), _blob(5, 15, 5, 15, 0.2, 1), _blob(8, 20, 0, 20, 1.0, 2)])
+    maps = torch.stack(
+        [_blob(0, 10, 0, 10, 0.5, 0), _blob(5, 15, 5, 15, 0.2, 1), _blob(8, 20, 0, 20, 1.0, 2)]
+    )
     masks = otsu.panel_masks(maps, present=[True, True, False])
     assert masks[0].any() and masks[1].any() and not masks[2].any()
     assert not (masks[0] & masks[1]).any()
@@ -163,14 +165,20 @@ def test_step_index_from_sigmas():
     sched = [14.6, 7.0, 3.0, 1.0, 0.0]
     assert steps.step_index(14.6, sched) == 0
     assert steps.step_index(3.0, sched) == 2
-    assert steps.step_index(2.0, sched) == 2  # DPM-2's midpoint (between two sigmas) belongs to the earlier step
-    assert steps.step_index(1.0, sched) == 3  # Heun's 2nd call of step 2 lands on sigma[3]: it is step 3's call
+    assert (
+        steps.step_index(2.0, sched) == 2
+    )  # DPM-2's midpoint (between two sigmas) belongs to the earlier step
+    assert (
+        steps.step_index(1.0, sched) == 3
+    )  # Heun's 2nd call of step 2 lands on sigma[3]: it is step 3's call
     assert run_mod.first_appearances([[True, False], [False, False], [True, True]]) == [0, 2]
 
 
 # ---- isolated self-attention --------------------------------------------------------
 def test_isolation_bias_blocks_other_characters_references_exactly():
-    region = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0]], dtype=torch.bool)  # A: 0-1, B: 2-3, bg: 4-5
+    region = torch.tensor(
+        [[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0]], dtype=torch.bool
+    )  # A: 0-1, B: 2-3, bg: 4-5
     owner = torch.tensor([0, 0, 0, 1, 1])
     act = torch.tensor([0.0, 0.5, 1.0, 1.0, 0.2])
     bias = iso_self.isolation_bias(region, owner, own_cols=6, activation=act, gamma=2.0)
@@ -185,8 +193,9 @@ def test_isolation_bias_blocks_other_characters_references_exactly():
     assert torch.all(w[:, 0:2, 6:9] > 0) and torch.all(w[:, 2:4, 9:11] > 0)
     assert torch.allclose(bias[0, 6:9], torch.log1p(2.0 * act[:3]))
     v = torch.randn(1, 11, heads * d, generator=g)
-    out = iso_self.isolated_self_attention(q, k[:, :6], v[:, :6], k[0, 6:], v[0, 6:], owner, region, heads,
-                                           activation=act, gamma=2.0)
+    out = iso_self.isolated_self_attention(
+        q, k[:, :6], v[:, :6], k[0, 6:], v[0, 6:], owner, region, heads, activation=act, gamma=2.0
+    )
     ref = (w @ v.view(11, heads, d).transpose(0, 1)).transpose(0, 1).reshape(1, 6, heads * d)
     assert torch.allclose(out, ref, atol=1e-5)
 
@@ -207,11 +216,15 @@ def test_isolated_cross_attention_is_each_characters_prompt_inside_its_region():
     heads, d, N = 2, 8, 6
     q = torch.randn(1, N, heads * d, generator=g)
     scene = (torch.randn(1, 77, heads * d, generator=g), torch.randn(1, 77, heads * d, generator=g))
-    chars = [(torch.randn(1, 77, heads * d, generator=g), torch.randn(1, 77, heads * d, generator=g)) for _ in range(3)]
+    chars = [
+        (torch.randn(1, 77, heads * d, generator=g), torch.randn(1, 77, heads * d, generator=g))
+        for _ in range(3)
+    ]
     masks = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0]], dtype=torch.float32)
     attn = iso_self.sdpa_attention
-    out = iso_cross.regional_blend(attn(q, *scene, heads), torch.stack([attn(q, *kv, heads) for kv in chars]),
-                                   masks[:, None])  # [K, panels=1, N]
+    out = iso_cross.regional_blend(
+        attn(q, *scene, heads), torch.stack([attn(q, *kv, heads) for kv in chars]), masks[:, None]
+    )  # [K, panels=1, N]
     for c, cols in enumerate(([0, 1], [2], [3])):
         alone = iso_self.sdpa_attention(q, *chars[c], heads)
         assert torch.allclose(out[0, cols], alone[0, cols], atol=1e-5)
@@ -227,7 +240,9 @@ def test_isolated_merge():
 
 
 def test_run_masks_use_only_the_steps_so_far():
-    plan = run_mod.CharacterPlan(names=["A", "B"], present=[[True, True]], positions=[[[1], [2]]], lengths=[77])
+    plan = run_mod.CharacterPlan(
+        names=["A", "B"], present=[[True, True]], positions=[[[1], [2]]], lengths=[77]
+    )
     run = run_mod.IsolationRun(plan)
     run.schedule = [3.0, 2.0, 1.0, 0.0]
     a = torch.zeros(1, 2, 8, 8)

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from comfy.sample import sample as comfy_sample
+
+import reference_attention as reference
 from isolated_helpers import (
     NO_GUARD,
     TWO_CHARACTERS,
@@ -15,7 +17,6 @@ from isolated_helpers import (
     state_of,
     with_attention_override,
 )
-import reference_attention as reference
 from pack_loader import pure, submodule
 
 iso_self = pure("attention.isolated_self")
@@ -56,8 +57,10 @@ def test_lambda_zero_and_inactive_branch_are_bit_identical(sd15):
 def test_capture_only_patch_is_bit_identical(sd15):
     model, clip, pos, neg, story, P = sd15
     plan = submodule("nodes.character_plan").build_plan("test", clip, story)
-    state = branch_mod.IsolatedBranch(branch_mod.IsolationConfig(isolate=False, capture="all blocks"),
-                                      pure("attention.isolated_run").IsolationRun(plan))
+    state = branch_mod.IsolatedBranch(
+        branch_mod.IsolationConfig(isolate=False, capture="all blocks"),
+        pure("attention.isolated_run").IsolationRun(plan),
+    )
     m = core.install(model, patch_mod.IsolatedPatch(state))
     assert torch.equal(sample(m, pos, neg, P, steps=3), sample(model.clone(), pos, neg, P, steps=3))
     assert state.run.result.maps.shape == (P, 2, 8, 8)
@@ -81,8 +84,10 @@ def _record_replace(m, key):
 
         return made
 
-    patch.hooks = [dataclasses.replace(h, make=recording(h.make)) if (h.slot, h.key) == ("attn2", key) else h
-                   for h in patch.hooks]
+    patch.hooks = [
+        dataclasses.replace(h, make=recording(h.make)) if (h.slot, h.key) == ("attn2", key) else h
+        for h in patch.hooks
+    ]
     return seen
 
 
@@ -99,8 +104,15 @@ def exact_run(sd15):
             calls.append((q, k, mask))
 
     # the kernel override of another pack reaches the isolated branch (its masked calls are seen)
-    m = isolated(with_attention_override(model, recorder), clip, story, strength=1.0, reweight=2.0, mask_1=bob,
-                 mask_2=alice)
+    m = isolated(
+        with_attention_override(model, recorder),
+        clip,
+        story,
+        strength=1.0,
+        reweight=2.0,
+        mask_1=bob,
+        mask_2=alice,
+    )
     key = ("output", 3, 0)
     seen = _record_replace(m, key)
     sample(m, pos, neg, P, steps=3, size=(16, 16))
@@ -113,17 +125,21 @@ def test_self_attention_never_reaches_the_other_characters_references(exact_run)
     assert calls, "the isolated self-attention must have run"
     for q, k, mask in calls:
         n = q.shape[1]
-        side = int(round(n ** 0.5))
+        side = int(round(n**0.5))
         cols = torch.arange(n) % side
         bob_rows, alice_rows = cols < side // 2, cols >= side // 2
-        n_ref = k.shape[1] - n  # only panel 3 (Bob and Alice) has references: Bob's (panel 1) then Alice's (panel 2)
+        n_ref = (
+            k.shape[1] - n
+        )  # only panel 3 (Bob and Alice) has references: Bob's (panel 1) then Alice's (panel 2)
         assert n_ref == n  # half of panel 1's tokens + half of panel 2's tokens
         heads = 8
         w = reference.attention_weights(q, k, heads, mask)[0]  # [heads, n, n + refs]
         bob_refs, alice_refs = slice(n, n + n // 2), slice(n + n // 2, n + n_ref)
         assert torch.all(w[:, bob_rows][:, :, alice_refs] == 0)
         assert torch.all(w[:, alice_rows][:, :, bob_refs] == 0)
-        assert torch.all(w[:, bob_rows][:, :, bob_refs] > 0) and torch.all(w[:, alice_rows][:, :, alice_refs] > 0)
+        assert torch.all(w[:, bob_rows][:, :, bob_refs] > 0) and torch.all(
+            w[:, alice_rows][:, :, alice_refs] > 0
+        )
 
 
 # Which text reaches Bob's region (issue 10, finding 9): his description *and* the panel's own action,
@@ -135,7 +151,9 @@ BOB_REGION = {0: f"{BOB} waits at a bus stop", 2: f"{BOB} and walk in a park"}
 def test_cross_attention_inside_a_region_is_that_characters_prompt_alone(sd15, exact_run):
     P = sd15[-1]
     _, seen, module, clip = exact_run
-    contexts = {p: clip.encode_from_tokens(clip.tokenize(t), return_dict=True)["cond"] for p, t in BOB_REGION.items()}
+    contexts = {
+        p: clip.encode_from_tokens(clip.tokenize(t), return_dict=True)["cond"] for p, t in BOB_REGION.items()
+    }
     checked = 0
     for q, k, v, extra, out in seen[1:]:  # from step 1 on (masks exist)
         h, w = extra["activations_shape"][-2:]
@@ -145,8 +163,10 @@ def test_cross_attention_inside_a_region_is_that_characters_prompt_alone(sd15, e
             for panel in (0, 2):  # Bob is in panels 1 and 3
                 ctx_bob = contexts[panel]
                 r = c * P + panel
-                alone = iso_self.sdpa_attention(q[r:r + 1], module.to_k(ctx_bob), module.to_v(ctx_bob), 8)[0]
-                plain = iso_self.sdpa_attention(q[r:r + 1], k[r:r + 1], v[r:r + 1], 8)[0]
+                alone = iso_self.sdpa_attention(q[r : r + 1], module.to_k(ctx_bob), module.to_v(ctx_bob), 8)[
+                    0
+                ]
+                plain = iso_self.sdpa_attention(q[r : r + 1], k[r : r + 1], v[r : r + 1], 8)[0]
                 if label == 0:
                     assert torch.allclose(out[r][bob_rows], alone[bob_rows], atol=1e-5)
                     checked += 1
@@ -195,10 +215,18 @@ def test_wraps_an_existing_attn2_replace_and_keeps_its_contribution(sd15):
 # ---- online masks -------------------------------------------------------------------
 def _name_columns(clip, text, name):
     """Context positions of `name`'s tokens in `text`, found here by plain search (not by the pack)."""
-    toks = [(t, w) for window in clip.tokenize(text, return_word_ids=True)["l"] for t, w in
-            ((x[0], x[2]) for x in window)]
+    toks = [
+        (t, w)
+        for window in clip.tokenize(text, return_word_ids=True)["l"]
+        for t, w in ((x[0], x[2]) for x in window)
+    ]
     ids = [t for t, w in ((x[0], x[2]) for x in clip.tokenize(name, return_word_ids=True)["l"][0]) if w]
-    return [i + j for i in range(len(toks)) if [t for t, _ in toks[i:i + len(ids)]] == ids for j in range(len(ids))]
+    return [
+        i + j
+        for i in range(len(toks))
+        if [t for t, _ in toks[i : i + len(ids)]] == ids
+        for j in range(len(ids))
+    ]
 
 
 def test_online_masks_localise_where_injected_attention_puts_each_character(sd15, monkeypatch):
@@ -207,30 +235,47 @@ def test_online_masks_localise_where_injected_attention_puts_each_character(sd15
     the description's tokens light up decoy regions. The masks must land on each name's region."""
     model, clip, pos, neg, story, P = sd15
     side = 32  # latent; the captured layers are 8x8
-    columns = [{name: _name_columns(clip, text, name) for name in tags}
-               for text, tags in zip(story.encoded_prompts, story.tags, strict=True)]
+    columns = [
+        {name: _name_columns(clip, text, name) for name in tags}
+        for text, tags in zip(story.encoded_prompts, story.tags, strict=True)
+    ]
     regions = {"Bob": (slice(None), slice(0, 4)), "Alice": (slice(None), slice(4, 8))}
     decoy = (slice(0, 3), slice(None))  # top rows: what a wrong column would see
 
     def injected(q, k, heads):
         b, n, T = q.shape[0], q.shape[1], k.shape[1]
-        h = w = int(round(n ** 0.5))
+        h = w = int(round(n**0.5))
         probs = torch.full((b, h, w, T), 0.01)
         for r in range(b):
             for name, cols in columns[r % P].items():
                 probs[r, :, :, cols] = 0.02
                 probs[(r,) + regions[name] + (cols,)] = 1.0
                 after = max(cols) + 1
-                probs[r, :, :, after:after + 8] = 0.02  # the token after the name and the description
+                probs[r, :, :, after : after + 8] = 0.02  # the token after the name and the description
                 probs[(r,) + decoy + (slice(after, after + 8),)] = 1.0
         return probs.reshape(b, n, T)
 
     monkeypatch.setattr(submodule("attention.cross_maps"), "head_mean_probs", injected)
     node = submodule("nodes.attention_masks").StoryAttentionMasks()
-    _, masks, _ = node.sample(model, clip, story, pos, neg, {"samples": torch.zeros(P, 4, side, side)}, seed=0,
-                              steps=3, cfg=5.0, sampler_name="euler", scheduler="normal",
-                              layers="up, lowest resolution", start_percent=0.0, end_percent=1.0, blur=0.0,
-                              dilate=0, min_area=0.0)
+    _, masks, _ = node.sample(
+        model,
+        clip,
+        story,
+        pos,
+        neg,
+        {"samples": torch.zeros(P, 4, side, side)},
+        seed=0,
+        steps=3,
+        cfg=5.0,
+        sampler_name="euler",
+        scheduler="normal",
+        layers="up, lowest resolution",
+        start_percent=0.0,
+        end_percent=1.0,
+        blur=0.0,
+        dilate=0,
+        min_area=0.0,
+    )
     masks = masks.reshape(P, 2, side * 8, side * 8) > 0.5
     iou = pure("attention.isolated_run").mask_iou
     for p, tags in enumerate(story.tags):
@@ -278,19 +323,24 @@ def test_identity_bank_references_are_used_by_contract(sd15):
             calls.append((q.shape[1], k.shape[1]))
 
     bob, alice = halves()
-    m = isolated(with_attention_override(model, recorder), clip, story, identity_bank=bank, mask_1=bob, mask_2=alice)
+    m = isolated(
+        with_attention_override(model, recorder), clip, story, identity_bank=bank, mask_1=bob, mask_2=alice
+    )
     # Bob now has references in panel 1 too (from the bank), not only in panel 3
     sample(m, pos, neg, P, steps=3, size=(16, 16))
-    assert bank.asked and all(c == "Bob" and isinstance(s, float) and l[0] == "output" and len(l) == 3
-                              for c, s, l in bank.asked)
+    assert bank.asked and all(
+        c == "Bob" and isinstance(s, float) and l[0] == "output" and len(l) == 3 for c, s, l in bank.asked
+    )
     assert any(kn == n + 5 for n, kn in calls)  # panel 1: own tokens + 5 bank tokens
     assert any(kn == n + 5 + n // 2 for n, kn in calls)  # panel 3: + Alice's half of panel 2
 
 
 def test_three_characters_in_a_panel_and_panels_without_any(tiny):
     model, clip, _ = tiny("sd15")
-    text = ("[Bob]: a man in red\n[Alice]: a woman in green\n[Carl]: a boy in blue\n"
-            "[Bob], [Alice] and [Carl] at a table\n[NC] an empty kitchen\n[Carl] runs outside")
+    text = (
+        "[Bob]: a man in red\n[Alice]: a woman in green\n[Carl]: a boy in blue\n"
+        "[Bob], [Alice] and [Carl] at a table\n[NC] an empty kitchen\n[Carl] runs outside"
+    )
     pos, neg, story, P = encode_story(clip, text)
     m = isolated(model, clip, story, **NO_GUARD)
     sample(m, pos, neg, P, steps=4, size=(16, 16))
@@ -321,8 +371,18 @@ def test_user_mask_of_another_aspect_ratio_is_refused_before_sampling(sd15):
     m = isolated(model, clip, story, mask_1=torch.ones(24, 40))  # 40x24 px for a 64x64 image
     with pytest.raises(StoryError, match=r"mask_1 is 40×24 px.*image is 64×64.*aspect ratio"):
         latent = torch.zeros(P, 4, 8, 8)
-        comfy_sample(m, torch.zeros_like(latent), 2, 5.0, "euler", "normal", pos, neg, latent,
-                     callback=lambda *a: steps.append(a[0]))
+        comfy_sample(
+            m,
+            torch.zeros_like(latent),
+            2,
+            5.0,
+            "euler",
+            "normal",
+            pos,
+            neg,
+            latent,
+            callback=lambda *a: steps.append(a[0]),
+        )
     assert steps == []  # refused before the first step
     # the same aspect at another size is fine (scaled, not stretched), and so is a rounding pixel
     for mask in (torch.ones(P, 128, 128), torch.ones(63, 64)):
@@ -332,12 +392,15 @@ def test_user_mask_of_another_aspect_ratio_is_refused_before_sampling(sd15):
 def test_tag_without_description_and_tokens_not_found(sd15):
     model, clip, *_ = sd15
     syntax = pure("story.syntax")
-    story = syntax.Story(characters={"Bob": "a man"}, panels=[
-        syntax.Panel(0, 1, "Eve, a woman", ("Eve",), "", False)])
+    story = syntax.Story(
+        characters={"Bob": "a man"}, panels=[syntax.Panel(0, 1, "Eve, a woman", ("Eve",), "", False)]
+    )
     with pytest.raises(StoryError, match=r"\[Eve\].*no description"):
         isolated(model, clip, story)
-    story = syntax.Story(characters={"Bob": "a man with a hat"}, panels=[
-        syntax.Panel(0, 1, "an empty street", ("Bob",), "", False)])
+    story = syntax.Story(
+        characters={"Bob": "a man with a hat"},
+        panels=[syntax.Panel(0, 1, "an empty street", ("Bob",), "", False)],
+    )
     with pytest.raises(StoryError, match=r"\[Bob\].*not found|\[Bob\].*neither"):
         isolated(model, clip, story)
 
@@ -354,8 +417,19 @@ def test_story_attention_masks_node(sd15):
     model, clip, pos, neg, story, P = sd15
     node = submodule("nodes.attention_masks").StoryAttentionMasks()
     latent = {"samples": torch.zeros(P, 4, 16, 16)}
-    args = dict(seed=0, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal", layers="up, lowest resolution",
-                start_percent=0.0, end_percent=1.0, blur=0.5, dilate=0, min_area=0.0)
+    args = dict(
+        seed=0,
+        steps=3,
+        cfg=5.0,
+        sampler_name="euler",
+        scheduler="normal",
+        layers="up, lowest resolution",
+        start_percent=0.0,
+        end_percent=1.0,
+        blur=0.5,
+        dilate=0,
+        min_area=0.0,
+    )
     out, masks, preview = node.sample(model, clip, story, pos, neg, latent, **args)
     assert out["samples"].shape == (P, 4, 16, 16)
     assert masks.shape == (P * 2, 128, 128) and preview.shape == (P, 128, 128, 3)

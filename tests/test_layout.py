@@ -1,8 +1,9 @@
 """Pack layout and registry metadata (what ComfyUI-Manager and the Comfy Registry read)."""
 
 import ast
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,13 +29,28 @@ def test_pyproject_registry_metadata_mirrors_requirements():
     assert isinstance(project.get("dependencies"), list), "dependencies must be declared (even when empty)"
     assert comfy["PublisherId"] and comfy["DisplayName"]
     assert comfy["requires-comfyui"].startswith(">=")
-    reqs = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    reqs = [
+        line.strip()
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert sorted(project["dependencies"]) == sorted(reqs)
     assert not any(r.split(">")[0].split("=")[0].strip().lower() == "torch" for r in reqs)
 
 
 def test_top_level_layout():
-    for path in ("__init__.py", "nodes", "attention", "motion", "web", "example_workflows", "tests",
-                 "requirements.txt", "pyproject.toml", "bench", "README.md", ".ci/run"):
+    for path in (
+        "__init__.py",
+        "nodes",
+        "attention",
+        "motion",
+        "web",
+        "example_workflows",
+        "tests",
+        "requirements.txt",
+        "pyproject.toml",
+        "bench",
+        "README.md",
+        ".ci/run",
+    ):
         assert (ROOT / path).exists(), path

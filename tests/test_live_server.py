@@ -28,8 +28,11 @@ def test_every_node_is_listed_with_description_tooltips_and_category(live_server
             for inp, cfg in spec["input"].get(section, {}).items():
                 opts = cfg[1] if len(cfg) > 1 else {}
                 assert opts.get("tooltip"), f"{name}.{inp} has no tooltip"
-    failures = [line for line in live_server.log_tail(2000).splitlines()
-                if ("IMPORT FAILED" in line or "Cannot import" in line) and "storydiffusion" in line]
+    failures = [
+        line
+        for line in live_server.log_tail(2000).splitlines()
+        if ("IMPORT FAILED" in line or "Cannot import" in line) and "storydiffusion" in line
+    ]
     assert failures == []
 
 

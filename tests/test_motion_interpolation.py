@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from pack_loader import pure
 
 interp = pure("motion.interpolation")
@@ -77,7 +78,11 @@ def test_keyframe_chain_shares_join_frames(mode):
     for k, p in enumerate(positions):
         assert torch.equal(seq[p], keys[k])
     for k in range(3):  # each segment is the two-key interpolation
-        assert torch.allclose(seq[positions[k]:positions[k + 1] + 1], interp.interpolate(keys[k], keys[k + 1], 5, mode), atol=0)
+        assert torch.allclose(
+            seq[positions[k] : positions[k + 1] + 1],
+            interp.interpolate(keys[k], keys[k + 1], 5, mode),
+            atol=0,
+        )
 
 
 def test_uneven_key_positions():
@@ -92,7 +97,10 @@ def test_uneven_key_positions():
     [
         (lambda: interp.interpolate(torch.zeros(4), torch.zeros(4), 1), "at least 2 frames"),
         (lambda: interp.interpolate(torch.zeros(4), torch.zeros(5), 3), "differ in shape"),
-        (lambda: interp.interpolate(torch.zeros(4), torch.zeros(4), 3, "cubic"), "unknown interpolation mode"),
+        (
+            lambda: interp.interpolate(torch.zeros(4), torch.zeros(4), 3, "cubic"),
+            "unknown interpolation mode",
+        ),
         (lambda: interp.chain_positions(1, 4), "at least 2 key frames"),
         (lambda: interp.chain_positions(3, 1), "at least 2 frames"),
         (lambda: interp.interpolate_keyframes(torch.zeros(3, 4), [0, 2, 2]), "increase strictly"),

@@ -5,6 +5,7 @@ import struct
 
 import pytest
 import torch
+
 from pack_loader import pure
 
 interp = pure("motion.interpolation")
@@ -66,7 +67,11 @@ def test_frame_position_and_keyframe_embeddings_matter():
     "seq, mask, fragment",
     [
         (torch.zeros(1, 4, 20), torch.tensor([1, 0, 0, 1]), "embed_dim 24"),
-        (torch.zeros(1, 17, 24), torch.zeros(17).bool().index_fill(0, torch.tensor([0]), True), "max_frames 16"),
+        (
+            torch.zeros(1, 17, 24),
+            torch.zeros(17).bool().index_fill(0, torch.tensor([0]), True),
+            "max_frames 16",
+        ),
         (torch.zeros(1, 4, 24), torch.zeros(4), "at least one key frame"),
         (torch.zeros(4, 24), torch.tensor([1, 0, 0, 1]), "batch, frames, dim"),
     ],
@@ -117,14 +122,20 @@ def test_mismatched_or_foreign_files_are_clear_errors(tmp_path):
     m = pred.SemanticMotionPredictor(TINY)
     sd = {k: v.contiguous() for k, v in m.state_dict().items()}
     bigger = dict(TINY.to_dict(), width=64, heads=4)
-    save_file(sd, str(tmp_path / "shape.safetensors"),
-              metadata={weights.KIND_KEY: weights.PREDICTOR_KIND, weights.CONFIG_KEY: json.dumps(bigger)})
+    save_file(
+        sd,
+        str(tmp_path / "shape.safetensors"),
+        metadata={weights.KIND_KEY: weights.PREDICTOR_KIND, weights.CONFIG_KEY: json.dumps(bigger)},
+    )
     with pytest.raises(weights.MotionWeightsError, match="do not match the stored config.*shape mismatch"):
         weights.load_predictor(tmp_path / "shape.safetensors")
 
     partial = {k: v for k, v in sd.items() if not k.startswith("blocks.1.")}
-    save_file(partial, str(tmp_path / "missing.safetensors"),
-              metadata={weights.KIND_KEY: weights.PREDICTOR_KIND, weights.CONFIG_KEY: json.dumps(TINY.to_dict())})
+    save_file(
+        partial,
+        str(tmp_path / "missing.safetensors"),
+        metadata={weights.KIND_KEY: weights.PREDICTOR_KIND, weights.CONFIG_KEY: json.dumps(TINY.to_dict())},
+    )
     with pytest.raises(weights.MotionWeightsError, match="missing"):
         weights.load_predictor(tmp_path / "missing.safetensors")
 
@@ -132,13 +143,16 @@ def test_mismatched_or_foreign_files_are_clear_errors(tmp_path):
     with pytest.raises(weights.MotionWeightsError, match="not a motion predictor file"):
         weights.load_predictor(tmp_path / "noconfig.safetensors")
 
-    save_file(sd, str(tmp_path / "badconfig.safetensors"),
-              metadata={weights.KIND_KEY: weights.PREDICTOR_KIND, weights.CONFIG_KEY: json.dumps({"width": -1})})
+    save_file(
+        sd,
+        str(tmp_path / "badconfig.safetensors"),
+        metadata={weights.KIND_KEY: weights.PREDICTOR_KIND, weights.CONFIG_KEY: json.dumps({"width": -1})},
+    )
     with pytest.raises(weights.MotionWeightsError, match="stored predictor config is invalid"):
         weights.load_predictor(tmp_path / "badconfig.safetensors")
 
     junk = tmp_path / "junk.safetensors"
-    junk.write_bytes(struct.pack("<Q", 10 ** 9) + b"{}")
+    junk.write_bytes(struct.pack("<Q", 10**9) + b"{}")
     with pytest.raises(weights.MotionWeightsError, match="bad header"):
         weights.load_predictor(junk)
     with pytest.raises(weights.MotionWeightsError, match="no such file"):

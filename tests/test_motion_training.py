@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from pack_loader import pure
 
 dataset = pure("motion.dataset")
@@ -11,10 +12,22 @@ weights = pure("motion.weights")
 FRAMES = 9
 
 
-
 def _tiny_cfg(**kw):
-    base = dict(steps=300, batch_size=32, lr=3e-3, warmup=20, min_frames=FRAMES, max_frames=FRAMES, max_stride=1,
-                width=64, depth=2, heads=4, holdout=0.0, checkpoint_every=1000, eval_every=1000)
+    base = dict(
+        steps=300,
+        batch_size=32,
+        lr=3e-3,
+        warmup=20,
+        min_frames=FRAMES,
+        max_frames=FRAMES,
+        max_stride=1,
+        width=64,
+        depth=2,
+        heads=4,
+        holdout=0.0,
+        checkpoint_every=1000,
+        eval_every=1000,
+    )
     base.update(kw)
     return train.TrainConfig(**base)
 
@@ -27,17 +40,30 @@ def test_tiny_predictor_beats_interpolation_on_heldout_trajectories(tmp_path):
     train.train(_tiny_cfg(), clips, out, progress=False, log=lambda s: None)
     model = weights.load_predictor(out)
     result = train.evaluate(model, heldout, FRAMES, "linear")
-    print(f"\nheld-out relative error over {result['windows']} trajectories of {FRAMES} frames: "
-          f"predictor {result['predictor']:.5f}, interpolation {result['interpolation']:.5f} "
-          f"(ratio {result['predictor'] / result['interpolation']:.3f})")
+    print(
+        f"\nheld-out relative error over {result['windows']} trajectories of {FRAMES} frames: "
+        f"predictor {result['predictor']:.5f}, interpolation {result['interpolation']:.5f} "
+        f"(ratio {result['predictor'] / result['interpolation']:.3f})"
+    )
     assert result["interpolation"] > 0.03  # the synthetic motion is not linear
     assert result["predictor"] < 0.25 * result["interpolation"]
 
 
 def test_interrupted_training_resumes_exactly(tmp_path):
     clips = dataset.synthetic_clips(64, 12, 8, seed=3)
-    cfg = dict(steps=12, batch_size=8, width=32, depth=1, heads=2, min_frames=5, max_frames=8, max_stride=2,
-               checkpoint_every=4, eval_every=6, holdout=0.25)
+    cfg = dict(
+        steps=12,
+        batch_size=8,
+        width=32,
+        depth=1,
+        heads=2,
+        min_frames=5,
+        max_frames=8,
+        max_stride=2,
+        checkpoint_every=4,
+        eval_every=6,
+        holdout=0.25,
+    )
     full = tmp_path / "full.safetensors"
     train.train(_tiny_cfg(**cfg), clips, full, progress=False, log=lambda s: None)
 
@@ -65,9 +91,32 @@ def test_cli_trains_on_embedding_files_with_progress_and_checkpoints(tmp_path, c
         dataset.save_frame_embeddings(clip, data / f"clip_{i}.safetensors", {"source": "synthetic"})
     (data / "notes.txt").write_text("ignored")
     out = tmp_path / "models" / "mine.safetensors"
-    rc = train.main(["--data", str(data), "--out", str(out), "--steps", "6", "--batch-size", "4", "--width", "32",
-                     "--depth", "1", "--min-frames", "4", "--max-frames", "6", "--checkpoint-every", "3",
-                     "--eval-every", "3", "--holdout", "0.2"])
+    rc = train.main(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--steps",
+            "6",
+            "--batch-size",
+            "4",
+            "--width",
+            "32",
+            "--depth",
+            "1",
+            "--min-frames",
+            "4",
+            "--max-frames",
+            "6",
+            "--checkpoint-every",
+            "3",
+            "--eval-every",
+            "3",
+            "--holdout",
+            "0.2",
+        ]
+    )
     assert rc == 0
     err = capsys.readouterr()
     assert "motion predictor" in err.err and "6/6" in err.err  # the tqdm bar
@@ -76,8 +125,19 @@ def test_cli_trains_on_embedding_files_with_progress_and_checkpoints(tmp_path, c
     assert model.config.embed_dim == 12 and model.config.max_frames == 6
     assert weights.read_metadata(out)["trained_steps"] == "6"
     assert train.state_path_for(out).is_file()
-    rc = train.main(["--data", str(data), "--out", str(out), "--steps", "8", "--resume", str(train.state_path_for(out)),
-                     "--no-progress"])
+    rc = train.main(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--steps",
+            "8",
+            "--resume",
+            str(train.state_path_for(out)),
+            "--no-progress",
+        ]
+    )
     assert rc == 0 and weights.read_metadata(out)["trained_steps"] == "8"
 
 

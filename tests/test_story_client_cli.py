@@ -18,8 +18,20 @@ def test_cli_queues_with_story_and_seed_and_downloads_the_outputs(live_server, t
     story = tmp_path / "story.txt"
     story.write_text("[Ann]: a girl in a yellow raincoat\n[Ann] jumps in a puddle #Splash!\n[Ann] laughs #Ha")
     out = tmp_path / "out"
-    code = story_client.main([str(WORKFLOW), "--server", live_server.url, "--story", str(story), "--seed", "99",
-                              "--out", str(out), *SMALL])
+    code = story_client.main(
+        [
+            str(WORKFLOW),
+            "--server",
+            live_server.url,
+            "--story",
+            str(story),
+            "--seed",
+            "99",
+            "--out",
+            str(out),
+            *SMALL,
+        ]
+    )
     stdout, stderr = capsys.readouterr()
     assert code == 0, stderr
     files = sorted(out.iterdir())
@@ -33,20 +45,45 @@ def test_cli_queues_with_story_and_seed_and_downloads_the_outputs(live_server, t
 
 @pytest.mark.live
 def test_cli_prints_the_servers_validation_error_and_exits_1(live_server, tmp_path, capsys):
-    code = story_client.main([str(WORKFLOW), "--server", live_server.url, "--story", "[Bob]: a man\n[Bob] walks\n[Bbo] runs",
-                              "--out", str(tmp_path), *SMALL])
+    code = story_client.main(
+        [
+            str(WORKFLOW),
+            "--server",
+            live_server.url,
+            "--story",
+            "[Bob]: a man\n[Bob] walks\n[Bbo] runs",
+            "--out",
+            str(tmp_path),
+            *SMALL,
+        ]
+    )
     _, stderr = capsys.readouterr()
     assert code == 1
     assert "rejected" in stderr and "line 3" in stderr and "[Bbo]" in stderr
-    code = story_client.main([str(WORKFLOW), "--server", live_server.url, "--ckpt", "no_such_model.safetensors",
-                              "--out", str(tmp_path), *SMALL])
+    code = story_client.main(
+        [
+            str(WORKFLOW),
+            "--server",
+            live_server.url,
+            "--ckpt",
+            "no_such_model.safetensors",
+            "--out",
+            str(tmp_path),
+            *SMALL,
+        ]
+    )
     _, stderr = capsys.readouterr()
     assert code == 1 and "no_such_model.safetensors" in stderr and "ckpt_name" in stderr
     assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_refuses_ui_workflows_and_unreachable_servers(tmp_path, capsys):
-    assert story_client.main([str(ROOT / "example_workflows" / "one_character_story.json"), "--out", str(tmp_path)]) == 2
+    assert (
+        story_client.main(
+            [str(ROOT / "example_workflows" / "one_character_story.json"), "--out", str(tmp_path)]
+        )
+        == 2
+    )
     assert "UI-format" in capsys.readouterr().err
     dead = "http://127.0.0.1:9"  # the discard port: nothing listens there
     assert story_client.main([str(WORKFLOW), "--server", dead, "--out", str(tmp_path)]) == 3
@@ -60,7 +97,10 @@ def test_parameters_reach_the_right_inputs():
     assert by_type["CheckpointLoaderSimple"] == {"ckpt_name": "mine.safetensors"}
     assert by_type["StoryDiffPrompt"]["story"] == "[A]: x\n[A] y"
     assert by_type["KSampler"]["seed"] == 5 and by_type["KSampler"]["steps"] == 30
-    assert by_type["EmptyLatentImage"]["width"] == 1024 and by_type["EmptyLatentImage"]["batch_size"] == ["2", 4]
+    assert by_type["EmptyLatentImage"]["width"] == 1024 and by_type["EmptyLatentImage"]["batch_size"] == [
+        "2",
+        4,
+    ]
     assert wf == json.loads(WORKFLOW.read_text())  # the input is not modified
     same = story_client.apply_parameters(wf)
     assert same == wf

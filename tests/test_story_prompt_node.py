@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from pack_loader import submodule
 
 
@@ -23,7 +24,9 @@ def test_panels_become_one_conditioning_batch(story_prompt, tiny):
     assert story.tags == [["Bob"], [], ["Bob"]]
     assert captions == "one\n\n"
     # each row is exactly what CLIPTextEncode gives for that panel alone
-    single = clip.encode_from_tokens(clip.tokenize(node_prompt(story_prompt, story, 1, "Comic book")), return_pooled=True)
+    single = clip.encode_from_tokens(
+        clip.tokenize(node_prompt(story_prompt, story, 1, "Comic book")), return_pooled=True
+    )
     assert torch.equal(cond[1:2], single[0])
 
 

@@ -1,6 +1,7 @@
 """The Story Prompt syntax (pure, no ComfyUI)."""
 
 import pytest
+
 from pack_loader import pure
 
 syntax = pure("story.syntax")

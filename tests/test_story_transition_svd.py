@@ -6,16 +6,16 @@ with start == end and no predictor the conditioning equals core SVD_img2vid_Cond
 
 import pytest
 import torch
-from pack_loader import pure, submodule
 
 import comfy.sample
 import comfy.utils
+
+from pack_loader import pure, submodule
 
 interp = pure("motion.interpolation")
 pred = pure("motion.predictor")
 
 SIZE = 64
-
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,15 @@ def _images(n, seed=0, h=SIZE, w=SIZE):
 
 
 def _transition(node, clip_vision, vae, start, end=None, frames=3, mode="linear", **kw):
-    args = dict(width=SIZE, height=SIZE, frames=frames, interpolation=mode, motion_bucket_id=127, fps=6,
-                augmentation_level=0.0)
+    args = dict(
+        width=SIZE,
+        height=SIZE,
+        frames=frames,
+        interpolation=mode,
+        motion_bucket_id=127,
+        fps=6,
+        augmentation_level=0.0,
+    )
     args.update(kw)
     return node.StoryTransitionSVD().encode(clip_vision, vae, start, end_image=end, **args)
 
@@ -49,7 +56,9 @@ def _transition(node, clip_vision, vae, start, end=None, frames=3, mode="linear"
 def _sample(model, positive, negative, latent, steps=2, cfg=2.5):
     samples = latent["samples"]
     noise = torch.randn(samples.shape, generator=torch.Generator().manual_seed(7))
-    return comfy.sample.sample(model, noise, steps, cfg, "euler", "karras", positive, negative, samples, seed=7)
+    return comfy.sample.sample(
+        model, noise, steps, cfg, "euler", "karras", positive, negative, samples, seed=7
+    )
 
 
 def _capture_attn2(model, calls):
@@ -58,8 +67,14 @@ def _capture_attn2(model, calls):
     def record(n, context, value, extra):
         h, w = extra["activations_shape"][-2:]
         spatial = n.shape[0] == extra["activations_shape"][0] and n.shape[1] == h * w
-        calls.append({"spatial": spatial, "block": extra["block"], "context": context.detach().clone(),
-                      "cond_or_uncond": list(extra["cond_or_uncond"])})
+        calls.append(
+            {
+                "spatial": spatial,
+                "block": extra["block"],
+                "context": context.detach().clone(),
+                "cond_or_uncond": list(extra["cond_or_uncond"]),
+            }
+        )
         return n, context, value
 
     m = model.clone()
@@ -70,10 +85,12 @@ def _capture_attn2(model, calls):
 def test_frame_t_spatial_cross_attention_receives_exactly_embedding_t(svd, node):
     model, clip_vision, vae = svd
     panels = _images(3)
-    positive, negative, latent, total = _transition(node, clip_vision, vae, panels, frames=3, mode="spherical")
+    positive, negative, latent, total = _transition(
+        node, clip_vision, vae, panels, frames=3, mode="spherical"
+    )
     assert total == 5 and latent["samples"].shape == (5, 4, SIZE // 8, SIZE // 8)
     # the embeddings the node must have produced, computed independently
-    keys = torch.cat([clip_vision.encode_image(panels[i:i + 1]).image_embeds for i in range(3)]).detach()
+    keys = torch.cat([clip_vision.encode_image(panels[i : i + 1]).image_embeds for i in range(3)]).detach()
     expected, mask = interp.interpolate_keyframes(keys, interp.chain_positions(3, 3), "spherical")
     assert torch.equal(positive[0][0], expected.unsqueeze(1))
     assert len({tuple(e.tolist()) for e in expected}) == 5  # five different per-frame embeddings
@@ -89,7 +106,7 @@ def test_frame_t_spatial_cross_attention_receives_exactly_embedding_t(svd, node)
         ctx = c["context"]
         assert ctx.shape == (len(c["cond_or_uncond"]) * frames, 1, 1024)
         for chunk, label in enumerate(c["cond_or_uncond"]):
-            rows = ctx[chunk * frames:(chunk + 1) * frames, 0]
+            rows = ctx[chunk * frames : (chunk + 1) * frames, 0]
             if label == 0:  # positive: frame t sees embedding t, bit for bit
                 for t in range(frames):
                     assert torch.equal(rows[t], expected[t]), f"frame {t} at {c['block']}"
@@ -99,7 +116,7 @@ def test_frame_t_spatial_cross_attention_receives_exactly_embedding_t(svd, node)
         ctx = c["context"]
         per_chunk = ctx.shape[0] // len(c["cond_or_uncond"])
         for chunk, label in enumerate(c["cond_or_uncond"]):
-            rows = ctx[chunk * per_chunk:(chunk + 1) * per_chunk, 0]
+            rows = ctx[chunk * per_chunk : (chunk + 1) * per_chunk, 0]
             want = expected[0] if label == 0 else torch.zeros(1024)
             assert torch.equal(rows, want.expand_as(rows))
 
@@ -112,10 +129,21 @@ def test_start_equals_end_without_predictor_equals_core_svd_conditioning(svd, no
     image = _images(1, seed=3)
     frames = 4
     torch.manual_seed(11)  # core draws augmentation noise from the global generator; so does the node
-    c_pos, c_neg, c_lat = core.SVD_img2vid_Conditioning().encode(clip_vision, image, vae, SIZE, SIZE, frames, 90, 8, augmentation)
+    c_pos, c_neg, c_lat = core.SVD_img2vid_Conditioning().encode(
+        clip_vision, image, vae, SIZE, SIZE, frames, 90, 8, augmentation
+    )
     torch.manual_seed(11)
-    o_pos, o_neg, o_lat, total = _transition(node, clip_vision, vae, image, image.clone(), frames=frames,
-                                             motion_bucket_id=90, fps=8, augmentation_level=augmentation)
+    o_pos, o_neg, o_lat, total = _transition(
+        node,
+        clip_vision,
+        vae,
+        image,
+        image.clone(),
+        frames=frames,
+        motion_bucket_id=90,
+        fps=8,
+        augmentation_level=augmentation,
+    )
     assert total == frames
     for ours, theirs in ((o_pos, c_pos), (o_neg, c_neg)):
         assert len(ours) == len(theirs) == 1
@@ -135,7 +163,7 @@ def test_chain_of_panels_uses_each_transitions_start_panel_as_concat_image(svd, 
     positive, _, _, total = _transition(node, clip_vision, vae, panels[:2], panels[2:], frames=3)
     concat = positive[0][1]["concat_latent_image"]
     assert total == 5 and concat.shape[0] == 5
-    enc = [vae.encode(panels[i:i + 1]) for i in range(2)]
+    enc = [vae.encode(panels[i : i + 1]) for i in range(2)]
     for f, p in enumerate([0, 0, 1, 1, 1]):
         assert torch.equal(concat[f], enc[p][0])
 
@@ -153,8 +181,12 @@ def test_predictor_refines_inner_frames_and_untrained_one_changes_nothing(svd, n
     _, clip_vision, vae = svd
     panels = _images(2, seed=9)
     plain = _transition(node, clip_vision, vae, panels, frames=6)[0][0][0]
-    untrained = pred.SemanticMotionPredictor(pred.PredictorConfig(embed_dim=1024, width=32, depth=1, heads=2, max_frames=8))
-    assert torch.equal(_transition(node, clip_vision, vae, panels, frames=6, predictor=untrained)[0][0][0], plain)
+    untrained = pred.SemanticMotionPredictor(
+        pred.PredictorConfig(embed_dim=1024, width=32, depth=1, heads=2, max_frames=8)
+    )
+    assert torch.equal(
+        _transition(node, clip_vision, vae, panels, frames=6, predictor=untrained)[0][0][0], plain
+    )
     with torch.no_grad():
         untrained.proj_out.weight.normal_(0, 0.05)
     refined = _transition(node, clip_vision, vae, panels, frames=6, predictor=untrained)[0][0][0]
@@ -167,10 +199,23 @@ def test_predictor_refines_inner_frames_and_untrained_one_changes_nothing(svd, n
     [
         (dict(frames=1), "at least 2 frames"),
         (dict(end=None), "only one image"),
-        (dict(predictor=pred.SemanticMotionPredictor(pred.PredictorConfig(embed_dim=768, width=32, depth=1, heads=2))),
-         "768-d embeddings"),
-        (dict(frames=9, predictor=pred.SemanticMotionPredictor(pred.PredictorConfig(embed_dim=1024, width=32, depth=1, heads=2, max_frames=8))),
-         "at most 8 frames"),
+        (
+            dict(
+                predictor=pred.SemanticMotionPredictor(
+                    pred.PredictorConfig(embed_dim=768, width=32, depth=1, heads=2)
+                )
+            ),
+            "768-d embeddings",
+        ),
+        (
+            dict(
+                frames=9,
+                predictor=pred.SemanticMotionPredictor(
+                    pred.PredictorConfig(embed_dim=1024, width=32, depth=1, heads=2, max_frames=8)
+                ),
+            ),
+            "at most 8 frames",
+        ),
         (dict(interpolation="cubic"), "interpolation 'cubic'"),
     ],
 )
@@ -200,13 +245,16 @@ def test_non_svd_model_is_named_with_the_fix(svd, node, tiny):
     with pytest.raises(_story_error(), match="not Stable Video Diffusion.*Image Only Checkpoint Loader"):
         _transition(node, clip_vision, vae, image, image, model=sd15_model)
     _transition(node, clip_vision, vae, image, image, model=svd[0])  # the SVD model passes
-    assert "SVD" in node.StoryTransitionSVD.DESCRIPTION and "SD1.5/SDXL" in node.StoryTransitionSVD.DESCRIPTION
+    assert (
+        "SVD" in node.StoryTransitionSVD.DESCRIPTION and "SD1.5/SDXL" in node.StoryTransitionSVD.DESCRIPTION
+    )
 
 
 def test_clip_vision_of_the_wrong_size_is_refused(node, svd, tmp_path):
     import json
 
     import comfy.clip_vision
+
     from tiny_models import factory
 
     config = json.loads(factory.TINY_CLIP_VISION_CONFIG.read_text())

@@ -9,7 +9,9 @@ def _blocks(model, seen, family):
     """Record (block, block_index, n_heads, dim_head, context len) for every attn2 call in one step."""
 
     def record(n, context, value, extra):
-        seen.append((extra["block"], extra["block_index"], extra["n_heads"], extra["dim_head"], context.shape[-1]))
+        seen.append(
+            (extra["block"], extra["block_index"], extra["n_heads"], extra["dim_head"], context.shape[-1])
+        )
         return n, context, value
 
     m = model.clone()
@@ -22,7 +24,9 @@ def _run(model, clip, latent=(1, 4, 16, 16), steps=1):
     out = clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
     cond = [[out["cond"], {"pooled_output": out["pooled_output"]}]]
     noise = torch.randn(latent, generator=torch.Generator().manual_seed(0))
-    return comfy.sample.sample(model, noise, steps, 1.0, "euler", "normal", cond, cond, torch.zeros(latent), seed=0)
+    return comfy.sample.sample(
+        model, noise, steps, 1.0, "euler", "normal", cond, cond, torch.zeros(latent), seed=0
+    )
 
 
 def test_sdxl_shaped_layout(tiny):
@@ -31,8 +35,10 @@ def test_sdxl_shaped_layout(tiny):
     _run(_blocks(model, seen, "sdxl"), clip)
     assert len(seen) == 70  # 70 BasicTransformerBlocks, as in SDXL
     keys = sorted({b for b, *_ in seen})
-    assert keys == sorted([("input", 4), ("input", 5), ("input", 7), ("input", 8), ("middle", 0)]
-                          + [("output", i) for i in range(6)])
+    assert keys == sorted(
+        [("input", 4), ("input", 5), ("input", 7), ("input", 8), ("middle", 0)]
+        + [("output", i) for i in range(6)]
+    )
     assert {c for *_, c in seen} == {2048}
     assert {d for *_, d, _ in seen} == {64}
 

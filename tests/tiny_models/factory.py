@@ -25,42 +25,89 @@ import comfy.taesd.taesd
 
 # Small channel counts; everything else as in the real models.
 SD15_UNET = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 32,
-    "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
-    "context_dim": 768, "num_heads": 8,
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "adm_in_channels": None,
+    "in_channels": 4,
+    "model_channels": 32,
+    "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False,
+    "context_dim": 768,
+    "num_heads": 8,
     "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
 }
 
 SDXL_UNET = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
-    "model_channels": 64, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10],
-    "channel_mult": [1, 2, 4], "transformer_depth_middle": 10, "use_linear_in_transformer": True,
-    "context_dim": 2048, "num_head_channels": 64,
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "num_classes": "sequential",
+    "adm_in_channels": 2816,
+    "in_channels": 4,
+    "model_channels": 64,
+    "num_res_blocks": [2, 2, 2],
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "channel_mult": [1, 2, 4],
+    "transformer_depth_middle": 10,
+    "use_linear_in_transformer": True,
+    "context_dim": 2048,
+    "num_head_channels": 64,
     "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
 }
 
 SVD_UNET = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "num_classes": "sequential", "adm_in_channels": 768, "in_channels": 8,
-    "model_channels": 64, "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": True,
-    "context_dim": 1024, "num_head_channels": 64,
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "num_classes": "sequential",
+    "adm_in_channels": 768,
+    "in_channels": 8,
+    "model_channels": 64,
+    "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": True,
+    "context_dim": 1024,
+    "num_head_channels": 64,
     "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    "extra_ff_mix_layer": True, "use_spatial_context": True, "merge_strategy": "learned_with_images",
-    "merge_factor": 0.0, "video_kernel_size": [3, 1, 1], "use_temporal_resblock": True,
-    "use_temporal_attention": True, "disable_temporal_crossattention": False,
+    "extra_ff_mix_layer": True,
+    "use_spatial_context": True,
+    "merge_strategy": "learned_with_images",
+    "merge_factor": 0.0,
+    "video_kernel_size": [3, 1, 1],
+    "use_temporal_resblock": True,
+    "use_temporal_attention": True,
+    "disable_temporal_crossattention": False,
 }
 
 # A DiT family the pack does not patch: AuraFlow's layout (one double, one single block), width 64.
 # (The DiT families the pack patches are built by dit_factory.py.)
 AURAFLOW_DIT = {
-    "in_channels": 4, "out_channels": 4, "patch_size": 2, "dim": 64, "n_layers": 2, "n_double_layers": 1,
-    "n_heads": 2, "global_conddim": 64, "cond_seq_dim": 64, "max_seq": 32 * 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "patch_size": 2,
+    "dim": 64,
+    "n_layers": 2,
+    "n_double_layers": 1,
+    "n_heads": 2,
+    "global_conddim": 64,
+    "cond_seq_dim": 64,
+    "max_seq": 32 * 32,
 }
 
 FAMILIES = {
@@ -101,7 +148,7 @@ def _seeded_init_unet(module: torch.nn.Module, seed: int) -> None:
                 p.fill_(1.0)
             else:
                 fan_in = max(1, p[0].numel())
-                p.copy_(torch.randn(p.shape, generator=gen) * (fan_in ** -0.5))
+                p.copy_(torch.randn(p.shape, generator=gen) * (fan_in**-0.5))
 
 
 def tiny_unet(family: str = "sdxl", seed: int = 0) -> comfy.model_patcher.ModelPatcher:
@@ -126,15 +173,24 @@ def tiny_clip(family: str = "sdxl", seed: int = 0, embedding_directory=None) -> 
     passes folder_paths.get_folder_paths("embeddings") (textual-inversion files).
     """
     if family == "sd15":
-        target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
+        target = comfy.supported_models_base.ClipTarget(
+            comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel
+        )
         options = {"clip_l_model_config": dict(TINY_TEXT_LAYERS)}
     elif family == "sdxl":
-        target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
-        options = {"clip_l_model_config": dict(TINY_TEXT_LAYERS), "clip_g_model_config": dict(TINY_TEXT_LAYERS)}
+        target = comfy.supported_models_base.ClipTarget(
+            comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel
+        )
+        options = {
+            "clip_l_model_config": dict(TINY_TEXT_LAYERS),
+            "clip_g_model_config": dict(TINY_TEXT_LAYERS),
+        }
     else:
         raise ValueError(f"no text encoder for family {family!r}")
     device = torch.device("cpu")
-    options.update({"load_device": device, "offload_device": device, "initial_device": device, "dtype": torch.float32})
+    options.update(
+        {"load_device": device, "offload_device": device, "initial_device": device, "dtype": torch.float32}
+    )
     clip = comfy.sd.CLIP(target, embedding_directory=embedding_directory, model_options=options)
     _seeded_init(clip.cond_stage_model, seed + 1)
     return clip
