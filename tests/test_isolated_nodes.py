@@ -432,7 +432,11 @@ def test_story_attention_masks_node(sd15):
     )
     out, masks, preview = node.sample(model, clip, story, pos, neg, latent, **args)
     assert out["samples"].shape == (P, 4, 16, 16)
-    assert masks.shape == (P * 2, 128, 128) and preview.shape == (P, 128, 128, 3)
+    assert masks.shape == (P * 2, 128, 128)
+    # the preview carries a legend band under each panel unless it is turned off
+    assert preview.shape[0] == P and preview.shape[1] > 128 and preview.shape[2:] == (128, 3)
+    _, _, bare = node.sample(model, clip, story, pos, neg, latent, legend=False, **args)
+    assert bare.shape == (P, 128, 128, 3) and torch.equal(bare, preview[:, :128])
     assert masks[0].any() and not masks[1].any() and masks[3].any() and not masks[2].any()
     # on an Isolated Attention model it reads that node's own masks from the same run
     m = isolated(model, clip, story)
