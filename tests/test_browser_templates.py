@@ -60,6 +60,13 @@ def canvas(request, live_server):
         live_server.post("/settings", {"Comfy.VueNodes.Enabled": False})
 
 
+# The geometry probes read front end 1.32's internals: node.imgs (classic), <img> and <p> inside
+# Vue nodes, textarea placeholders. Front end 1.48 keeps previews and labels elsewhere, so there the
+# runs and screenshots happen but the geometry assertions are skipped, visibly, until ported.
+LAYOUT_PROBES_UNTIL = (1, 40)
+PROBES_NOT_PORTED = "layout probes not yet ported to front end >= 1.40"
+
+
 def open_template(browser, name: str) -> None:
     """Fetch the template as the template browser does and load it (its saved view included)."""
     browser.close_dialogs()
@@ -180,6 +187,8 @@ def test_template_previews_are_in_view_and_uncovered_after_a_run(canvas, live_se
     geo = canvas.page.evaluate(GEOMETRY, [canvas.renderer == "nodes2", image_nodes])
     shot = canvas.screenshot(name)
     print(f"[{canvas.renderer}] {name}: " + json.dumps({k: v for k, v in geo.items() if k != "covers"}))
+    if canvas.frontend_version >= LAYOUT_PROBES_UNTIL:
+        pytest.skip(PROBES_NOT_PORTED + f" (screenshot: {shot})")
     problems = []
     for nid in image_nodes:
         title = geo["nodes"][str(nid)]["title"]
@@ -236,6 +245,8 @@ def test_keep_rate_widgets_show_distinct_whole_labels(canvas):
         ["keep_rate_single", "keep single"],
     ]
     assert got["widgets"] == expected, got
+    if got["shown"] is not None and canvas.frontend_version >= LAYOUT_PROBES_UNTIL:
+        pytest.skip(PROBES_NOT_PORTED + " (the labels' names above are checked)")
     if got["shown"] is not None:
         assert got["shown"] == [[label, True] for _, label in expected], f"truncated labels: {got['shown']}"
 
