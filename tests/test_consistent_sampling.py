@@ -5,6 +5,7 @@ import torch
 
 import comfy.sample
 
+from consistent_inputs import CSA_DEFAULTS
 from pack_loader import pure, submodule
 
 ca = submodule("nodes.consistent_attention")
@@ -12,20 +13,7 @@ core = submodule("nodes.patch_core")
 unet = submodule("nodes.patch_unet")
 run_mod = submodule("attention.consistent_run")
 
-BASE = dict(
-    keep_rate_1_8=0.5,
-    keep_rate_1_16=0.5,
-    keep_rate_1_32=0.5,
-    keep_rate_1_64=0.5,
-    blocks="up",
-    warmup_steps=1,
-    start_percent=0.0,
-    end_percent=1.0,
-    apply_probability="0.7, 0.9@40",
-    window=0,
-    seed=0,
-    strength=1.0,
-)
+BASE = dict(CSA_DEFAULTS)
 ALWAYS = dict(BASE, warmup_steps=0, apply_probability="1", blocks="all")
 
 

@@ -11,25 +11,13 @@ import torch
 
 import comfy.sample
 
+from consistent_inputs import CSA_DEFAULTS
 from isolated_helpers import encode_story
 from pack_loader import submodule
 
 ca = submodule("nodes.consistent_attention")
 StoryError = submodule("nodes.common").StoryError
-ALWAYS = dict(
-    keep_rate_1_8=0.5,
-    keep_rate_1_16=0.5,
-    keep_rate_1_32=0.5,
-    keep_rate_1_64=0.5,
-    blocks="all",
-    warmup_steps=0,
-    start_percent=0.0,
-    end_percent=100.0,
-    apply_probability="1",
-    window=0,
-    seed=0,
-    strength=1.0,
-)
+ALWAYS = dict(CSA_DEFAULTS, blocks="all", warmup_steps=0, end_percent=100.0, apply_probability="1")
 STORY = """[Bob]: a man, red jacket
 [Alice]: a woman, green dress
 [Bob] waits at a bus stop

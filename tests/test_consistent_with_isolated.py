@@ -9,6 +9,7 @@
 import pytest
 import torch
 
+from consistent_inputs import CSA_DEFAULTS
 from isolated_helpers import encode_story, isolated, sample
 from pack_loader import pure, submodule
 
@@ -16,20 +17,7 @@ bank_nodes = submodule("nodes.identity_bank_nodes")
 ca = submodule("nodes.consistent_attention")
 parse_story = pure("story.syntax").parse_story
 
-CSA = dict(
-    keep_rate_1_8=0.5,
-    keep_rate_1_16=0.5,
-    keep_rate_1_32=0.5,
-    keep_rate_1_64=0.5,
-    blocks="up",
-    warmup_steps=0,
-    start_percent=0.0,
-    end_percent=100.0,
-    apply_probability="1",
-    window=0,
-    seed=0,
-    strength=1.0,
-)
+CSA = dict(CSA_DEFAULTS, warmup_steps=0, end_percent=100.0, apply_probability="1")
 IDENTITY = "[Bob]: a man with short black hair, red jacket\n[Alice]: a woman with long silver hair, green dress\n[Bob] portrait\n[Alice] portrait"
 
 

@@ -9,6 +9,7 @@ import torch
 
 import comfy.ldm.modules.attention as comfy_attention
 
+from consistent_inputs import CSA_DEFAULTS
 from isolated_helpers import encode_story, isolated, sample, with_attention_override
 from pack_loader import submodule
 from tiny_models import factory
@@ -17,20 +18,7 @@ ca = submodule("nodes.consistent_attention")
 bank_nodes = submodule("nodes.identity_bank_nodes")
 StoryError = submodule("nodes.common").StoryError
 
-CSA_ALWAYS = dict(
-    keep_rate_1_8=0.5,
-    keep_rate_1_16=0.5,
-    keep_rate_1_32=0.5,
-    keep_rate_1_64=0.5,
-    blocks="all",
-    warmup_steps=0,
-    start_percent=0.0,
-    end_percent=1.0,
-    apply_probability="1",
-    window=0,
-    seed=0,
-    strength=1.0,
-)
+CSA_ALWAYS = dict(CSA_DEFAULTS, blocks="all", warmup_steps=0, apply_probability="1")
 
 
 @pytest.fixture(scope="module")

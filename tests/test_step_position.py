@@ -12,25 +12,13 @@ import torch
 
 import comfy.sample
 
+from consistent_inputs import CSA_DEFAULTS
 from pack_loader import pure, submodule
 
 steps = pure("attention.steps")
 core = submodule("nodes.patch_core")
 ca = submodule("nodes.consistent_attention")
-ALWAYS_UP = dict(
-    keep_rate_1_8=0.5,
-    keep_rate_1_16=0.5,
-    keep_rate_1_32=0.5,
-    keep_rate_1_64=0.5,
-    blocks="up",
-    warmup_steps=1,
-    start_percent=0.0,
-    end_percent=1.0,
-    apply_probability="1",
-    window=0,
-    seed=0,
-    strength=1.0,
-)
+ALWAYS_UP = dict(CSA_DEFAULTS, apply_probability="1")
 LAYER = ("output", 3, 0)
 
 

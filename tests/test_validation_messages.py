@@ -13,22 +13,10 @@ import torch
 
 import execution
 
+from consistent_inputs import CSA_DEFAULTS
 from pack_loader import submodule
 
-CSA = dict(
-    keep_rate_1_8=0.5,
-    keep_rate_1_16=0.5,
-    keep_rate_1_32=0.5,
-    keep_rate_1_64=0.5,
-    blocks="up",
-    warmup_steps=1,
-    start_percent=0.0,
-    end_percent=1.0,
-    apply_probability="0.7, 0.9@40",
-    window=0,
-    seed=0,
-    strength=1.0,
-)
+CSA = dict(CSA_DEFAULTS)
 ISOLATED = dict(strength=1.1, reweight=1.0, start_percent=0.0, end_percent=1.0)
 MASKS = dict(
     seed=0,
