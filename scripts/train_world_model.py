@@ -372,6 +372,31 @@ def main(argv=None) -> int:
     def stop_now():
         return args.stop_after and run_steps >= args.stop_after
 
+    def descend(optimizer, loss, lr: float, clip_params=None) -> None:
+        """One optimiser step at learning rate lr (gradient norm clipped to 1 when clip_params)."""
+        for pg in optimizer.param_groups:
+            pg["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_params is not None:
+            torch.nn.utils.clip_grad_norm_(clip_params, 1.0)
+        optimizer.step()
+
+    def end_of_step(stage: str, tag: str, step: int, loss: float, total: int, window: int) -> bool:
+        """Count the step, log its loss, show progress, checkpoint when due; True when --stop-after stops."""
+        nonlocal run_steps, last_ck
+        st["step"] += 1
+        run_steps += 1
+        st["losses"].append((tag, step, loss))
+        progress(stage, st["step"], total, t0, start, float(np.mean([x[2] for x in st["losses"][-window:]])))
+        if time.time() - last_ck > args.ckpt_minutes * 60 or stop_now():
+            checkpoint()
+            last_ck = time.time()
+            if stop_now():
+                print("\nstopped (--stop-after)")
+                return True
+        return False
+
     # ---- stage 1: VAE ----
     if st["stage"] == "vae":
         t0, start = time.time(), st["step"]
@@ -383,28 +408,9 @@ def main(argv=None) -> int:
                 * (0.5 * (1 + math.cos(math.pi * step / args.vae_steps)) * 0.9 + 0.1)
             )
             loss = vae_loss(args.seed * 7919 + step, 10_000_000 + step * args.vae_batch, train_encoder=True)
-            for pg in vae_opt.param_groups:
-                pg["lr"] = lr
-            vae_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            vae_opt.step()
-            st["step"] += 1
-            run_steps += 1
-            st["losses"].append(("vae", step, loss.item()))
-            progress(
-                "vae",
-                st["step"],
-                args.vae_steps,
-                t0,
-                start,
-                float(np.mean([x[2] for x in st["losses"][-20:]])),
-            )
-            if time.time() - last_ck > args.ckpt_minutes * 60 or stop_now():
-                checkpoint()
-                last_ck = time.time()
-                if stop_now():
-                    print("\nstopped (--stop-after)")
-                    return 0
+            descend(vae_opt, loss, lr)
+            if end_of_step("vae", "vae", step, loss.item(), args.vae_steps, 20):
+                return 0
         print()
         with torch.no_grad():
             imgs, _ = images_for(range(20_000_000, 20_000_256), args.seed, args.keep)
@@ -453,41 +459,18 @@ def main(argv=None) -> int:
                 * min(1.0, (step + 1) / 100)
                 * (0.5 * (1 + math.cos(math.pi * step / args.unet_steps)) * 0.9 + 0.1)
             )
-            for pg in opt.param_groups:
-                pg["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(main_params, 1.0)
-            opt.step()
+            descend(opt, loss, lr, clip_params=main_params)
             if (
                 args.decoder_every and step % args.decoder_every == 0
             ):  # the decoder keeps learning; latents are fixed
                 dec_loss = vae_loss(
                     args.seed * 15485863 + step, 30_000_000 + step * args.vae_batch, train_encoder=False
                 )
-                for pg in vae_opt.param_groups:
-                    pg["lr"] = 5e-4 * (0.5 * (1 + math.cos(math.pi * step / args.unet_steps)) * 0.9 + 0.1)
-                vae_opt.zero_grad(set_to_none=True)
-                dec_loss.backward()
-                vae_opt.step()
+                dec_lr = 5e-4 * (0.5 * (1 + math.cos(math.pi * step / args.unet_steps)) * 0.9 + 0.1)
+                descend(vae_opt, dec_loss, dec_lr)
                 st["losses"].append(("decoder", step, dec_loss.item()))
-            st["step"] += 1
-            run_steps += 1
-            st["losses"].append(("unet", step, loss.item()))
-            progress(
-                "unet",
-                st["step"],
-                args.unet_steps,
-                t0,
-                start,
-                float(np.mean([x[2] for x in st["losses"][-50:]])),
-            )
-            if time.time() - last_ck > args.ckpt_minutes * 60 or stop_now():
-                checkpoint()
-                last_ck = time.time()
-                if stop_now():
-                    print("\nstopped (--stop-after)")
-                    return 0
+            if end_of_step("unet", "unet", step, loss.item(), args.unet_steps, 50):
+                return 0
         print()
         st["stage"], st["step"] = "decoder", 0
         checkpoint()
@@ -505,28 +488,9 @@ def main(argv=None) -> int:
                 character_weight=args.character_weight,
             )
             lr = 5e-4 * (0.5 * (1 + math.cos(math.pi * step / args.decoder_steps)) * 0.9 + 0.1)
-            for pg in vae_opt.param_groups:
-                pg["lr"] = lr
-            vae_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            vae_opt.step()
-            st["step"] += 1
-            run_steps += 1
-            st["losses"].append(("decoder3", step, loss.item()))
-            progress(
-                "decoder",
-                st["step"],
-                args.decoder_steps,
-                t0,
-                start,
-                float(np.mean([x[2] for x in st["losses"][-20:]])),
-            )
-            if time.time() - last_ck > args.ckpt_minutes * 60 or stop_now():
-                checkpoint()
-                last_ck = time.time()
-                if stop_now():
-                    print("\nstopped (--stop-after)")
-                    return 0
+            descend(vae_opt, loss, lr)
+            if end_of_step("decoder", "decoder3", step, loss.item(), args.decoder_steps, 20):
+                return 0
         print()
         st["stage"] = "done"
         checkpoint()
