@@ -26,12 +26,10 @@ One torch thread by default (--threads raises it); a CUDA device is used when pr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import math
 import os
-import random
 import sys
 import time
 import types
@@ -70,176 +68,16 @@ def progress(stage: str, step: int, total: int, t0: float, start: int, loss: flo
     )
 
 
-def images_for(indices, seed: int, keep: float):
-    """(float images [B,3,H,W] in [0,1], captions) of the world's stream at these indices."""
-    draw = _pack("story_world.draw").draw
-    item = _pack("story_world.sampling").dataset_item
-    pics, caps = [], []
-    for i in indices:
-        p, c = item(int(i), seed, keep)
-        pics.append(np.asarray(draw(p), dtype=np.float32) / 255.0)
-        caps.append(c)
-    return torch.from_numpy(np.stack(pics)).permute(0, 3, 1, 2).contiguous(), caps
-
-
-def character_masks(indices, seed: int, keep: float) -> torch.Tensor:
-    """[B,1,H,W] 1 where the characters are drawn (the picture differs from its empty scene)."""
-    draw = _pack("story_world.draw").draw
-    item = _pack("story_world.sampling").dataset_item
-    masks = []
-    for i in indices:
-        p, _ = item(int(i), seed, keep)
-        full = np.asarray(draw(p), dtype=np.int16)
-        empty = np.asarray(draw(dataclasses.replace(p, characters=())), dtype=np.int16)
-        masks.append((np.abs(full - empty).sum(-1) > 0).astype(np.float32))
-    return torch.from_numpy(np.stack(masks))[:, None]
-
-
-# ---- the thin encoder inside TAESD's encoder layout -------------------------------------------------
-ENC_WIDTH = 32  # channels used of TAESD's 64; the rest stay zero
-
-
-def thin_encoder_masks(taesd) -> None:
-    """Zero TAESD encoder's residual convs (each Block becomes a ReLU) and the unused channels;
-    gradients of those weights are masked out by freeze_hooks so they stay zero."""
-    enc = taesd.taesd_encoder
-    with torch.no_grad():
-        for m in enc.modules():
-            if m.__class__.__name__ == "Block":
-                for p in m.conv.parameters():
-                    p.zero_()
-                    p.requires_grad_(False)
-        convs = [m for m in enc if isinstance(m, torch.nn.Conv2d)]
-        for k, c in enumerate(convs):
-            w = c.weight
-            if k > 0:
-                w[:, ENC_WIDTH:] = 0
-            if k < len(convs) - 1:
-                w[ENC_WIDTH:] = 0
-                if c.bias is not None:
-                    c.bias[ENC_WIDTH:] = 0
-            mask = torch.zeros_like(w)
-            mask[: (w.shape[0] if k == len(convs) - 1 else ENC_WIDTH), : (3 if k == 0 else ENC_WIDTH)] = 1
-            c.weight.register_hook(lambda g, mask=mask: g * mask)
-            if c.bias is not None and k < len(convs) - 1:
-                bmask = torch.zeros_like(c.bias)
-                bmask[:ENC_WIDTH] = 1
-                c.bias.register_hook(lambda g, bmask=bmask: g * bmask)
-
-
-def thin_encode(taesd, x01: torch.Tensor) -> torch.Tensor:
-    """TAESD's encoder computed cheaply: only its non-zero convs and channels (equal to taesd_encoder(x))."""
-    enc = taesd.taesd_encoder
-    convs = [m for m in enc if isinstance(m, torch.nn.Conv2d)]
-    h = x01
-    for k, c in enumerate(convs):
-        last = k == len(convs) - 1
-        w = c.weight[:, :ENC_WIDTH] if k > 0 else c.weight
-        if not last:
-            w = w[:ENC_WIDTH]
-        b = None if c.bias is None else (c.bias if last else c.bias[:ENC_WIDTH])
-        h = F.conv2d(h, w, b, stride=c.stride, padding=c.padding)
-        if not last:
-            h = F.relu(h)
-    return h
-
-
-def trainable_clip_layers() -> None:
-    """ComfyUI's CLIP layers add their residuals in place (fine for inference, not for autograd);
-    for training, the same sums out of place (identical outputs)."""
-    import comfy.clip_model
-
-    def forward(self, x, mask=None, optimized_attention=None):
-        x = x + self.self_attn(self.layer_norm1(x), mask, optimized_attention)
-        return x + self.mlp(self.layer_norm2(x))
-
-    comfy.clip_model.CLIPLayer.forward = forward
-
-
-def init_weights(module: torch.nn.Module) -> None:
-    """PyTorch's default initialisation (ComfyUI's ops skip it: their weights start empty), seeded."""
-    kinds = (
-        torch.nn.Conv2d,
-        torch.nn.Conv1d,
-        torch.nn.Conv3d,
-        torch.nn.Linear,
-        torch.nn.GroupNorm,
-        torch.nn.LayerNorm,
-        torch.nn.Embedding,
-    )
-    for m in module.modules():
-        for cls in kinds:
-            if isinstance(m, cls):
-                cls.reset_parameters(m)
-                break
-
-
-def native_bf16(device: torch.device) -> bool:
-    """True where bfloat16 autocast pays: CUDA, or a CPU with bf16 instructions (AVX512-BF16 or AMX)."""
-    if device.type == "cuda":
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-class Ema:
-    """An exponential moving average of parameters (decay warms up as min(decay, (1+n)/(10+n)))."""
-
-    def __init__(self, params, decay: float):
-        self.params = list(params)
-        self.decay = decay
-        self.shadow = [p.detach().clone() for p in self.params]
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for s, p in zip(self.shadow, self.params, strict=True):
-            s.lerp_(p.detach(), 1 - d)
-
-    def state_dict(self) -> dict:
-        return {"shadow": self.shadow, "updates": self.updates}
-
-    def load_state_dict(self, state: dict) -> None:
-        for s, v in zip(self.shadow, state["shadow"], strict=True):
-            s.copy_(v)
-        self.updates = state["updates"]
-
-    @torch.no_grad()
-    def swap(self) -> None:
-        """Exchange the live weights and the averages (twice restores them)."""
-        for s, p in zip(self.shadow, self.params, strict=True):
-            tmp = p.detach().clone()
-            p.copy_(s)
-            s.copy_(tmp)
-
-
-# ---- state ------------------------------------------------------------------------------------------
-def rng_state():
-    return {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def set_rng_state(s):
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae-steps", type=int, default=250)
+    ap.add_argument("--vae-steps", type=int, default=800)
+    ap.add_argument(
+        "--vae-character-weight",
+        type=float,
+        default=4.0,
+        help="stage 1: extra loss weight of character pixels (they are small; identity lives there)",
+    )
     ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument(
         "--vae-crop",
@@ -301,20 +139,21 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     comfy_args.cpu = device.type == "cpu"
     build = _pack("world_model.build")
+    tr = _pack("world_model.training")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "state.pt"
 
     torch.manual_seed(args.seed)
     taesd = build.build_taesd().to(device)
-    init_weights(taesd)
+    tr.init_weights(taesd)
     with torch.no_grad():
         taesd.vae_scale.fill_(1.0)
         taesd.vae_shift.fill_(0.0)
-    thin_encoder_masks(taesd)
+    tr.thin_encoder_masks(taesd)
     model = build.build_unet(device=device)
     unet = model.diffusion_model
-    init_weights(unet)
+    tr.init_weights(unet)
     with torch.no_grad():  # the usual diffusion init: residual branches and the output start at zero
         for name, mod in unet.named_modules():
             if name == "out.2" or name.endswith("out_layers.3") or name.endswith("proj_out"):
@@ -322,10 +161,10 @@ def main(argv=None) -> int:
                     p.zero_()
     clip = build.build_clip(device=device)
     text = clip.cond_stage_model.clip_l
-    trainable_clip_layers()
+    tr.trainable_clip_layers()
     for p in text.transformer.parameters():  # ComfyUI's SDClipModel freezes its weights on construction
         p.requires_grad_(True)
-    init_weights(text.transformer)
+    tr.init_weights(text.transformer)
     with torch.no_grad():
         for name, p in text.transformer.named_parameters():
             if "embedding" in name:
@@ -342,8 +181,8 @@ def main(argv=None) -> int:
     vae_opt = torch.optim.AdamW(vae_params, lr=1e-3, weight_decay=0.0)
     main_params = [p for p in [*unet.parameters(), *text.transformer.parameters()] if p.requires_grad]
     opt = torch.optim.AdamW(main_params, lr=args.lr, weight_decay=0.01)
-    ema = Ema(main_params, args.ema) if args.ema else None
-    bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16(device))
+    ema = tr.Ema(main_params, args.ema) if args.ema else None
+    bf16 = args.bf16 == "on" or (args.bf16 == "auto" and tr.native_bf16(device))
     run_args = {
         k: v for k, v in vars(args).items() if k not in ("resume", "export", "stop_after", "out", "work")
     }
@@ -373,7 +212,7 @@ def main(argv=None) -> int:
         st["seconds"] = st.get("seconds_at_ck", 0.0)
         st.setdefault("args", run_args)
         st.setdefault("command", command)
-        set_rng_state(ck["rng"])
+        tr.set_rng_state(ck["rng"])
         print(f"resumed at stage {st['stage']} step {st['step']}")
 
     def checkpoint():
@@ -388,7 +227,7 @@ def main(argv=None) -> int:
                 "opt": opt.state_dict(),
                 "ema": None if ema is None else ema.state_dict(),
                 "st": st,
-                "rng": rng_state(),
+                "rng": tr.rng_state(),
             },
             tmp,
         )
@@ -410,13 +249,13 @@ def main(argv=None) -> int:
         character_weight > 0 weighs the characters' pixels 1 + character_weight times."""
         g = torch.Generator().manual_seed(gen_seed)
         indices = range(first_index, first_index + args.vae_batch)
-        imgs, _ = images_for(indices, args.seed, args.keep)
+        imgs, _ = tr.images_for(indices, args.seed, args.keep)
         imgs = imgs.to(device)
         weight = None
         if character_weight:
-            weight = 1 + character_weight * character_masks(indices, args.seed, args.keep).to(device)
+            weight = 1 + character_weight * tr.character_masks(indices, args.seed, args.keep).to(device)
         with torch.set_grad_enabled(train_encoder):
-            lat = thin_encode(taesd, imgs)  # [B,4,8,8]
+            lat = tr.thin_encode(taesd, imgs)  # [B,4,8,8]
         n, crop = lat.shape[-1], min(args.vae_crop, lat.shape[-1])
         oy = torch.randint(0, n - crop + 1, (1,), generator=g).item()
         ox = torch.randint(0, n - crop + 1, (1,), generator=g).item()
@@ -428,7 +267,7 @@ def main(argv=None) -> int:
         if weight is not None:
             w = weight[:, :, oy * 8 : (oy + crop) * 8, ox * 8 : (ox + crop) * 8]
             err = (rec - tgt).abs() + (rec - tgt).pow(2)
-            return (w * err).sum() / (w.sum() * 3)
+            return (w * err).sum() / (w.sum() * 3) + 1e-4 * lat.pow(2).mean()
         return F.l1_loss(rec, tgt) + F.mse_loss(rec, tgt) + 1e-4 * lat.pow(2).mean()
 
     def stop_now():
@@ -469,14 +308,19 @@ def main(argv=None) -> int:
                 * min(1.0, (step + 1) / 50)
                 * (0.5 * (1 + math.cos(math.pi * step / args.vae_steps)) * 0.9 + 0.1)
             )
-            loss = vae_loss(args.seed * 7919 + step, 10_000_000 + step * args.vae_batch, train_encoder=True)
+            loss = vae_loss(
+                args.seed * 7919 + step,
+                10_000_000 + step * args.vae_batch,
+                train_encoder=True,
+                character_weight=args.vae_character_weight,
+            )
             descend(vae_opt, loss, lr)
             if end_of_step("vae", "vae", step, loss.item(), args.vae_steps, 20):
                 return 0
         print()
         with torch.no_grad():
-            imgs, _ = images_for(range(20_000_000, 20_000_256), args.seed, args.keep)
-            lat = thin_encode(taesd, imgs.to(device))
+            imgs, _ = tr.images_for(range(20_000_000, 20_000_256), args.seed, args.keep)
+            lat = tr.thin_encode(taesd, imgs.to(device))
             st["latent_mean"], st["latent_std"] = float(lat.mean()), float(lat.std())
             taesd.vae_scale.fill_(k_latent * st["latent_std"])
             taesd.vae_shift.fill_(-st["latent_mean"] / (st["latent_std"] * k_latent))
@@ -503,11 +347,11 @@ def main(argv=None) -> int:
             step = st["step"]
             g = torch.Generator().manual_seed(args.seed * 104729 + step)
             idx = [step * args.batch + i for i in range(args.batch)]
-            imgs, caps = images_for(idx, args.seed, args.keep)
+            imgs, caps = tr.images_for(idx, args.seed, args.keep)
             drop = torch.rand(args.batch, generator=g) < 0.1
             caps = ["" if d else c for c, d in zip(caps, drop.tolist(), strict=True)]
             with torch.no_grad():
-                z0 = (thin_encode(taesd, imgs.to(device)) - m) / s
+                z0 = (tr.thin_encode(taesd, imgs.to(device)) - m) / s
             t = torch.randint(0, 1000, (args.batch,), generator=g)
             eps = torch.randn(z0.shape, generator=g).to(device)
             a = acp[t.to(device)].view(-1, 1, 1, 1)

@@ -1,7 +1,6 @@
 """The story world model as ComfyUI sees it: loaded by its node as MODEL, CLIP, VAE of ComfyUI's own
 classes, with a VAE that round-trips world pictures, and a model that draws what a prompt says."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -27,15 +26,6 @@ def world():
     return ev, model, clip, vae, pure("story_world.reader").load(READER)
 
 
-def _train_script():
-    spec = importlib.util.spec_from_file_location(
-        "train_world_model", ROOT / "scripts" / "train_world_model.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_shipped_weights_are_small_and_load_as_comfyui_objects(world):
     _, model, clip, vae, _ = world
     assert WEIGHTS.stat().st_size < 60e6
@@ -54,7 +44,7 @@ def test_node_names_a_missing_file():
 
 
 def test_thin_encoder_is_exactly_tae_sds_encoder():
-    train = _train_script()
+    train = submodule("world_model.training")
     build = submodule("world_model.build")
     taesd = build.build_taesd()
     train.init_weights(taesd)
