@@ -68,6 +68,46 @@ def progress(stage: str, step: int, total: int, t0: float, start: int, loss: flo
     )
 
 
+STAGES = ("vae", "unet", "decoder", "done")
+# The stage whose steps read each argument; seed and keep shape every stage's data.
+STAGE_OF = {
+    "vae_steps": "vae",
+    "vae_batch": "vae",
+    "vae_crop": "vae",
+    "vae_character_weight": "vae",
+    "unet_steps": "unet",
+    "batch": "unet",
+    "lr": "unet",
+    "decoder_every": "unet",
+    "bf16": "unet",
+    "ema": "unet",
+    "decoder_steps": "decoder",
+    "character_weight": "decoder",
+    "seed": "vae",
+    "keep": "vae",
+}
+
+
+def adopt_changed_args(st: dict, run_args: dict, command: str) -> None:
+    """A resumed run may change the arguments of stages that have not begun (or that begin now, at
+    step 0): the weights then equal a fresh run with the new arguments, whose command is recorded.
+    Changing what a stage already used raises (start afresh instead)."""
+    changed = [k for k, v in run_args.items() if st["args"].get(k) != v and k in STAGE_OF]
+    now = STAGES.index(st["stage"])
+    used = [
+        k for k in changed if STAGES.index(STAGE_OF[k]) < now or (STAGE_OF[k] == st["stage"] and st["step"])
+    ]
+    if used:
+        raise SystemExit(
+            f"error: --{used[0].replace('_', '-')} changed, but stage {STAGE_OF[used[0]]} has already run "
+            f"with {st['args'].get(used[0])}; resume with the same value or start afresh without --resume"
+        )
+    if changed or any(st["args"].get(k) != v for k, v in run_args.items()):
+        if changed:
+            print("resumed with new arguments for stages not begun: " + ", ".join(changed))
+        st["args"], st["command"] = dict(run_args), command
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
@@ -212,6 +252,8 @@ def main(argv=None) -> int:
         st["seconds"] = st.get("seconds_at_ck", 0.0)
         st.setdefault("args", run_args)
         st.setdefault("command", command)
+        if not args.export:
+            adopt_changed_args(st, run_args, command)
         tr.set_rng_state(ck["rng"])
         print(f"resumed at stage {st['stage']} step {st['step']}")
 

@@ -1,6 +1,7 @@
 """The story world trainer resumes bit-exactly: stopped and resumed (inside the VAE stage and inside the
 UNet stage) it writes the same weights as an uninterrupted run."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,23 @@ def test_interrupted_and_resumed_training_gives_identical_weights(tmp_path):
     assert a.keys() == b.keys() and {k[:4] for k in a} == {"unet", "clip", "vae."}
     differing = [k for k in a if not torch.equal(a[k], b[k])]
     assert differing == []
+
+
+@pytest.mark.slow
+def test_resume_may_change_the_steps_of_stages_not_begun(tmp_path):
+    """Stopped inside the VAE stage and resumed with another --unet-steps, the weights and the recorded
+    command are those of a fresh run with that value; changing a begun stage's argument is refused."""
+    fresh = train(tmp_path / "fresh", "--unet-steps", "2")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    parts = tmp_path / "parts"
+    assert train(parts, "--stop-after", "2").returncode == 0  # --unet-steps 3 (TINY) at the start
+    refused = train(parts, "--resume", "--vae-steps", "4")
+    assert refused.returncode != 0 and "--vae-steps changed" in refused.stderr, refused.stderr[-2000:]
+    resumed = train(parts, "--resume", "--unet-steps", "2")
+    assert resumed.returncode == 0 and "new arguments for stages not begun: unet_steps" in resumed.stdout
+    a = safetensors.torch.load_file(str(tmp_path / "fresh" / "model.safetensors"))
+    b = safetensors.torch.load_file(str(parts / "model.safetensors"))
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    with safetensors.safe_open(str(parts / "model.safetensors"), framework="pt") as f:
+        info = json.loads(f.metadata()["info"])
+    assert info["unet_steps"] == 2 and "--unet-steps 2" in info["command"]
