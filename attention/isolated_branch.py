@@ -52,6 +52,8 @@ class IsolationConfig:
     capture: str = CAPTURE_LAYERS[0]
     scene: torch.Tensor | None = None  # [1 or P, T, C] scene context, None = the sampler's positive
     characters: list = field(default_factory=list)  # per character: [1 or P, T, C] description context
+    # per character: valid tokens of each panel's row of `characters` (zero-padded rows), None = all
+    character_lengths: list = field(default_factory=list)
     identity_bank: object = None  # duck-typed: .characters, .tokens(character, sigma, layer)
     story_cond: object = None  # the Story Prompt's positive tensor: finds the story's own cond rows
 

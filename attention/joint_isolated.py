@@ -16,6 +16,10 @@ cross-attention are one softmax. Isolation therefore works on the sequence itsel
   character c's region see [seg_c | image | tail | c's references] (references re-weighted by
   log(1 + γ·â), as on UNets) and never the prompt, another segment or another character's
   references; background rows see [scene segment or prompt | image | tail].
+* **Padding** (Qwen-Image): a segment's rows may hold contexts of different lengths per panel
+  (regional prompts), zero-padded to the longest instead of tiled (tiling would put the copies at
+  later RoPE positions there); `padding` names each panel's padded columns, which every row of
+  that panel is kept from (the segment then attends exactly its own prompt).
 * **Maps**: per image row, the softmax probabilities (base mask) on the prompt's columns,
   head-averaged; the glue folds them to characters with `cross_maps.selection_matrix`.
 """
@@ -38,6 +42,7 @@ class Segments:
     prompt: int
     lengths: tuple[int, ...] = ()
     owners: tuple[int, ...] = ()  # character index per segment, SCENE for the scene prompt
+    valid: tuple[tuple[int, ...] | None, ...] = ()  # per segment: its valid length per panel (None: all)
 
     @property
     def text(self) -> int:
@@ -49,6 +54,19 @@ class Segments:
 
     def of(self, owner: int) -> slice | None:
         return next((self.span(s) for s, o in enumerate(self.owners) if o == owner), None)
+
+
+def padding(seg: Segments, panels: int, width: int, device=None) -> torch.Tensor | None:
+    """[panels, width] bool: the segments' padded key columns of each panel (None when none are)."""
+    if not any(v for v in seg.valid):
+        return None
+    out = torch.zeros(panels, width, dtype=torch.bool, device=device)
+    for s, lengths in enumerate(seg.valid):
+        if lengths:
+            span = seg.span(s)
+            for p in range(panels):
+                out[p, span.start + lengths[p % len(lengths)] : span.stop] = True
+    return out
 
 
 def base_bias(

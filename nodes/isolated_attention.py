@@ -10,10 +10,11 @@ from .character_plan import build_plan, character_contexts, conditioning_tensor,
 from .common import CATEGORY_ROOT, StoryError, check_step_window, step_window_inputs
 from .model_signature import check_bank_fits
 from .patch_core import install, require_family
-from .patch_dit import FLUX
+from .patch_dit import FLUX, QWEN_IMAGE
 from .patch_isolated import IsolatedPatch
 from .patch_isolated_dit import DiTIsolatedPatch
 from .patch_unet import UNET
+from .qwen_tokens import qwen_character_contexts, qwen_plan
 from .regional_prompts import regional_prompt_warnings
 from .user_warnings import warn
 
@@ -127,7 +128,10 @@ class IsolatedAttention:
         optional.update(GUARD_INPUTS)
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": f"The model to patch ({UNET.name}; {FLUX.name})."}),
+                "model": (
+                    "MODEL",
+                    {"tooltip": f"The model to patch ({UNET.name}; {FLUX.name}; {QWEN_IMAGE.name})."},
+                ),
                 "clip": (
                     "CLIP",
                     {
@@ -187,13 +191,16 @@ class IsolatedAttention:
         check_step_window(NODE, start_percent, end_percent)
         if strength == 0:
             return (model,)
-        dit = family is FLUX
+        dit = family in DiTIsolatedPatch.families
         if dit and identity_bank is not None:
             raise StoryError(
                 f"{NODE}: identity_bank is not read by the isolated branch on {family.name} yet "
                 "(characters use their first panel as reference there); disconnect identity_bank."
             )
-        plan = build_plan(NODE, clip, story, "t5xxl" if dit else None)
+        if family is QWEN_IMAGE:
+            plan = qwen_plan(NODE, clip, story)
+        else:
+            plan = build_plan(NODE, clip, story, "t5xxl" if family is FLUX else None)
         if not plan.names:
             raise StoryError(
                 f"{NODE}: the story declares no character; declare characters with '[Name]: description'."
@@ -207,6 +214,10 @@ class IsolatedAttention:
             if slots.get(f"character_{i}") is not None
         }
         masks = user_masks(NODE, {i - 1: slots.get(f"mask_{i}") for i in range(1, SLOTS + 1)}, story)
+        if family is QWEN_IMAGE:
+            characters, lengths = qwen_character_contexts(NODE, clip, story, overrides)
+        else:
+            characters, lengths = character_contexts(NODE, clip, story, overrides), []
         config = IsolationConfig(
             node=NODE,
             isolate=True,
@@ -214,7 +225,8 @@ class IsolatedAttention:
             gamma=float(reweight),
             steps=StepWindow(start_percent, end_percent),
             capture=CAPTURE_LAYERS[0],
-            characters=character_contexts(NODE, clip, story, overrides),
+            characters=characters,
+            character_lengths=lengths,
             scene=conditioning_tensor(NODE, "scene", scene, P) if scene is not None else None,
             identity_bank=check_identity_bank(identity_bank),
             story_cond=getattr(story, "positive", None),

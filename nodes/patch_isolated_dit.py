@@ -1,4 +1,5 @@
-"""Object Isolated Attention on Flux.1 through the seam (the math: attention/joint_isolated.py).
+"""Object Isolated Attention on Flux.1 and Qwen-Image through the seam (the math:
+attention/joint_isolated.py).
 
 * APPLY_MODEL wrapper: finds the step (by sigma), and on an isolating step (masks from the
   steps so far exist, λ ≠ 0, inside the node's window) extends the model's text input with each
@@ -8,6 +9,11 @@
   (patch_dit.block_replace): the override masks the segments out of the original branch, runs the
   isolated branch for the cond rows of panels with regions and merges λ·iso + (1−λ)·orig on the
   image rows; in the double blocks it captures the image→prompt maps of each character's tokens.
+* Qwen-Image gives text tokens sequential RoPE positions (from `txt_start` on), so appended
+  segments would sit after the prompt; its replaces hand the block (and any replace inside ours)
+  a `pe` where each segment carries the rotations of positions txt_start, txt_start + 1, ..., as
+  that prompt alone would: the first rows of the model's own text rotations (every needed one is
+  there, a segment being shorter than the whole text). Flux.1's text positions are all 0.
 * Steps that do not isolate leave the model's input and every attention call unchanged.
 """
 
@@ -19,10 +25,26 @@ import torch
 
 from ..attention.isolated_branch import IsolatedBranch, IsolationInputError, _chunk_rows
 from ..attention.isolated_merge import merge
-from ..attention.joint_isolated import SCENE, Segments, base_bias, isolated_bias, text_probabilities
+from ..attention.isolated_self import blocked_value
+from ..attention.joint_isolated import (
+    SCENE,
+    Segments,
+    base_bias,
+    isolated_bias,
+    padding,
+    text_probabilities,
+)
 from .common import StoryError
 from .patch_core import Family, LayerHook
-from .patch_dit import CALL_KEY, FLUX, attention_override, block_keys, block_replace, call_context
+from .patch_dit import (
+    CALL_KEY,
+    FLUX,
+    QWEN_IMAGE,
+    attention_override,
+    block_keys,
+    block_replace,
+    call_context,
+)
 from .patch_isolated import IsolatedPatch
 
 ISO_KEY = "storydiff_dit_isolated"  # transformer_options: this model call's IsolatedCall
@@ -35,16 +57,47 @@ class IsolatedCall:
     segments: Segments | None  # None: not isolating in this call (input unchanged)
     tokens: torch.Tensor | None  # [P, K, n] bool regions on the image grid
     masks: dict = field(default_factory=dict)  # (L, dtype, device) -> base mask, shared by the blocks
+    positions: tuple | None = None  # Qwen-Image: (the model's pe, the pe with the segments' own positions)
 
-    def base(self, length: int, appended: int, dtype, device) -> torch.Tensor:
-        key = (length, appended, dtype, str(device))
+    def base(self, length: int, appended: int, dtype, device, panels: int = 0) -> torch.Tensor:
+        """[1, 1, L, L + appended] mask of the original branch; with `panels`, [B, 1, L, ...] that
+        also keeps each row from its panel's padded segment columns (when any are padded)."""
+        key = (length, appended, dtype, str(device), panels)
         if key not in self.masks:
-            self.masks[key] = base_bias(self.segments, length, dtype, device, appended)[None, None]
+            mask = base_bias(self.segments, length, dtype, device, appended)[None, None]
+            pad = self.padded(panels, length + appended, device) if panels else None
+            if pad is not None:
+                rows = torch.arange(len(self.chunks) * panels, device=device) % panels
+                mask = mask.masked_fill(pad[rows][:, None, None], blocked_value(dtype))
+            self.masks[key] = mask
         return self.masks[key]
+
+    def padded(self, panels: int, width: int, device) -> torch.Tensor | None:
+        return padding(self.segments, panels, width, device)
+
+    def segment_positions(self, pe: torch.Tensor) -> torch.Tensor:
+        """pe [B, 1, L, ...] with each segment's rows = the first rows of the text (its own positions)."""
+        if self.positions is None or self.positions[0] is not pe:
+            seg = self.segments
+            parts = [pe[:, :, : seg.prompt], *(pe[:, :, :n] for n in seg.lengths), pe[:, :, seg.text :]]
+            self.positions = (pe, torch.cat(parts, 2))
+        return self.positions[1]
+
+
+def own_positions(replace):
+    """A Qwen-Image `dit` replace giving the segments their own text positions (see the module doc)."""
+
+    def positioned(args: dict, extra: dict) -> dict:
+        info = (args.get("transformer_options") or {}).get(ISO_KEY)
+        if info is None or info.segments is None or "pe" not in args:
+            return replace(args, extra)
+        return replace({**args, "pe": info.segment_positions(args["pe"])}, extra)
+
+    return positioned
 
 
 class DiTIsolatedPatch(IsolatedPatch):
-    families = (FLUX,)
+    families = (FLUX, QWEN_IMAGE)
 
     def __init__(self, branch: IsolatedBranch):
         super().__init__(branch)
@@ -56,6 +109,8 @@ class DiTIsolatedPatch(IsolatedPatch):
         return [LayerHook("dit", key, self._replace_for(key)) for key in keys]
 
     def _replace_for(self, key: tuple):
+        if self.family is QWEN_IMAGE:
+            return lambda previous: own_positions(block_replace(key, previous, self._override))
         return lambda previous: block_replace(key, previous, self._override)
 
     def _override(self, block, previous):
@@ -100,17 +155,18 @@ class DiTIsolatedPatch(IsolatedPatch):
         if kwargs.get("attention_mask") is not None:
             raise StoryError(
                 f"{self.node}: the positive or negative conditioning carries an attention mask (regional "
-                "conditioning), which the isolated branch on Flux replaces; remove the mask node or set "
-                "strength 0."
+                f"conditioning), which the isolated branch on {self.family.name} replaces; remove the mask "
+                "node or set strength 0."
             )
         cfg = self.branch.config
-        parts = [(k, ctx) for k, ctx in enumerate(cfg.characters)]
+        valid = list(cfg.character_lengths) + [None] * len(cfg.characters)
+        parts = [(k, ctx, valid[k]) for k, ctx in enumerate(cfg.characters)]
         if cfg.scene is not None:
-            parts.append((SCENE, cfg.scene))
+            parts.append((SCENE, cfg.scene, None))
         B = context.shape[0]
         rows = torch.arange(B) % P
-        out, lengths, owners = [context], [], []
-        for owner, ctx in parts:
+        out, lengths, owners, valids = [context], [], [], []
+        for owner, ctx, n in parts:
             ctx = ctx.to(device=context.device, dtype=context.dtype)
             if ctx.shape[-1] != context.shape[-1]:
                 raise StoryError(
@@ -120,7 +176,8 @@ class DiTIsolatedPatch(IsolatedPatch):
             out.append(ctx.expand(P, -1, -1)[rows] if ctx.shape[0] == 1 else ctx[rows])
             lengths.append(ctx.shape[1])
             owners.append(owner)
-        return torch.cat(out, 1), Segments(context.shape[1], tuple(lengths), tuple(owners))
+            valids.append(tuple(int(x) for x in n) if n else None)
+        return torch.cat(out, 1), Segments(context.shape[1], tuple(lengths), tuple(owners), tuple(valids))
 
     # ---- per attention call -----------------------------------------------------------
     def _handle(self, q, k, v, mask, block, layout, call, topts, kernel):
@@ -131,10 +188,11 @@ class DiTIsolatedPatch(IsolatedPatch):
         P, L, start, n = run.plan.panels, q.shape[2], layout.img_start, layout.img_len
         seg = info.segments
         extra = k.shape[2] - L  # keys another override appended (Consistent Self-Attention)
-        bias = None if seg is None else info.base(L, extra, q.dtype, q.device)
+        whole = q.shape[0] == P * len(info.chunks)  # else a row subset (another override's grouping)
+        bias = None if seg is None else info.base(L, extra, q.dtype, q.device, P if whole else 0)
         out = kernel(q, k, v, mask if bias is None else bias)
-        if q.shape[0] != P * len(info.chunks):  # a row subset (another override's grouping)
-            return out  # the segments stay hidden; this call is not isolated nor captured
+        if not whole:  # the segments stay hidden from the prompt and image; not isolated nor captured
+            return out
         conds = [i for i, c in enumerate(info.chunks) if c == 0]
         if block[0] == "double" and conds and run.capturing(info.step):
             try:
@@ -145,6 +203,7 @@ class DiTIsolatedPatch(IsolatedPatch):
             return out
         tok = info.tokens
         act = self.branch.activation(info.step, layout.grid, q.device)
+        pad = info.padded(P, L + extra, q.device)
         for c in conds:
             for p in range(P):
                 if not bool(tok[p].any()):
@@ -153,6 +212,8 @@ class DiTIsolatedPatch(IsolatedPatch):
                 refs = self._references(k, v, tok, act, c, P, p, start, n)
                 rk, rv, owner, a = refs
                 ib = isolated_bias(seg, L, start, tok[p], owner, a, cfg.gamma, q.dtype, extra)
+                if pad is not None:
+                    ib[:, : L + extra].masked_fill_(pad[p], blocked_value(q.dtype))
                 kk, vv = torch.cat([k[r : r + 1], rk[None]], 2), torch.cat([v[r : r + 1], rv[None]], 2)
                 iso = kernel(q[r : r + 1], kk, vv, ib[None, None])
                 out[r, start : start + n] = merge(
@@ -187,7 +248,7 @@ class DiTIsolatedPatch(IsolatedPatch):
         if bias is not None and info.segments is None:
             bias = None  # a conditioning mask: maps without it
         elif bias is not None:
-            bias = bias[0, 0]
+            bias = bias[0, 0]  # image rows: the same on every row (no segment column is seen)
         rows = _chunk_rows(conds, P, q.device).tolist()
         maps = torch.stack(
             [text_probabilities(q[r], k[r], bias, slice(start, start + n), T) @ sel[r % P] for r in rows]

@@ -74,3 +74,24 @@ def test_text_probabilities_are_the_softmax_over_allowed_columns():
     orig = cols(slice(0, T), rows)
     w = (q[0, :, rows] @ k[0, :, orig].transpose(-1, -2) / D**0.5).softmax(-1)[..., :T].mean(0)
     assert torch.allclose(got.double(), w, atol=1e-6)
+
+
+def test_padded_segment_columns_are_hidden_from_their_panel():
+    """A segment zero-padded per panel (Qwen-Image's regional prompts): with `padding` masked out,
+    its valid rows attend exactly [own valid tokens | image], and the image never sees it."""
+    seg = ji.Segments(T, (S0, S1, 2), (0, 1, ji.SCENE), ((2, 3), None, None))  # segment 0: 2 | 3 valid
+    pad = ji.padding(seg, 2, L)
+    assert pad.tolist()[0][T + 2] and pad.sum() == 1  # panel 0: its last column; panel 1: none
+    assert ji.padding(SEG, 2, L) is None
+    q, k, v = qkv(3)
+    img = slice(SEG.text, L)
+    blocked = pure("attention.isolated_self").blocked_value(torch.float64)
+    for p, used in ((0, 2), (1, 3)):
+        bias = ji.base_bias(seg, L, torch.float64).masked_fill(pad[p], blocked)
+        out = sdpa(q, k, v, bias)
+        rows = slice(T, T + used)
+        keys = cols(rows, img)
+        assert torch.allclose(out[:, :, rows], sdpa(q[:, :, rows], k[:, :, keys], v[:, :, keys]), atol=1e-12)
+        orig = cols(slice(0, T), img)
+        plain = sdpa(q[:, :, orig], k[:, :, orig], v[:, :, orig])
+        assert torch.allclose(out[:, :, orig], plain, atol=1e-12)

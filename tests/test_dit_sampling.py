@@ -160,7 +160,7 @@ def test_reference_latent_tokens_stay_own_only_on_flux_kontext_layout():
 
 
 def test_isolated_attention_on_a_dit_other_than_flux1_is_the_family_error():
-    """Isolation is built for Flux.1 only among the DiTs: Chroma is refused, naming Flux.1."""
+    """Isolation is built for Flux.1 and Qwen-Image among the DiTs: Chroma is refused, naming both."""
     from isolated_helpers import encode_story, isolated
     from tiny_models import dit_factory
 
@@ -172,6 +172,7 @@ def test_isolated_attention_on_a_dit_other_than_flux1_is_the_family_error():
     assert (
         msg.startswith("Isolated Attention") and "Flux.1" in msg and "SDXL" in msg and "supported" in msg
     ), msg
+    assert "Qwen-Image" in msg, msg
 
 
 def test_z_image_keep_rate_one_equals_dense_joint_attention_on_real_layer_calls():

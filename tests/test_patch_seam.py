@@ -186,10 +186,9 @@ def test_unsupported_family_is_a_clear_error(flux, sd15):
             call()
         msg = str(e.value)
         assert msg.startswith(node) and "AuraFlow" in msg and "SDXL" in msg and "supported" in msg, msg
-        if node != "Isolated Attention":
-            assert "Flux.1" in msg and "Qwen-Image" in msg, msg  # the DiT families are listed too
-        else:
-            assert "Flux.1" in msg and "Qwen-Image" not in msg, msg  # isolation: Flux.1 only so far
+        assert "Flux.1" in msg and "Qwen-Image" in msg, msg  # the DiT families are listed too
+        if node == "Isolated Attention":
+            assert "Chroma" not in msg, msg  # isolation: Flux.1 and Qwen-Image only so far
 
 
 def test_isolated_attention_refuses_a_video_unet(tiny, sd15):

@@ -8,9 +8,12 @@ SD3.5), but two heads and a narrow text width, so a sampling step takes millisec
 
 Text: `tiny_flux_clip()` is Flux's own text encoder pair with the real tokenizers (CLIP-L BPE and
 T5 sentencepiece, shipped with ComfyUI) and thin random layers: T5 width = the tiny models'
-`context_in_dim` (TEXT_WIDTH), CLIP-L pooled width 768 as real. The other families' text
-encoders (Qwen2.5-VL, Qwen3, Mistral, CLIP-G) would be too large even when thin, so their tests
-build CONDITIONING directly with `conditioning(family, ...)`: random [1, T, TEXT_WIDTH] token
+`context_in_dim` (TEXT_WIDTH), CLIP-L pooled width 768 as real. `tiny_qwen_image_clip()` is
+Qwen-Image's own text encoder (real Qwen2 BPE tokenizer, the chat template and the template prefix
+the context drops) whose language model is a thin random Qwen2.5 decoder without the vision tower
+(which the image path never uses for text-only prompts and which is 600M parameters even here). The
+other families' text encoders (Qwen3, Mistral, CLIP-G) would be too large even when thin, so their
+tests build CONDITIONING directly with `conditioning(family, ...)`: random [1, T, TEXT_WIDTH] token
 features plus the extra keys the family's model_base reads (pooled output, guidance).
 """
 
@@ -20,9 +23,12 @@ import torch
 
 import comfy.model_patcher
 import comfy.sd
+import comfy.sd1_clip
 import comfy.supported_models
 import comfy.supported_models_base
 import comfy.text_encoders.flux
+import comfy.text_encoders.llama
+import comfy.text_encoders.qwen_image
 
 TEXT_WIDTH = 64  # text features (T5 / LLM hidden) of the tiny models; real: 4096, 3584, 2560, 15360
 
@@ -248,6 +254,63 @@ def tiny_flux_clip(seed: int = 0) -> comfy.sd.CLIP:
     }
     clip = comfy.sd.CLIP(target, model_options=options)
     gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in clip.cond_stage_model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif p.ndim == 1:
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    return clip
+
+
+class _TinyQwen25(comfy.sd1_clip.SDClipModel):
+    """Qwen-Image's language model slot (as `Qwen25_7BVLIModel`) with the plain Qwen2.5 decoder class."""
+
+    def __init__(self, device="cpu", dtype=None, model_options=None, **kwargs):
+        super().__init__(
+            device=device,
+            layer="last",
+            layer_idx=None,
+            textmodel_json_config={},
+            dtype=dtype,
+            special_tokens={"pad": 151643},
+            layer_norm_hidden_state=False,
+            model_class=comfy.text_encoders.llama.Qwen25_3B,
+            enable_attention_masks=True,
+            return_attention_masks=True,
+            model_options=model_options or {},
+        )
+
+
+TINY_QWEN25 = {
+    "vocab_size": 152064,
+    "hidden_size": TEXT_WIDTH,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+}
+
+
+def tiny_qwen_image_clip(seed: int = 0) -> comfy.sd.CLIP:
+    """Qwen-Image's CLIP (real tokenizer and template handling) with a thin random decoder of
+    width TEXT_WIDTH: its CONDITIONING starts at the user's text, as the real one."""
+    target = comfy.supported_models_base.ClipTarget(
+        comfy.text_encoders.qwen_image.QwenImageTokenizer, comfy.text_encoders.qwen_image.QwenImageTEModel
+    )
+    device = torch.device("cpu")
+    options = {
+        "qwen25_7b_class": _TinyQwen25,
+        "qwen25_7b_model_config": dict(TINY_QWEN25),
+        "load_device": device,
+        "offload_device": device,
+        "initial_device": device,
+        "dtype": torch.float32,
+    }
+    clip = comfy.sd.CLIP(target, model_options=options)
+    gen = torch.Generator().manual_seed(seed + 3)
     with torch.no_grad():
         for name, p in clip.cond_stage_model.named_parameters():
             if name.endswith("bias"):
