@@ -88,15 +88,23 @@ STAGE_OF = {
 }
 
 
-def adopt_changed_args(st: dict, run_args: dict, command: str) -> None:
+def adopt_changed_args(st: dict, run_args: dict, command: str, reschedule: bool = False) -> None:
     """A resumed run may change the arguments of stages that have not begun (or that begin now, at
     step 0): the weights then equal a fresh run with the new arguments, whose command is recorded.
-    Changing what a stage already used raises (start afresh instead)."""
+    With reschedule, the step count of the stage under way may change too: the recorded command is
+    then the earlier one stopped here (--stop-after) followed by this one. Changing anything else a
+    stage already used raises (start afresh instead)."""
     changed = [k for k, v in run_args.items() if st["args"].get(k) != v and k in STAGE_OF]
     now = STAGES.index(st["stage"])
-    used = [
-        k for k in changed if STAGES.index(STAGE_OF[k]) < now or (STAGE_OF[k] == st["stage"] and st["step"])
-    ]
+    begun = [k for k in changed if STAGES.index(STAGE_OF[k]) < now]
+    under_way = [k for k in changed if k not in begun and STAGE_OF[k] == st["stage"] and st["step"]]
+    if reschedule and not begun and under_way == [f"{st['stage']}_steps"]:
+        steps_done = st["step"] + sum(st["args"][f"{stage}_steps"] for stage in STAGES[:now])
+        chain = f"{st['command']} --stop-after {steps_done} && {command} --resume --reschedule"
+        print(f"rescheduled: {under_way[0]} {st['args'][under_way[0]]} -> {run_args[under_way[0]]}")
+        st["args"], st["command"] = dict(run_args), chain
+        return
+    used = begun + under_way
     if used:
         raise SystemExit(
             f"error: --{used[0].replace('_', '-')} changed, but stage {STAGE_OF[used[0]]} has already run "
@@ -161,6 +169,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "models" / "story_world" / "story_world.safetensors"))
     ap.add_argument("--resume", action="store_true")
     ap.add_argument(
+        "--reschedule",
+        action="store_true",
+        help="with --resume: allow a new step count for the stage under way (its schedule changes from "
+        "here; the recorded command becomes the two commands that reproduce the weights)",
+    )
+    ap.add_argument(
         "--export",
         action="store_true",
         help="only write --out from the last checkpoint (e.g. a preview mid-run)",
@@ -224,7 +238,9 @@ def main(argv=None) -> int:
     ema = tr.Ema(main_params, args.ema) if args.ema else None
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and tr.native_bf16(device))
     run_args = {
-        k: v for k, v in vars(args).items() if k not in ("resume", "export", "stop_after", "out", "work")
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("resume", "reschedule", "export", "stop_after", "out", "work")
     }
     command = "scripts/train_world_model.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in run_args.items() if v != ap.get_default(k)
@@ -253,7 +269,7 @@ def main(argv=None) -> int:
         st.setdefault("args", run_args)
         st.setdefault("command", command)
         if not args.export:
-            adopt_changed_args(st, run_args, command)
+            adopt_changed_args(st, run_args, command, args.reschedule)
         tr.set_rng_state(ck["rng"])
         print(f"resumed at stage {st['stage']} step {st['step']}")
 

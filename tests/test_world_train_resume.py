@@ -77,3 +77,27 @@ def test_resume_may_change_the_steps_of_stages_not_begun(tmp_path):
     with safetensors.safe_open(str(parts / "model.safetensors"), framework="pt") as f:
         info = json.loads(f.metadata()["info"])
     assert info["unet_steps"] == 2 and "--unet-steps 2" in info["command"]
+
+
+@pytest.mark.slow
+def test_a_rescheduled_stage_records_the_commands_that_reproduce_it(tmp_path):
+    """--reschedule changes the step count of the stage under way; the recorded command (the first run
+    stopped there, then the resumed one) run afresh gives the same weights."""
+    first = tmp_path / "first"
+    assert train(first, "--stop-after", "4").returncode == 0  # 3 VAE steps + 1 UNet step of 3
+    refused = train(first, "--resume", "--unet-steps", "2")
+    assert refused.returncode != 0 and "--unet-steps changed" in refused.stderr
+    resumed = train(first, "--resume", "--unet-steps", "2", "--reschedule")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "rescheduled: unet_steps 3 -> 2" in resumed.stdout
+    with safetensors.safe_open(str(first / "model.safetensors"), framework="pt") as f:
+        command = json.loads(f.metadata()["info"])["command"]
+    again = tmp_path / "again"
+    for part in command.split(" && "):
+        words = part.split()
+        assert words[0] == "scripts/train_world_model.py"
+        run = train(again, *words[1:])
+        assert run.returncode == 0, run.stderr[-2000:]
+    a = safetensors.torch.load_file(str(first / "model.safetensors"))
+    b = safetensors.torch.load_file(str(again / "model.safetensors"))
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
