@@ -30,6 +30,7 @@ import importlib
 import json
 import math
 import os
+import re
 import sys
 import time
 import types
@@ -100,7 +101,9 @@ def adopt_changed_args(st: dict, run_args: dict, command: str, reschedule: bool 
     under_way = [k for k in changed if k not in begun and STAGE_OF[k] == st["stage"] and st["step"]]
     if reschedule and not begun and under_way == [f"{st['stage']}_steps"]:
         steps_done = st["step"] + sum(st["args"][f"{stage}_steps"] for stage in STAGES[:now])
-        chain = f"{st['command']} --stop-after {steps_done} && {command} --resume --reschedule"
+        # --stop-after counts the steps of one run: the earlier runs of the chain stopped after theirs
+        earlier = sum(int(w) for w in re.findall(r"--stop-after (\d+)", st["command"]))
+        chain = f"{st['command']} --stop-after {steps_done - earlier} && {command} --resume --reschedule"
         print(f"rescheduled: {under_way[0]} {st['args'][under_way[0]]} -> {run_args[under_way[0]]}")
         st["args"], st["command"] = dict(run_args), chain
         return

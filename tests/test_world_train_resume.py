@@ -81,15 +81,17 @@ def test_resume_may_change_the_steps_of_stages_not_begun(tmp_path):
 
 @pytest.mark.slow
 def test_a_rescheduled_stage_records_the_commands_that_reproduce_it(tmp_path):
-    """--reschedule changes the step count of the stage under way; the recorded command (the first run
-    stopped there, then the resumed one) run afresh gives the same weights."""
+    """--reschedule changes the step count of the stage under way; the recorded command (each run stopped
+    where the next one rescheduled, then the last) run afresh gives the same weights."""
     first = tmp_path / "first"
     assert train(first, "--stop-after", "4").returncode == 0  # 3 VAE steps + 1 UNet step of 3
     refused = train(first, "--resume", "--unet-steps", "2")
     assert refused.returncode != 0 and "--unet-steps changed" in refused.stderr
-    resumed = train(first, "--resume", "--unet-steps", "2", "--reschedule")
+    mid = train(first, "--resume", "--unet-steps", "5", "--reschedule", "--stop-after", "1")
+    assert mid.returncode == 0 and "rescheduled: unet_steps 3 -> 5" in mid.stdout, mid.stderr[-2000:]
+    resumed = train(first, "--resume", "--unet-steps", "4", "--reschedule")  # twice: a chain of three
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "rescheduled: unet_steps 3 -> 2" in resumed.stdout
+    assert "rescheduled: unet_steps 5 -> 4" in resumed.stdout
     with safetensors.safe_open(str(first / "model.safetensors"), framework="pt") as f:
         command = json.loads(f.metadata()["info"])["command"]
     again = tmp_path / "again"
