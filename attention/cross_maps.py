@@ -61,7 +61,12 @@ def phrase_occurrences(prompt: list[tuple], phrase: list) -> list[list[int]]:
 
 
 def selection_matrix(
-    positions: list[list[list[int]]], lengths: list[int], context_len: int, dtype=torch.float32, device=None
+    positions: list[list[list[int]]],
+    lengths: list[int],
+    context_len: int,
+    dtype=torch.float32,
+    device=None,
+    period: int | None = None,
 ) -> torch.Tensor:
     """[P, T, K] weights mapping context columns to per-character map values.
 
@@ -69,14 +74,16 @@ def selection_matrix(
     lengths[p]); context_len T must be a multiple of every lengths[p] (ComfyUI tiles to the LCM).
     Column j + r·L gets 1/len(positions[p][k]) for every repetition r: summing over the copies
     gives the original token's probability, the 1/n averages over sub-tokens. An empty list
-    (character not in that panel) gives an all-zero column.
+    (character not in that panel) gives an all-zero column. `period`: every panel's context was
+    zero-padded on the right to `period` tokens (>= its length) before any tiling, so the copies
+    recur every `period` columns and the padding is never selected.
     """
     P = len(positions)
     K = max((len(p) for p in positions), default=0)
     sel = torch.zeros(P, context_len, K, dtype=dtype, device=device)
     for p, chars in enumerate(positions):
-        L = lengths[p]
-        if context_len % L:
+        L = lengths[p] if period is None else period
+        if context_len % L or lengths[p] > L:
             raise ValueError(
                 f"context length {context_len} is not a multiple of panel {p}'s prompt length {L}"
             )

@@ -125,12 +125,16 @@ class IsolatedBranch:
             self._proj[ck] = (module.to_k(rows), module.to_v(rows))
         return self._proj[ck]
 
-    def selection(self, T: int, device) -> torch.Tensor:
-        key = (T, str(device))
+    def selection(self, T: int, device, period: int | None = None) -> torch.Tensor:
+        """[P, T, K] (cross_maps.selection_matrix); `period`: the panels' contexts are zero-padded
+        to that many tokens (a joint-attention DiT's Story Prompt batch), else tiled."""
+        key = (T, str(device), period)
         if key not in self._sel:
             try:
                 plan = self.run.plan
-                self._sel[key] = selection_matrix(plan.positions, plan.lengths, T, device=device)
+                self._sel[key] = selection_matrix(
+                    plan.positions, plan.lengths, T, device=device, period=period
+                )
             except ValueError:
                 raise IsolationInputError(
                     f"{self.config.node}: the positive conditioning does not come from the story's prompts "

@@ -20,6 +20,11 @@ cross-attention are one softmax. Isolation therefore works on the sequence itsel
   (regional prompts), zero-padded to the longest instead of tiled (tiling would put the copies at
   later RoPE positions there); `padding` names each panel's padded columns, which every row of
   that panel is kept from (the segment then attends exactly its own prompt).
+* **Text padding** (Qwen-Image on a host that passes the conditioning's text mask): the Story
+  Prompt zero-pads panels of different lengths to the longest, on the right, with a mask
+  (`text_lengths` reads each panel's real length from it). The mask is extended over the
+  segments (`extend_text_mask`: a segment's own padding masked too) and added to both branches'
+  masks (`with_key_mask`), so no row attends its panel's padding, as the host's blocks do alone.
 * **Maps**: per image row, the softmax probabilities (base mask) on the prompt's columns,
   head-averaged; the glue folds them to characters with `cross_maps.selection_matrix`.
 """
@@ -67,6 +72,60 @@ def padding(seg: Segments, panels: int, width: int, device=None) -> torch.Tensor
             for p in range(panels):
                 out[p, span.start + lengths[p % len(lengths)] : span.stop] = True
     return out
+
+
+PADDING_BELOW = -1e4  # an additive text-mask value at or below this is padding (its exp() is 0)
+
+
+def text_lengths(mask: torch.Tensor) -> list[int] | None:
+    """Per row of a text attention mask [B, T] (bool or integer: 1 = token, 0 = padding; float:
+    additive, 0 = token, very negative = padding): its number of tokens when the row is tokens
+    then padding (a prompt zero-padded on the right), else None (not a text padding mask)."""
+    if mask.ndim != 2:
+        return None
+    if mask.is_floating_point():
+        keep = mask == 0
+        if not bool((keep | (mask <= PADDING_BELOW)).all()):
+            return None
+    else:
+        keep = mask != 0
+        if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+            return None
+    n = keep.sum(1)
+    if not torch.equal(torch.arange(mask.shape[1], device=mask.device)[None] < n[:, None], keep):
+        return None
+    return [int(x) for x in n.tolist()]
+
+
+def extend_text_mask(mask: torch.Tensor, seg: Segments, panels: int) -> torch.Tensor:
+    """The prompt's text mask [B, T] (convention of `text_lengths`) extended over the segments,
+    [B, seg.text]: a segment's tokens kept, its padding in the row's panel (`padding`) not."""
+    keep = torch.ones(mask.shape[0], seg.text - seg.prompt, dtype=torch.bool, device=mask.device)
+    pad = padding(seg, panels, seg.text, mask.device)
+    if pad is not None:
+        keep &= ~pad[torch.arange(mask.shape[0], device=mask.device) % panels][:, seg.prompt :]
+    if mask.is_floating_point():
+        ext = torch.zeros(keep.shape, dtype=mask.dtype, device=mask.device)
+        ext = ext.masked_fill(~keep, torch.finfo(mask.dtype).min)
+    else:
+        ext = keep.to(mask.dtype)
+    return torch.cat([mask, ext], 1)
+
+
+def with_key_mask(bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """`bias` [b, 1, L, Lk] plus the attention call's own mask (the host's text padding: [B, Lk']
+    broadcast as the host's kernel does, [B, Lq or 1, Lk'] or [B, H, Lq, Lk']; bool: True = attend),
+    clamped to the blocked value; key columns past the mask's width are left as they are."""
+    if mask is None:
+        return bias
+    m = mask[None, None] if mask.ndim == 2 else mask.unsqueeze(1) if mask.ndim == 3 else mask
+    blocked = blocked_value(bias.dtype)
+    if m.dtype == torch.bool:
+        m = torch.zeros(m.shape, dtype=bias.dtype, device=bias.device).masked_fill(~m, blocked)
+    m = m.to(device=bias.device, dtype=bias.dtype)
+    if m.shape[-1] < bias.shape[-1]:
+        m = torch.nn.functional.pad(m, (0, bias.shape[-1] - m.shape[-1]))
+    return (bias + m).clamp_min(blocked)
 
 
 def base_bias(
@@ -138,9 +197,9 @@ def isolated_bias(
 
 def text_probabilities(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, rows: slice, cols: int):
     """Head-averaged softmax probabilities [n, cols] of query rows `rows` on the first `cols` key
-    columns; q, k [H, L, D] of one sequence, bias [L, L] (additive) or None."""
+    columns; q, k [H, L, D] of one sequence, bias [L or 1, Lk] (additive) or None."""
     scale = q.shape[-1] ** -0.5
     logits = (q[:, rows].float() @ k.float().transpose(-1, -2)) * scale
     if bias is not None:
-        logits = logits + bias[rows].float()
+        logits = logits + (bias if bias.shape[0] == 1 else bias[rows]).float()
     return logits.softmax(-1)[..., :cols].mean(0)

@@ -14,6 +14,11 @@ attention/joint_isolated.py).
   a `pe` where each segment carries the rotations of positions txt_start, txt_start + 1, ..., as
   that prompt alone would: the first rows of the model's own text rotations (every needed one is
   there, a segment being shorter than the whole text). Flux.1's text positions are all 0.
+* Panels of different prompt lengths (Qwen-Image): the Story Prompt zero-pads them on the right
+  with a text `attention_mask`; the plan keeps each panel's real length (the maps select its
+  tokens only), and where the host passes the mask to the model it is checked against the story,
+  extended over the segments (their padding masked too) and added to both branches' masks, so no
+  row attends its panel's padding, as without the node.
 * Steps that do not isolate leave the model's input and every attention call unchanged.
 """
 
@@ -30,9 +35,12 @@ from ..attention.joint_isolated import (
     SCENE,
     Segments,
     base_bias,
+    extend_text_mask,
     isolated_bias,
     padding,
+    text_lengths,
     text_probabilities,
+    with_key_mask,
 )
 from .common import StoryError
 from .patch_core import Family, LayerHook
@@ -58,6 +66,7 @@ class IsolatedCall:
     tokens: torch.Tensor | None  # [P, K, n] bool regions on the image grid
     masks: dict = field(default_factory=dict)  # (L, dtype, device) -> base mask, shared by the blocks
     positions: tuple | None = None  # Qwen-Image: (the model's pe, the pe with the segments' own positions)
+    padded_text: bool = False  # the call's attention mask is the text padding of the story's prompts
 
     def base(self, length: int, appended: int, dtype, device, panels: int = 0) -> torch.Tensor:
         """[1, 1, L, L + appended] mask of the original branch; with `panels`, [B, 1, L, ...] that
@@ -132,11 +141,21 @@ class DiTIsolatedPatch(IsolatedPatch):
         step = run.step(topts["sigmas"], topts.get("sample_sigmas"))
         call = call_context(self.dm, x, context)
         segments, tokens = None, None
+        mask = kwargs.get("attention_mask")
+        text = self._text_mask(mask, context, chunks, P) if mask is not None and 0 in chunks else None
         if 0 in chunks and branch._isolating(step):
             masks = run.masks(step, call.grid, x.device)
             if masks is not None and bool(masks.any()):
+                if mask is not None and text is None:
+                    raise StoryError(
+                        f"{self.node}: the positive or negative conditioning carries an attention mask "
+                        f"(regional conditioning), which the isolated branch on {self.family.name} replaces; "
+                        "remove the mask node or set strength 0."
+                    )
                 tokens = branch.tokens(step, masks, call.grid)
-                context, segments = self._extend(context, kwargs, P)
+                context, segments = self._extend(context, P)
+                if text is not None:  # the host masks the text it is given: the segments' too
+                    kwargs["attention_mask"] = extend_text_mask(text, segments, P)
                 call = call_context(self.dm, x, context)
         if len(args) > 3:
             args[3] = context
@@ -144,20 +163,34 @@ class DiTIsolatedPatch(IsolatedPatch):
             kwargs["c_crossattn"] = context
         options = self.inject(topts)
         options[CALL_KEY] = call
-        options[ISO_KEY] = IsolatedCall(step, chunks, segments, tokens)
+        options[ISO_KEY] = IsolatedCall(step, chunks, segments, tokens, padded_text=text is not None)
         if len(args) > 5:
             args[5] = options
         else:
             kwargs["transformer_options"] = options
         return executor(*args, **kwargs)
 
-    def _extend(self, context: torch.Tensor, kwargs: dict, P: int) -> tuple[torch.Tensor, Segments]:
-        if kwargs.get("attention_mask") is not None:
-            raise StoryError(
-                f"{self.node}: the positive or negative conditioning carries an attention mask (regional "
-                f"conditioning), which the isolated branch on {self.family.name} replaces; remove the mask "
-                "node or set strength 0."
-            )
+    def _text_mask(self, mask: torch.Tensor, context: torch.Tensor, chunks: list, P: int):
+        """The call's mask as [B, T] when it is the text padding of the story's prompts (the Story
+        Prompt pads panels of different lengths on the right); None for any other mask."""
+        lengths = text_lengths(mask) if mask.shape[-1] == context.shape[1] else None
+        if lengths is None:
+            return None
+        B = context.shape[0]
+        if len(lengths) == 1 and B > 1:
+            mask, lengths = mask.expand(B, -1), lengths * B
+        story = self.branch.run.plan.lengths
+        for c, label in enumerate(chunks):
+            got = lengths[c * P : (c + 1) * P]
+            if label == 0 and got != list(story):
+                raise StoryError(
+                    f"{self.node}: the positive conditioning does not come from the story's prompts (its "
+                    f"text mask gives the panels {got} tokens, the story's prompts encode to {list(story)}); "
+                    "connect the Story Prompt's positive output to the sampler."
+                )
+        return mask
+
+    def _extend(self, context: torch.Tensor, P: int) -> tuple[torch.Tensor, Segments]:
         cfg = self.branch.config
         valid = list(cfg.character_lengths) + [None] * len(cfg.characters)
         parts = [(k, ctx, valid[k]) for k, ctx in enumerate(cfg.characters)]
@@ -190,13 +223,15 @@ class DiTIsolatedPatch(IsolatedPatch):
         extra = k.shape[2] - L  # keys another override appended (Consistent Self-Attention)
         whole = q.shape[0] == P * len(info.chunks)  # else a row subset (another override's grouping)
         bias = None if seg is None else info.base(L, extra, q.dtype, q.device, P if whole else 0)
+        if bias is not None:  # the call's own mask (the host's text padding) kept
+            bias = with_key_mask(bias, mask)
         out = kernel(q, k, v, mask if bias is None else bias)
         if not whole:  # the segments stay hidden from the prompt and image; not isolated nor captured
             return out
         conds = [i for i, c in enumerate(info.chunks) if c == 0]
         if block[0] == "double" and conds and run.capturing(info.step):
             try:
-                self._capture(q, k, bias if bias is not None else mask, conds, P, start, n, layout.grid, info)
+                self._capture(q, k, bias, mask, conds, P, start, n, layout.grid, info)
             except IsolationInputError as e:
                 raise StoryError(str(e)) from None
         if seg is None or cfg.lam == 0:
@@ -214,6 +249,8 @@ class DiTIsolatedPatch(IsolatedPatch):
                 ib = isolated_bias(seg, L, start, tok[p], owner, a, cfg.gamma, q.dtype, extra)
                 if pad is not None:
                     ib[:, : L + extra].masked_fill_(pad[p], blocked_value(q.dtype))
+                if mask is not None:  # the row's own mask (its prompt's padding)
+                    ib[:, : L + extra] = with_key_mask(ib[None, None, :, : L + extra], _row(mask, r))[0, 0]
                 kk, vv = torch.cat([k[r : r + 1], rk[None]], 2), torch.cat([v[r : r + 1], rv[None]], 2)
                 iso = kernel(q[r : r + 1], kk, vv, ib[None, None])
                 out[r, start : start + n] = merge(
@@ -242,16 +279,30 @@ class DiTIsolatedPatch(IsolatedPatch):
             return e, e, torch.zeros(0, dtype=torch.long, device=k.device), None
         return torch.cat(ks, 1), torch.cat(vs, 1), torch.cat(owner), torch.cat(acts)
 
-    def _capture(self, q, k, bias, conds, P, start, n, grid, info: IsolatedCall) -> None:
+    def _capture(self, q, k, bias, mask, conds, P, start, n, grid, info: IsolatedCall) -> None:
+        """Adds the image→prompt maps of the story's characters; `bias`: the call's [b, 1, L, Lk] mask
+        (segments), else the host's text padding `mask` is used (any other conditioning mask is not)."""
         T = info.segments.prompt if info.segments is not None else start
-        sel = self.branch.selection(T, q.device)  # [P, T, K]
-        if bias is not None and info.segments is None:
-            bias = None  # a conditioning mask: maps without it
-        elif bias is not None:
-            bias = bias[0, 0]  # image rows: the same on every row (no segment column is seen)
+        plan = self.branch.run.plan
+        sel = self.branch.selection(T, q.device, max(plan.lengths))  # [P, T, K]: contexts padded, not tiled
+        if bias is None and mask is not None and info.padded_text:
+            bias = with_key_mask(q.new_zeros(1, 1, 1, k.shape[2]), mask)
         rows = _chunk_rows(conds, P, q.device).tolist()
         maps = torch.stack(
-            [text_probabilities(q[r], k[r], bias, slice(start, start + n), T) @ sel[r % P] for r in rows]
+            [
+                text_probabilities(q[r], k[r], _row_bias(bias, r), slice(start, start + n), T) @ sel[r % P]
+                for r in rows
+            ]
         )  # [C·P, n, K]
         maps = maps.reshape(len(conds), P, n, -1).mean(0).transpose(1, 2).reshape(P, -1, *grid)
         self.branch.run.add_maps(info.step, maps, grid)
+
+
+def _row(mask: torch.Tensor, r: int) -> torch.Tensor:
+    """Batch row r of an attention call's mask (a mask without rows is every row's)."""
+    return mask[r : r + 1] if mask.ndim >= 3 and mask.shape[0] > 1 else mask
+
+
+def _row_bias(bias: torch.Tensor | None, r: int) -> torch.Tensor | None:
+    """Row r of a [b, 1, Lq or 1, Lk] bias as [Lq or 1, Lk]."""
+    return None if bias is None else bias[r if bias.shape[0] > 1 else 0, 0]

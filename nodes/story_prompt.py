@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..story.styles import NO_STYLE, STYLES, apply_style
 from ..story.syntax import Story, StorySyntaxError, parse_story
 from .common import CATEGORY_ROOT, StoryError
+from .text_batching import batch_contexts, text_family, unequal_warning
+from .user_warnings import warn
 
 EXAMPLE_STORY = """[Bob]: a man with short black hair, wearing a red jacket and jeans
 [Bob] wakes up in a small flat, morning light #Monday again.
@@ -17,18 +17,13 @@ EXAMPLE_STORY = """[Bob]: a man with short black hair, wearing a red jacket and 
 [Bob] smiles on a hill at sunset #Time for a change."""
 
 
-def tile_tokens(cond: torch.Tensor, length: int) -> torch.Tensor:
-    """Repeat a [1, T, C] context along tokens up to `length` (a multiple of T).
-
-    Repeating every key/value pair leaves attention unchanged (softmax weights split evenly
-    over duplicates), which is how ComfyUI itself batches contexts of different lengths.
-    """
-    reps = length // cond.shape[1]
-    return cond.repeat(1, reps, 1) if reps > 1 else cond
-
-
 def encode_batch(clip, texts: list[str]) -> list:
-    """Encode texts through the user's CLIP into one CONDITIONING entry of batch len(texts)."""
+    """Encode texts through the user's CLIP into one CONDITIONING entry of batch len(texts).
+
+    Contexts of different lengths are batched as the CLIP's family needs (nodes/text_batching.py):
+    tiled for cross-attention, padded with a text `attention_mask` for joint-attention DiTs, with
+    a logged warning where the host's model ignores that mask.
+    """
     conds, pooled, extras = [], [], None
     for text in texts:
         out = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True, return_dict=True)
@@ -36,9 +31,16 @@ def encode_batch(clip, texts: list[str]) -> list:
         p = out.pop("pooled_output", None)
         pooled.append(p)
         extras = out if extras is None else extras
-    length = math.lcm(*[c.shape[1] for c in conds])
-    cond = torch.cat([tile_tokens(c, length) for c in conds], dim=0)
+    family = text_family(clip)
+    cond, mask = batch_contexts(conds, family)
     meta = dict(extras or {})
+    if family.side != "tile":  # one panel's own mask never describes the batch
+        meta.pop("attention_mask", None)
+        if mask is not None:
+            meta["attention_mask"] = mask
+            message = unequal_warning(family, [c.shape[1] for c in conds])
+            if message:
+                warn("Story Prompt", message)
     if all(p is not None for p in pooled):
         meta["pooled_output"] = torch.cat(pooled, dim=0)
     return [[cond, meta]]

@@ -1,6 +1,7 @@
 """The joint-attention isolation masks (attention/joint_isolated.py) against attention written
 directly on the sub-sequences each row is meant to see."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -95,3 +96,46 @@ def test_padded_segment_columns_are_hidden_from_their_panel():
         orig = cols(slice(0, T), img)
         plain = sdpa(q[:, :, orig], k[:, :, orig], v[:, :, orig])
         assert torch.allclose(out[:, :, orig], plain, atol=1e-12)
+
+
+def test_text_padding_masks_are_read_extended_and_kept():
+    """A right-padded text mask gives each row's real length (any other mask: None); extended over
+    segments it keeps their tokens and masks their per-panel padding; added to a branch's mask, the
+    padded columns get no weight while the rest of the row is unchanged."""
+    ones = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert ji.text_lengths(ones) == [3, 5]
+    assert ji.text_lengths(ones.bool()) == [3, 5]
+    assert ji.text_lengths((ones - 1).float() * torch.finfo(torch.float32).max) == [3, 5]
+    assert ji.text_lengths(torch.tensor([[1, 0, 1, 0, 0]])) is None  # a hole: not padding
+    assert ji.text_lengths(torch.tensor([[0, 0, 1, 1, 1]])) is None  # left padding
+    assert ji.text_lengths(torch.tensor([[0.0, -0.5, 0.0]])) is None  # a soft bias
+    assert ji.text_lengths(torch.ones(2, 4, 5)) is None  # not [B, T]
+    seg = ji.Segments(5, (4, 2), (0, 1), ((4, 2), None))
+    ext = ji.extend_text_mask(ones, seg, 2)
+    assert ext.tolist() == [[1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1]]
+    floats = ji.extend_text_mask((ones - 1).float() * 1e38, seg, 2)
+    assert torch.equal(floats == 0, ext.bool())
+    q, k, v = (torch.randn(2, H, seg.text + N, D, dtype=torch.float64) for _ in range(3))
+    base = ji.base_bias(seg, seg.text + N, torch.float64)[None, None]
+    host = (ji.extend_text_mask(ones, seg, 2) - 1).double() * torch.finfo(torch.float64).max
+    bias = ji.with_key_mask(base, host[:, None])  # the host's [B, 1, Lk]
+    assert torch.isfinite(bias).all()
+    w = ((q @ k.transpose(-1, -2)) * D**-0.5 + bias).softmax(-1)
+    assert w[0, ..., 3:5].abs().sum() == 0 and w[1, ..., 7:9].abs().sum() == 0
+    ref = ((q[1:] @ k[1:].transpose(-1, -2)) * D**-0.5 + base).softmax(-1)
+    kept = torch.ones(seg.text + N, dtype=torch.bool)
+    kept[7:9] = False
+    assert torch.allclose(ref[..., kept] / ref[..., kept].sum(-1, keepdim=True), w[1:][..., kept])
+
+
+def test_selection_of_padded_contexts_selects_real_tokens_only():
+    cm = pure("attention.cross_maps")
+    positions = [[[0], [2]], [[1], []]]
+    padded = cm.selection_matrix(positions, [3, 6], 12, period=6)  # padded to 6, tiled twice
+    assert padded[0, :, 0].nonzero().flatten().tolist() == [0, 6]  # not 3, 9: padding of panel 0
+    assert padded[0, :, 1].nonzero().flatten().tolist() == [2, 8]
+    assert padded[1, :, 0].nonzero().flatten().tolist() == [1, 7] and not padded[1, :, 1].any()
+    tiled = cm.selection_matrix(positions, [3, 6], 12)
+    assert tiled[0, :, 0].nonzero().flatten().tolist() == [0, 3, 6, 9]
+    with pytest.raises(ValueError):  # a context that is no copy of the padded ones
+        cm.selection_matrix(positions, [3, 6], 9, period=6)

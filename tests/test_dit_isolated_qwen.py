@@ -5,10 +5,11 @@ context starts at the user's text, as the host drops the template's prefix) and 
 Qwen2.5 decoder (`dit_factory.tiny_qwen_image_clip`), so token positions, context lengths and the
 regional prompts are those a real checkpoint gets; only the feature values are random.
 
-The story's panel prompts are written to tokenize to the same length (23): ComfyUI tiles a batch
-of contexts to the LCM of their lengths, which for unpadded Qwen contexts of 21, 20 and 32 tokens
-is 3360 and makes each tiny step take seconds. The regional prompts keep their own lengths (Bob's
-are 23, 13 and 15 tokens), so the segments' padding is exercised.
+The story's panel prompts tokenize to different lengths (18, 23 and 28 tokens): the Story Prompt
+zero-pads them to the longest with a text attention mask (nodes/text_batching.py), which a host
+that passes the mask (ComfyUI 0.33.0) applies in every block; the plan takes each panel's real
+length and isolation keeps every row from its panel's padding. The regional prompts keep their
+own lengths too (Bob's are 18, 13 and 20 tokens), so the segments' padding is exercised.
 """
 
 import pytest
@@ -23,9 +24,10 @@ from tiny_models import dit_factory
 
 STORY = """[Bob]: a man with short black hair
 [Alice]: a woman with long silver hair
-[Bob] waits at a bus stop in the rain at night
+[Bob] waits at a bus stop
 [Alice] reads a book in a library on a rainy day
-[Bob] and [Alice] walk"""
+[Bob] and [Alice] walk in a park at dusk"""
+LENGTHS = [18, 23, 28]  # each panel's prompt alone, in tokens
 
 _CACHE: dict = {}
 
@@ -36,6 +38,11 @@ def qwen_story():
         _CACHE["clip"] = dit_factory.tiny_qwen_image_clip()
         _CACHE["story"] = encode_story(_CACHE["clip"], STORY)
     return _CACHE["clip"], *_CACHE["story"]
+
+
+def host_masks_text() -> bool:
+    """Whether this host hands the conditioning's text mask to Qwen-Image's blocks (0.33.0 does)."""
+    return submodule("nodes.text_batching").text_family(qwen_story()[0]).honoured
 
 
 def isolated(model, clip, story, **kw):
@@ -54,7 +61,8 @@ def test_token_positions_follow_the_template_prefix():
     clip, pos, neg, story, n = qwen_story()
     plan = submodule("nodes.qwen_tokens").qwen_plan("Isolated Attention", clip, story)
     hf = clip.tokenizer.qwen25_7b.tokenizer
-    assert pos[0][0].shape[1] == 23 and plan.lengths == [23, 23, 23]
+    assert pos[0][0].shape[1] == max(LENGTHS) and plan.lengths == LENGTHS
+    assert pos[0][1]["attention_mask"].sum(1).tolist() == LENGTHS  # padded on the right, masked
     for p, text in enumerate(story.encoded_prompts):
         cond = clip.encode_from_tokens(clip.tokenize(text), return_dict=True)["cond"]
         assert cond.shape[1] == plan.lengths[p]
@@ -84,12 +92,15 @@ def test_strength_zero_and_steps_without_isolation_are_bit_identical():
 
 def test_isolation_is_exact_on_real_block_calls():
     """No attention weight from A's region to B's references, B's prompt, the sampler's prompt or
-    A's own padding; A's own prompt seen; the background keeps the prompt and no reference."""
+    A's own padding; A's own prompt seen; the background keeps the prompt and no reference. Where
+    the host masks the text, no row of the original or the isolated branch weighs its panel's
+    prompt padding (the panels' prompts have different lengths)."""
     bob, alice = halves()
     probe = Probe()
     _, m = run(probe.install(tiny_dit("qwen_image")), mask_1=bob, mask_2=alice)
     valid = state_of(m).config.character_lengths
-    assert valid[0] == [23, 13, 15]  # Bob's regional prompts: own line, 'Bob, description', 'Bob, ... walk'
+    assert valid[0] == [18, 13, 20]  # Bob's regional prompts: own line, 'Bob, description', 'Bob, ... walk'
+    masked = host_masks_text()
     calls = isolated_calls(probe)
     blocks = {rec[4] for _, rec in calls}
     assert blocks == {("double", i) for i in range(3)}
@@ -126,9 +137,44 @@ def test_isolation_is_exact_on_real_block_calls():
         if background.any():
             w = img[:, background]
             assert w[..., seg.prompt : seg.text].abs().max() == 0 and w[..., L:].abs().sum() == 0
-            assert w[..., : seg.prompt].sum(-1).min() > 0
+            assert w[..., : LENGTHS[panel]].sum(-1).min() > 0
+            if masked:  # the prompt's padding: not seen (the host's mask kept)
+                assert w[..., LENGTHS[panel] : seg.prompt].abs().sum() == 0
             backgrounds += 1
     assert checked >= 4 * len(blocks) and backgrounds >= 2 * len(blocks) and padded > 0
+    originals = 0
+    for q, k, _v, mask, _block, info in probe.calls:
+        if q.shape[0] == 1 or info is None or info.segments is None:
+            continue
+        seg = info.segments
+        logits = (q.double() @ k.double().transpose(-1, -2)) * q.shape[-1] ** -0.5
+        w = (logits + mask.double()).softmax(-1)  # [B, H, L, L]: the original branch, every row
+        for r in range(q.shape[0]):
+            p = r % 3
+            if masked:  # no row weighs its panel's prompt padding
+                assert w[r, ..., LENGTHS[p] : seg.prompt].abs().sum() == 0, (r, "prompt padding")
+            for s, lengths in enumerate(seg.valid):
+                if lengths:  # no row weighs a segment's padding
+                    assert w[r, ..., seg.span(s).start + lengths[p] : seg.span(s).stop].abs().sum() == 0
+            start = q.shape[2] - GRID[0] * GRID[1]
+            assert w[r, :, start:, seg.prompt : seg.text].abs().sum() == 0  # image rows: no segment
+        originals += 1
+    assert originals >= 2 * len(blocks)
+
+
+def test_a_text_mask_that_does_not_fit_the_story_is_a_clear_error():
+    """Where the host passes the text mask, a positive whose mask gives the panels other lengths
+    than the story's prompts (here two panels' masks swapped) is refused, naming both."""
+    if not host_masks_text():
+        pytest.skip("this host drops the conditioning's text mask (ComfyUI 0.33.0 passes it)")
+    clip, pos, neg, story, n = qwen_story()
+    mask = pos[0][1]["attention_mask"]
+    swapped = [[pos[0][0], {**pos[0][1], "attention_mask": mask[[1, 0, 2]]}]]
+    m = isolated(tiny_dit("qwen_image"), clip, story)
+    with pytest.raises(
+        submodule("nodes.common").StoryError, match=r"text mask gives the panels \[23, 18, 28\]"
+    ):
+        ksample(m, "qwen_image", panels=n, positive=swapped, negative=neg, steps=1)
 
 
 def alone_inputs(dm, ctx: torch.Tensor, latent_shape) -> dict:
@@ -147,10 +193,10 @@ def alone_inputs(dm, ctx: torch.Tensor, latent_shape) -> dict:
 
 
 def test_text_attention_in_a_region_is_the_characters_prompt_alone():
-    """At the first block, panel 2 (both characters): the keys/values A's region attends as text
-    are those the block computes for A's regional prompt alone, at the positions Qwen gives that
-    prompt alone (consecutive from its txt_start), and A's text stream leaves the block as it would
-    alone beside this image."""
+    """At the first block, in panel 0 (Bob, the shortest prompt: padded) and panel 2 (both
+    characters): the keys/values A's region attends as text are those the block computes for A's
+    regional prompt alone, at the positions Qwen gives that prompt alone (consecutive from its
+    txt_start), and A's text stream leaves the block as it would alone beside this image."""
     bob, alice = halves()
     probe, seen = Probe(), {}
     model = tiny_dit("qwen_image")
@@ -173,13 +219,13 @@ def test_text_attention_in_a_region_is_the_characters_prompt_alone():
     args = seen["args"]
     info = args["transformer_options"]["storydiff_dit_isolated"]
     seg = info.segments
-    rec = next(r for p, r in isolated_calls(probe) if r[4] == ("double", 0) and p == 2)
-    row = info.chunks.index(0) * 3 + 2  # panel 2, cond chunk
     latent = dit_factory.empty_latent("qwen_image", 1, 8, 12).shape
-    for a in (0, 1):
-        n = (config.character_lengths[a] or [config.characters[a].shape[1]] * 3)[2]
+    for panel, a in ((0, 0), (2, 0), (2, 1)):
+        rec = next(r for p, r in isolated_calls(probe) if r[4] == ("double", 0) and p == panel)
+        row = info.chunks.index(0) * 3 + panel  # cond chunk
+        n = (config.character_lengths[a] or [config.characters[a].shape[1]] * 3)[panel]
         ctx = config.characters[a]
-        ctx = (ctx[2:3] if ctx.shape[0] > 1 else ctx)[:, :n]  # panel 2's regional prompt, unpadded
+        ctx = (ctx[panel : panel + 1] if ctx.shape[0] > 1 else ctx)[:, :n]  # the regional prompt, unpadded
         alone = alone_inputs(dm, ctx, latent)
         span = seg.of(a)
         used = slice(span.start, span.start + n)
@@ -202,9 +248,9 @@ def test_text_attention_in_a_region_is_the_characters_prompt_alone():
             )
         for got_t, iso_t in ((got["k"], rec[1]), (got["v"], rec[2])):
             err = float((iso_t[0, :, used] - got_t[0, :, :n]).abs().max())
-            assert err < 1e-5, (a, err)  # float32 rounding of different matmul shapes only
+            assert err < 1e-5, (panel, a, err)  # float32 rounding of different matmul shapes only
         err = float((seen["out"]["txt"][row, used] - txt_out[0]).abs().max())
-        assert err < 1e-5, (a, "block output", err)
+        assert err < 1e-5, (panel, a, "block output", err)
 
 
 class QwenForeign(Foreign):
