@@ -56,6 +56,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=64, help="pictures for the adherence figures")
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--cfg", type=float, default=5.0)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--weights", default="story_world.safetensors", help="a file in models/story_world/")
     ap.add_argument("--out", default=str(ROOT / "models" / "story_world" / "samples.png"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -64,12 +67,12 @@ def main(argv=None) -> int:
     load_pack()
     ev = submodule("world_model.evaluation")
     sampling, reader_mod = pure("story_world.sampling"), pure("story_world.reader")
-    model, clip, vae = ev.run_node("StoryDiffWorldModel", weights="story_world.safetensors")
+    model, clip, vae = ev.run_node("StoryDiffWorldModel", weights=args.weights)
     reader_model = reader_mod.load(ROOT / "models" / "story_world" / "reader.safetensors")
     rng = random.Random(args.seed)
     pictures = [sampling.random_picture(rng, two_probability=0.4) for _ in range(args.n)]
     captions = [sampling.caption(p, rng, keep=1.0) for p in pictures]
-    s = ev.Sampling()
+    s = ev.Sampling(steps=args.steps, cfg=args.cfg)
     with torch.inference_mode():
         drawings = reader_mod.to_tensor(pictures).permute(0, 2, 3, 1)
         round_trip = vae.decode(vae.encode(drawings))
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
         drawn = [ev.draw_story(model, clip, vae, story, seed, s) for seed in (0, 1)]
         truth = adherence(pictures, reader_mod.read(reader_model, round_trip))
         got = [adherence(pictures, reader_mod.read(reader_model, d)) for d in drawn]
-    print(f"prompt adherence on {args.n} full captions (reader; 20 steps euler, cfg 5), %:")
+    print(f"prompt adherence on {args.n} full captions (reader; {s.steps} steps euler, cfg {s.cfg:g}), %:")
     print(f"{'':<26}" + "".join(f"{k:>9}" for k in truth))
     print(f"{'drawings via the VAE':<26}" + "".join(f"{100 * v:9.1f}" for v in truth.values()))
     for seed, g in enumerate(got):
