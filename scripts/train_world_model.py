@@ -12,9 +12,10 @@ an interrupted run resumed from its last checkpoint gives bit-identical weights:
          crops with an L1 + L2 loss. Latent mean/std set vae_shift/vae_scale so that the UNet
          sees unit-variance latents through ComfyUI's SD1.5 latent format.
 2. unet: ComfyUI's SD1.5 UNet (small widths) + ComfyUI's SD1 CLIP text encoder (small widths),
-         epsilon prediction on SD1.5's own noise schedule, captions dropped 10% of the time so
-         classifier-free guidance works; every --decoder-every steps the VAE decoder takes a step
-         too (the encoder is frozen from here on, so the UNet's latents never change).
+         v-prediction (--prediction) on SD1.5's own noise schedule with extra low-frequency noise
+         (--offset-noise, --coarse-noise), captions dropped 10% of the time so classifier-free
+         guidance works; every --decoder-every steps the VAE decoder takes a step too (the encoder
+         is frozen from here on, so the UNet's latents never change).
 3. decoder: the VAE decoder alone, its loss weighted towards the characters' pixels (they are
          small; identity lives there).
 
@@ -82,9 +83,13 @@ STAGE_OF = {
     "decoder_every": "unet",
     "bf16": "unet",
     "ema": "unet",
+    "offset_noise": "unet",
+    "prediction": "unet",
+    "coarse_noise": "unet",
     "decoder_steps": "decoder",
     "character_weight": "decoder",
     "seed": "vae",
+    "token_std": "vae",
     "keep": "vae",
 }
 
@@ -136,7 +141,7 @@ def main(argv=None) -> int:
         default=6,
         help="latent crop size for decoder training (x8 pixels; latents are 8x8)",
     )
-    ap.add_argument("--unet-steps", type=int, default=800)
+    ap.add_argument("--unet-steps", type=int, default=10000)
     ap.add_argument(
         "--decoder-every",
         type=int,
@@ -166,6 +171,34 @@ def main(argv=None) -> int:
         default=0.999,
         help="decay of the exponential moving average of the UNet and text encoder weights that is "
         "exported (0: export the raw weights)",
+    )
+    ap.add_argument(
+        "--prediction",
+        choices=("v", "eps"),
+        default="v",
+        help="what the UNet predicts: v (SD2.x-768's parametrisation: at high noise the model outputs the "
+        "picture itself, which the caption must decide) or eps, the noise (SD1.5's)",
+    )
+    ap.add_argument(
+        "--offset-noise",
+        type=float,
+        default=0.6,
+        help="UNet training noise: weight of one extra constant per latent channel (then rescaled to unit "
+        "variance); hides the scene's colour in the noise so that the caption must give it (0: white noise)",
+    )
+    ap.add_argument(
+        "--coarse-noise",
+        type=float,
+        default=0.3,
+        help="UNet training noise: weight of an extra 2x2 block pattern per channel (which half a character "
+        "stands in); 0: none",
+    )
+    ap.add_argument(
+        "--token-std",
+        type=float,
+        default=1.0,
+        help="standard deviation of CLIP's token table, which stays frozen at this seeded random init; at "
+        "CLIP's own 0.02 the captions' tokens were 1%% of the encoder's output and captions barely differed",
     )
     ap.add_argument("--ckpt-minutes", type=float, default=4.0)
     ap.add_argument("--work", default=str(ROOT / "work" / "train_world"))
@@ -208,7 +241,7 @@ def main(argv=None) -> int:
         taesd.vae_scale.fill_(1.0)
         taesd.vae_shift.fill_(0.0)
     tr.thin_encoder_masks(taesd)
-    model = build.build_unet(device=device)
+    model = build.build_unet(device=device, prediction=args.prediction)
     unet = model.diffusion_model
     tr.init_weights(unet)
     with torch.no_grad():  # the usual diffusion init: residual branches and the output start at zero
@@ -225,7 +258,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         for name, p in text.transformer.named_parameters():
             if "embedding" in name:
-                p.normal_(0, 0.02)
+                p.normal_(0, args.token_std if "token_embedding" in name else 0.02)
     # The token table stays at its seeded random init: the world's captions use ~100 of its 49408 rows,
     # and its dense gradient (and AdamW update) cost half of every step on a CPU. Distinct random
     # vectors are all the layers above need.
@@ -415,12 +448,14 @@ def main(argv=None) -> int:
                 z0 = (tr.thin_encode(taesd, imgs.to(device)) - m) / s
             t = torch.randint(0, 1000, (args.batch,), generator=g)
             eps = torch.randn(z0.shape, generator=g).to(device)
+            eps = tr.low_frequency_noise(eps, g, args.offset_noise, args.coarse_noise)
             a = acp[t.to(device)].view(-1, 1, 1, 1)
             xt = a.sqrt() * z0 + (1 - a).sqrt() * eps
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 ctx = text([tokens(c) for c in caps])[0]
                 pred = unet(xt, t.to(device).float(), context=ctx)
-            loss = F.mse_loss(pred.float(), eps)
+            target = eps if args.prediction == "eps" else tr.v_target(z0, eps, a)
+            loss = F.mse_loss(pred.float(), target)
             lr = (
                 args.lr
                 * min(1.0, (step + 1) / 100)
@@ -486,7 +521,7 @@ def export(args, st, unet, text, taesd, ema, device, build, work, seconds) -> in
         "final_unet_loss_last100": float(np.mean(losses[-100:])) if losses else None,
         "ema_updates": 0 if ema is None else ema.updates,
     }
-    build.save(Path(args.out), unet, text.transformer, taesd, info)
+    build.save(Path(args.out), unet, text.transformer, taesd, info, prediction=run.get("prediction", "eps"))
     (work / "losses.json").write_text(json.dumps(st["losses"]))
     print(f"saved {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB); {json.dumps(info)}")
     return 0

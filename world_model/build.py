@@ -18,6 +18,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
@@ -60,11 +61,16 @@ CLIP_CONFIG = {
 CPU = torch.device("cpu")
 
 
-def build_unet(unet_config: dict = UNET_CONFIG, device=CPU):
-    """The SD1.5-family BaseModel (its .diffusion_model is ComfyUI's UNetModel) in float32."""
+PREDICTIONS = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}
+
+
+def build_unet(unet_config: dict = UNET_CONFIG, device=CPU, prediction: str = "eps"):
+    """The SD1.5-family BaseModel (its .diffusion_model is ComfyUI's UNetModel) in float32, predicting
+    the noise ("eps", SD1.5's own) or v ("v", as SD2.x-768 does: on 8x8 latents it makes the picture
+    at high noise, where the caption decides it, the model's direct output)."""
     model_config = comfy.supported_models.SD15(dict(unet_config))
     model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({}, device=device)
+    model = comfy.model_base.BaseModel(model_config, model_type=PREDICTIONS[prediction], device=device)
     model.diffusion_model.to(device=device, dtype=torch.float32)
     return model
 
@@ -93,6 +99,7 @@ def save(
     info: dict,
     unet_config: dict = UNET_CONFIG,
     clip_config: dict = CLIP_CONFIG,
+    prediction: str = "eps",
 ) -> None:
     """One file: unet.* (UNetModel), clip.* (the CLIP-L text transformer), vae.* (TAESD); configs in the
     metadata. Stored in float16 (half the size; loaded back as float32)."""
@@ -107,6 +114,7 @@ def save(
     meta = {
         "unet_config": json.dumps(unet_config),
         "clip_config": json.dumps(clip_config),
+        "prediction": prediction,
         "info": json.dumps(info),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +139,10 @@ def load(path: Path = DEFAULT_WEIGHTS):
     if "unet_config" not in meta:
         raise ValueError(f"{path} is not a story world model file (no unet_config in its metadata)")
     sd = safetensors.torch.load_file(str(path))
-    model = build_unet(json.loads(meta["unet_config"]))
+    prediction = meta.get("prediction", "eps")  # files written before v-prediction predict the noise
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"{path}: unknown prediction type {prediction!r} (known: {', '.join(PREDICTIONS)})")
+    model = build_unet(json.loads(meta["unet_config"]), prediction=prediction)
     model.diffusion_model.load_state_dict({k: v.float() for k, v in _split(sd, "unet.").items()}, strict=True)
     model.eval()
     patcher = comfy.model_patcher.ModelPatcher(
