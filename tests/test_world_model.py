@@ -14,6 +14,7 @@ from pack_loader import load_pack, pure, submodule
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "models" / "story_world" / "story_world.safetensors"
+RATE = 0.6
 READER = ROOT / "models" / "story_world" / "reader.safetensors"
 
 
@@ -61,7 +62,7 @@ def test_vae_round_trips_world_pictures(world):
     images = reader.to_tensor(pics).permute(0, 2, 3, 1)  # IMAGE layout [B,H,W,3]
     back = vae.decode(vae.encode(images))
     assert back.shape == images.shape
-    assert float((back - images).abs().mean()) < 0.08  # 0.065 measured on the shipped model
+    assert float((back - images).abs().mean()) < 0.05  # 0.031 measured on the shipped model (0.065 before)
 
 
 def test_the_model_draws_characters_in_world_scenes(world):
@@ -77,11 +78,9 @@ def test_the_model_draws_characters_in_world_scenes(world):
     assert sum(r["count"] >= 1 for r in reads) / len(reads) >= 0.75, [r["count"] for r in reads]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the shipped model follows its prompts weakly (README); turns XPASS once it does"
-)
-def test_the_model_draws_what_the_prompt_says(world):
-    """Fully specified prompts: the reader finds the scene and the described hair and shirt in most panels."""
+def _prompt_hits(world):
+    """Fully specified prompts, 2 seeds x 4 scenes: the share of panels whose read scene, and whose main
+    character's read hair and shirt, are the prompt's."""
     ev, model, clip, vae, reader_model = world
     read = pure("story_world.reader").read
     story = (
@@ -99,5 +98,67 @@ def test_the_model_draws_what_the_prompt_says(world):
             hits["hair"] += ch["hair"] == "yellow"
             hits["shirt"] += ch["shirt"] == "green"
             n += 1
-    rates = {k: v / n for k, v in hits.items()}
-    assert all(v >= 0.6 for v in rates.values()), rates
+    return {k: v / n for k, v in hits.items()}
+
+
+def test_the_model_draws_the_scene_the_prompt_says(world):
+    """The caption decides the scene (an eps-prediction model trained on white noise drew scenes at chance,
+    20-30 %: it read the scene from its start noise; see the README)."""
+    rates = _prompt_hits(world)
+    assert rates["scene"] >= 0.75, rates
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hair follows the prompt weakly: hair 12.5 %, shirt 62.5 % of these panels on the shipped model "
+    "(README); turns XPASS once a longer-trained model draws them",
+)
+def test_the_model_draws_the_described_character(world):
+    """Fully specified prompts: the reader finds the described hair and shirt in most panels."""
+    rates = _prompt_hits(world)
+    assert rates["hair"] >= RATE and rates["shirt"] >= RATE, rates
+
+
+def test_v_training_target_is_what_comfyuis_v_sampling_inverts():
+    """The trainer's (input, target) pair, read by ComfyUI's V_PREDICTION model sampling as a sampler
+    does (noised latent z0 + sigma*eps at sigma), gives back z0: same input scaling, same v convention."""
+    import comfy.model_sampling
+
+    train = submodule("world_model.training")
+    build = submodule("world_model.build")
+    sampling = build.build_unet(prediction="v").model_sampling
+    assert isinstance(sampling, comfy.model_sampling.V_PREDICTION)
+    g = torch.Generator().manual_seed(0)
+    z0, eps = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 250, 700, 999])
+    a = (1.0 / (1.0 + sampling.sigmas**2))[t].view(-1, 1, 1, 1)
+    sigma = sampling.sigmas[t]
+    noised = z0 + sigma.view(-1, 1, 1, 1) * eps  # what a sampler holds
+    trainer_input = a.sqrt() * z0 + (1 - a).sqrt() * eps
+    assert torch.allclose(sampling.calculate_input(sigma, noised), trainer_input, atol=1e-5)
+    denoised = sampling.calculate_denoised(sigma, train.v_target(z0, eps, a), noised)
+    assert torch.allclose(denoised, z0, atol=1e-4)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_the_file_says_what_the_model_predicts(tmp_path, prediction):
+    import safetensors.torch
+
+    import comfy.model_base
+
+    build = submodule("world_model.build")
+    model, clip, taesd = build.build_unet(), build.build_clip(), build.build_taesd()
+    path = tmp_path / "w.safetensors"
+    text = clip.cond_stage_model.clip_l.transformer
+    build.save(path, model.diffusion_model, text, taesd, {}, prediction="eps")
+    if prediction != "eps":  # rewrite the metadata only
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata(), prediction=prediction)
+        safetensors.torch.save_file(safetensors.torch.load_file(str(path)), str(path), metadata=meta)
+    if prediction == "x0":
+        with pytest.raises(ValueError, match="unknown prediction type 'x0'"):
+            build.load(path)
+        return
+    patcher, _, _ = build.load(path)
+    expected = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}
+    assert patcher.model.model_type == expected[prediction]
