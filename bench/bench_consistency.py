@@ -16,6 +16,7 @@ reads every panel back. Per seed, averaged over the stories:
 Each figure is the mean over seeds +- its standard deviation over seeds.
 
     .venv/bin/python bench/bench_consistency.py [--seeds 6] [--steps 20] [--cfg 5] [--grid out.png]
+        [--csa "blocks=all; keep_rate_1_8=1"]   # CSA (and bank) inputs other than the defaults
 """
 
 from __future__ import annotations
@@ -77,14 +78,27 @@ def identity_runs(ev, model, clip, vae, reader_model, stories, seeds, sampling, 
     return out
 
 
-def identity_settings(ev, model, clip, vae, sampling, csa_strength=1.0):
+def identity_settings(ev, model, clip, vae, sampling, csa_strength=1.0, csa_overrides=None):
+    over = dict(csa_overrides or {}, strength=csa_strength)
     return {
         "vanilla": lambda story, seed: None,
-        "CSA": lambda story, seed: lambda m, st: ev.csa(m, strength=csa_strength),
+        "CSA": lambda story, seed: lambda m, st: ev.csa(m, **over),
         "bank read": lambda story, seed: ev.bank_read_model(
-            model, clip, vae, story, seed, sampling, csa_overrides={"strength": csa_strength}
+            model, clip, vae, story, seed, sampling, csa_overrides=over
         ),
     }
+
+
+def parse_overrides(text: str, defaults: dict) -> dict:
+    """'blocks=all, keep_rate_1_8=1' -> {'blocks': 'all', 'keep_rate_1_8': 1.0}: each value takes the type of
+    the node input's default."""
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(";" if ";" in text else ","))):
+        key, _, value = (x.strip() for x in item.partition("="))
+        if key not in defaults:
+            raise SystemExit(f"--csa: no input {key!r}; inputs: {', '.join(defaults)}")
+        out[key] = type(defaults[key])(value)
+    return out
 
 
 def isolation_runs(ev, model, clip, vae, reader_model, stories, seeds, sampling, settings, images_out=None):
@@ -136,6 +150,13 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, default=5.0)
     ap.add_argument("--grid", default=str(ROOT / "bench" / "results" / "consistency_grid.png"))
+    ap.add_argument(
+        "--csa",
+        default="",
+        help="Consistent Self-Attention inputs other than the node's defaults, e.g. "
+        "'blocks=all, keep_rate_1_8=1' (';' separates them when a value holds a comma); the bank is written "
+        "with them too",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     comfy.utils.PROGRESS_BAR_ENABLED = False
@@ -159,7 +180,14 @@ def main(argv=None) -> int:
         stories.ONE_CHARACTER,
         seeds,
         sampling,
-        identity_settings(ev, model, clip, vae, sampling),
+        identity_settings(
+            ev,
+            model,
+            clip,
+            vae,
+            sampling,
+            csa_overrides=parse_overrides(args.csa, ev.widget_defaults("StoryDiffConsistentSelfAttention")),
+        ),
         shown,
     )
     iso = isolation_runs(
