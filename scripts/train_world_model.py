@@ -1,6 +1,6 @@
 """Train the story world's toy text-to-image model (VAE, then text encoder + UNet) on the CPU or a GPU.
 
-    .venv/bin/python scripts/train_world_model.py            # the shipped model (see README)
+    .venv/bin/python scripts/train_world_model.py --threads 2   # the shipped model (README; ~65 min here)
     .venv/bin/python scripts/train_world_model.py --resume   # continue from work/train_world/state.pt
 
 Stages, each a fixed number of steps over a stream of world pictures that is a pure function of
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
         type=float,
         default=1.0,
         help="standard deviation of CLIP's token table, which stays frozen at this seeded random init; at "
-        "CLIP's own 0.02 the captions' tokens were 1%% of the encoder's output and captions barely differed",
+        "CLIP's own 0.02 two different captions moved the encoder's output by about 1%% of its norm",
     )
     ap.add_argument("--ckpt-minutes", type=float, default=4.0)
     ap.add_argument("--work", default=str(ROOT / "work" / "train_world"))
