@@ -9,6 +9,7 @@ running virtual environment (each host has its own), else the embedded ComfyUI 0
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,6 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 PACK_FOLDER = "comfyui-storydiffusion"  # the folder name the pack gets under custom_nodes/
 TINY_PACK_DIR = ROOT / "tests" / "tiny_models"
 TINY_PACK_FOLDER = "storydiffusion-tiny-models"
+
+
+def pack_module(dotted: str, package: str = "storydiffusion_script"):
+    """A module of the pack (e.g. "world_model.build") imported as a package, the way ComfyUI loads the
+    pack, never with the pack's root on sys.path (ComfyUI has a top-level nodes.py; the pack, nodes/)."""
+    if package not in sys.modules:
+        parent = types.ModuleType(package)
+        parent.__path__ = [str(ROOT)]
+        sys.modules[package] = parent
+    return importlib.import_module(f"{package}.{dotted}")
 
 
 def host_root() -> Path:

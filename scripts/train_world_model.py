@@ -26,34 +26,22 @@ One torch thread by default (--threads raises it); a CUDA device is used when pr
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
 import sys
 import time
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from comfy_host import host_root  # noqa: E402
+from comfy_host import host_root, pack_module  # noqa: E402
 
 sys.path.insert(0, str(host_root()))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-
-def _pack(dotted: str):
-    """Import a module of the pack without putting its root on sys.path (ComfyUI has a nodes.py too)."""
-    name = "storydiffusion_train"
-    if name not in sys.modules:
-        parent = types.ModuleType(name)
-        parent.__path__ = [str(ROOT)]
-        sys.modules[name] = parent
-    return importlib.import_module(f"{name}.{dotted}")
 
 
 def progress(stage: str, step: int, total: int, t0: float, start: int, loss: float) -> None:
@@ -69,7 +57,7 @@ def progress(stage: str, step: int, total: int, t0: float, start: int, loss: flo
 
 
 def main(argv=None) -> int:
-    opts = _pack("world_model.train_options")
+    opts = pack_module("world_model.train_options")
     ap = opts.parser(__doc__, ROOT)
     args = ap.parse_args(argv)
 
@@ -78,8 +66,8 @@ def main(argv=None) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     comfy_args.cpu = device.type == "cpu"
-    build = _pack("world_model.build")
-    tr = _pack("world_model.training")
+    build = pack_module("world_model.build")
+    tr = pack_module("world_model.training")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "state.pt"

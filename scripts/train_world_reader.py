@@ -8,26 +8,21 @@ Pure torch + Pillow (no ComfyUI); one torch thread by default; ~5 minutes on one
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from comfy_host import pack_module  # noqa: E402
 
 
 def world(dotted: str):
     """story_world.<dotted> imported without putting the pack root on sys.path."""
-    name = "storydiffusion_world"
-    if name not in sys.modules:
-        parent = types.ModuleType(name)
-        parent.__path__ = [str(ROOT)]
-        sys.modules[name] = parent
-    return importlib.import_module(f"{name}.story_world.{dotted}")
+    return pack_module(f"story_world.{dotted}", "storydiffusion_world")
 
 
 def main(argv=None) -> int:

@@ -11,15 +11,13 @@ caption shows equal columns; the ratio shuffled/true is how much the caption exp
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from comfy_host import host_root  # noqa: E402
+from comfy_host import host_root, pack_module  # noqa: E402
 
 sys.path.insert(0, str(host_root()))
 
@@ -32,16 +30,6 @@ from comfy.cli_args import args as comfy_args  # noqa: E402
 comfy_args.cpu = not torch.cuda.is_available()
 
 
-def _pack(dotted: str):
-    """A module of the pack, imported without putting its root on sys.path (ComfyUI has a nodes.py)."""
-    name = "storydiffusion_gap"
-    if name not in sys.modules:
-        parent = types.ModuleType(name)
-        parent.__path__ = [str(ROOT)]
-        sys.modules[name] = parent
-    return importlib.import_module(f"{name}.{dotted}")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default=str(ROOT / "models" / "story_world" / "story_world.safetensors"))
@@ -50,7 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    build, tr = _pack("world_model.build"), _pack("world_model.training")
+    build, tr = pack_module("world_model.build"), pack_module("world_model.training")
     with safetensors.safe_open(args.weights, framework="pt") as f:
         meta = f.metadata()
     prediction = meta.get("prediction", "eps")
