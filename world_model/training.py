@@ -125,7 +125,8 @@ def low_frequency_noise(eps: torch.Tensor, g: torch.Generator, offset: float, co
     latent units, i.e. 0.19 through the noise against 0.125 of noise on a 64-pixel mean), so a model
     trained on white noise reads the scene from the noise rather than the caption, and at sampling
     time follows the chance mean of its start noise. Hiding those frequencies in the noise makes the
-    caption the only source of the scene and of which half a character stands in."""
+    caption the only source of the scene and of which half a character stands in (with v-prediction:
+    alone, on an eps model, it did not make the model use its caption; see the README)."""
     if not offset and not coarse:
         return eps
     b, c, h, w = eps.shape
