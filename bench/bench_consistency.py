@@ -94,10 +94,13 @@ def parse_overrides(text: str, defaults: dict) -> dict:
     the node input's default."""
     out = {}
     for item in filter(None, (x.strip() for x in text.split(";" if ";" in text else ","))):
-        key, _, value = (x.strip() for x in item.partition("="))
-        if key not in defaults:
-            raise SystemExit(f"--csa: no input {key!r}; inputs: {', '.join(defaults)}")
-        out[key] = type(defaults[key])(value)
+        key, eq, value = (x.strip() for x in item.partition("="))
+        if key not in defaults or not eq:
+            raise SystemExit(f"--csa: {item!r} is not input=value; inputs: {', '.join(defaults)}")
+        try:
+            out[key] = type(defaults[key])(value)
+        except ValueError:
+            raise SystemExit(f"--csa: {key}={value!r} is not a {type(defaults[key]).__name__}") from None
     return out
 
 

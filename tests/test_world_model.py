@@ -14,8 +14,8 @@ from pack_loader import load_pack, pure, submodule
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "models" / "story_world" / "story_world.safetensors"
-RATE = 0.6
 READER = ROOT / "models" / "story_world" / "reader.safetensors"
+RATE = 0.6  # share of fully described panels that must show what the prompt says
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,8 @@ def test_the_model_draws_characters_in_world_scenes(world):
     assert sum(r["count"] >= 1 for r in reads) / len(reads) >= 0.75, [r["count"] for r in reads]
 
 
-def _prompt_hits(world):
+@pytest.fixture(scope="module")
+def prompt_hits(world):
     """Fully specified prompts, 2 seeds x 4 scenes: the share of panels whose read scene, and whose main
     character's read hair and shirt, are the prompt's."""
     ev, model, clip, vae, reader_model = world
@@ -101,10 +102,10 @@ def _prompt_hits(world):
     return {k: v / n for k, v in hits.items()}
 
 
-def test_the_model_draws_the_scene_the_prompt_says(world):
+def test_the_model_draws_the_scene_the_prompt_says(prompt_hits):
     """The caption decides the scene (an eps-prediction model trained on white noise drew scenes at chance,
     20-30 %: it read the scene from its start noise; see the README)."""
-    rates = _prompt_hits(world)
+    rates = prompt_hits
     assert rates["scene"] >= 0.75, rates
 
 
@@ -113,9 +114,9 @@ def test_the_model_draws_the_scene_the_prompt_says(world):
     reason="hair follows the prompt weakly: hair 12.5 %, shirt 62.5 % of these panels on the shipped model "
     "(README); turns XPASS once a longer-trained model draws them",
 )
-def test_the_model_draws_the_described_character(world):
+def test_the_model_draws_the_described_character(prompt_hits):
     """Fully specified prompts: the reader finds the described hair and shirt in most panels."""
-    rates = _prompt_hits(world)
+    rates = prompt_hits
     assert rates["hair"] >= RATE and rates["shirt"] >= RATE, rates
 
 

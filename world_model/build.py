@@ -141,7 +141,10 @@ def load(path: Path = DEFAULT_WEIGHTS):
     sd = safetensors.torch.load_file(str(path))
     prediction = meta.get("prediction", "eps")  # files written before v-prediction predict the noise
     if prediction not in PREDICTIONS:
-        raise ValueError(f"{path}: unknown prediction type {prediction!r} (known: {', '.join(PREDICTIONS)})")
+        raise ValueError(
+            f"{path}: unknown prediction type {prediction!r} in its metadata "
+            f"(known: {', '.join(PREDICTIONS)}); write the file with scripts/train_world_model.py"
+        )
     model = build_unet(json.loads(meta["unet_config"]), prediction=prediction)
     model.diffusion_model.load_state_dict({k: v.float() for k, v in _split(sd, "unet.").items()}, strict=True)
     model.eval()

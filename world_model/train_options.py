@@ -154,8 +154,14 @@ def adopt_changed_args(st: dict, run_args: dict, command: str, reschedule: bool 
         return
     used = begun + under_way
     if used:
+        flag = "--" + used[0].replace("_", "-")
+        if used[0] not in st["args"]:
+            raise SystemExit(
+                f"error: the checkpoint was written by a trainer without {flag} (its stage "
+                f"{STAGE_OF[used[0]]} ran without it); start afresh without --resume"
+            )
         raise SystemExit(
-            f"error: --{used[0].replace('_', '-')} changed, but stage {STAGE_OF[used[0]]} has already run "
+            f"error: {flag} changed, but stage {STAGE_OF[used[0]]} has already run "
             f"with {st['args'].get(used[0])}; resume with the same value or start afresh without --resume"
         )
     if changed or any(st["args"].get(k) != v for k, v in run_args.items()):
