@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .consistent import consistent_attention, downscale_level, reference_table, story_reference_table
-from .identity_bank import BankMismatch, IdentityBank
+from .identity_bank import IdentityBank, width_mismatch
 from .steps import NoiseClock, StepWindow, step_index, step_progress, step_sigma, warmup_step
 from .token_sampling import ProbabilitySchedule, gate_draw, sample_token_indices
 
@@ -228,12 +228,7 @@ class ConsistentRun:
             if toks is None:
                 toks = bank.tokens(name, plan.sigma, plan.layer, half=0)
             if toks is not None and toks.shape[-1] != width:
-                raise BankMismatch(
-                    f"{self.mode.node}: identity bank {bank.name} holds [{name}] tokens of width "
-                    f"{toks.shape[-1]} for layer {plan.layer}, but this model's layer takes {width}: the "
-                    f"bank was written with another model ({bank.family or 'unknown family'}). Write it "
-                    "again with this model."
-                )
+                raise width_mismatch(self.mode.node, bank, name, plan.layer, toks.shape[-1], width)
             if toks is None:
                 continue
             parts.append(toks)

@@ -34,6 +34,15 @@ class BankMismatch(ValueError):
     """The bank was written with another model (family or self-attention widths)."""
 
 
+def width_mismatch(node: str, bank, name: str, layer, got: int, want: int) -> BankMismatch:
+    """The error of a read whose bank tokens do not fit the layer (every model family's read path)."""
+    return BankMismatch(
+        f"{node}: identity bank {bank.name} holds [{name}] tokens of width {got} for layer {layer}, but "
+        f"this model's layer takes {want}: the bank was written with another model "
+        f"({bank.family or 'unknown family'}). Write it again with this model."
+    )
+
+
 def sanitize_name(name: str, default: str = "identity_bank") -> str:
     """A safe file stem: letters, digits, '-', '_' and '.', no leading dot, no path parts, <= 100 chars."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name).strip()).strip("._")

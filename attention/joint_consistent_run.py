@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .consistent_run import Mode
+from .identity_bank import width_mismatch
 from .joint_consistent import JointLayout, joint_consistent_attention, rotate_pairs
 from .steps import NoiseClock, StepWindow, step_index, step_progress, step_sigma, warmup_step
 from .token_sampling import ProbabilitySchedule, gate_draw, sample_token_indices
@@ -144,15 +145,13 @@ class JointConsistentRun:
         if rate > 0 and ((active and kind == "plain") or kind == "write"):
             indices = self._indices(sigma, lay.img_len, images, rate)
         total = len(call.sample_sigmas) - 1 if call.sample_sigmas is not None else 0
-        if (
-            kind == "write"
-            and indices is not None
-            and self.staging is not None
-            and self.staging.settings.records_step(  # the bank's recorded steps
-                step_index(call.sigma, call.sample_sigmas), total, cfg.warmup_steps
-            )
-        ):
-            self._record(k, v, lay, indices, call, sigma, layer, images)
+        if kind == "write" and self.staging is not None:
+            positions = self.staging.record_positions(  # the bank's steps and tokens, as on UNets
+                images, lay.img_len, rate, cfg.seed, sigma,
+                step_index(call.sigma, call.sample_sigmas), total, cfg.warmup_steps,
+            )  # fmt: skip
+            if positions is not None:
+                self._record(k, v, lay, positions, call, sigma, layer, images)
         if not active:
             return kernel(q, k, v, mask)
         labels = self.labels(images) if kind != "plain" else None
@@ -215,8 +214,10 @@ class JointConsistentRun:
             toks = bank.tokens(name, sigma, layer, half=half if half in (0, 1) else 0)
             if toks is None:
                 toks = bank.tokens(name, sigma, layer, half=0)
-            if toks is None or toks.shape[-1] != 2 * heads * d:
+            if toks is None:
                 continue
+            if toks.shape[-1] != 2 * heads * d:
+                raise width_mismatch(self.mode.node, bank, name, layer, toks.shape[-1], 2 * heads * d)
             toks = toks.to(device=q.device, dtype=q.dtype)
             kb = toks[:, : heads * d].reshape(-1, heads, d).transpose(0, 1)  # [H, n, D]
             vb = toks[:, heads * d :].reshape(-1, heads, d).transpose(0, 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import comfy.samplers
 
 from ..attention.steps import window_error
@@ -20,6 +22,14 @@ def sampler_time_error(node: str, problem: str, fix: str) -> StoryError:
         f"{node}: {problem}. Fix it at the {node} node (this shows on the sampler because the "
         f"sampler runs that node's patch): {fix}"
     )
+
+
+def finite(node: str, name: str, value) -> float:
+    """A FLOAT input as a float; NaN or infinity (which pass ComfyUI's min/max check) is a StoryError."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise StoryError(f"{node}: {name} is {value!r}; give a number (its field's range is in the tooltip).")
+    return number
 
 
 def check_step_window(node: str, start_percent: float, end_percent: float, legacy_ok: bool = False) -> None:

@@ -8,7 +8,7 @@ from ..attention.consistent_run import ConsistentConfig, Mode
 from ..attention.steps import is_legacy_percent, window_from_inputs
 from ..attention.token_sampling import parse_probability_schedule
 from .character_plan import check_story
-from .common import CATEGORY_ROOT, StoryError, check_step_window, step_window_inputs
+from .common import CATEGORY_ROOT, StoryError, check_step_window, finite, step_window_inputs
 from .dit_settings import dit_inputs
 from .patch_consistent_dit import consistent_patch
 from .patch_core import install
@@ -117,7 +117,13 @@ def story_tags(node: str, story) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(tags) for tags in story.tags)
 
 
+FLOATS = (*(name for name, _ in LEVELS), "strength", "keep_rate_double", "keep_rate_single")
+
+
 def config_from(settings: dict, node: str = NODE) -> ConsistentConfig:
+    for name in FLOATS:
+        if name in settings:
+            finite(node, name, settings[name])
     try:
         schedule = parse_probability_schedule(settings["apply_probability"])
     except ValueError as e:

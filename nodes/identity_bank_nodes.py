@@ -14,7 +14,7 @@ from ..attention.consistent_run import ConsistentConfig, Mode
 from ..attention.identity_bank import IdentityBank
 from .common import CATEGORY_ROOT, DENOISE_INPUT, StoryError, ksample, sampler_inputs
 from .model_signature import check_bank_fits, model_family, self_attention_widths
-from .patch_consistent import FEATURE, ConsistentPatch
+from .patch_consistent import FEATURE
 from .patch_consistent_dit import consistent_patch
 from .patch_core import install, installed
 
@@ -32,9 +32,19 @@ def _split_entries(names: str) -> list[str]:
 
 
 def write_labels(story, names: str, node: str) -> tuple:
-    """Per identity image, the character it shows (None: not recorded)."""
+    """Per identity image, the character it shows (None: not recorded). With a story, `names` (when
+    given) chooses which of its characters are recorded; a name the story lacks is an error."""
     if story is not None:
+        chosen = {e for e in _split_entries(names) if e}
+        unknown = sorted(chosen - set(story.characters))
+        if unknown:
+            raise StoryError(
+                f"{node}: names lists {', '.join(unknown)}, which the connected story does not declare (it "
+                f"declares {', '.join(story.characters) or 'no character'}); name the story's characters "
+                "to record, or leave names empty to record every solo panel."
+            )
         labels = tuple(p.characters[0] if len(p.characters) == 1 else None for p in story.panels)
+        labels = tuple(lab if not chosen or lab in chosen else None for lab in labels)
         if not any(labels):
             raise StoryError(
                 f"{node}: no panel of the story shows exactly one character; identity images are solo "
@@ -156,14 +166,7 @@ def write_model(model, story, names: str, bank, node: str, settings: BankSetting
         out_bank.update_from(bank)
     tags = tuple(tuple(p.characters) for p in story.panels) if story is not None else None
     mode = Mode(kind="write", bank=out_bank, labels=labels, node=node, tags=tags)
-    patch = consistent_patch(model, _settings_of(model), mode)
-    if not isinstance(patch, ConsistentPatch) and (settings.keep_rate > 0 or settings.between != "nearest"):
-        raise StoryError(
-            f"{node}: on a {model_family(model)} model (a DiT) the bank stores the tokens CSA shares: set "
-            "bank_keep_rate to 0 and between_steps to nearest (bank_steps, precision and guidance_halves "
-            "apply)."
-        )
-    return install(model, patch), out_bank
+    return install(model, consistent_patch(model, _settings_of(model), mode)), out_bank
 
 
 class IdentityBankWrite:
@@ -202,7 +205,8 @@ class IdentityBankWrite:
                     {
                         "default": "",
                         "tooltip": "Without a story: the character name for the whole batch, or one name "
-                        "per image separated by commas.",
+                        "per image separated by commas. With a story: the characters to record (empty: "
+                        "every solo panel's).",
                     },
                 ),
                 "bank": (

@@ -7,7 +7,7 @@ from ..attention.isolated_merge import DEFAULT_LAMBDA
 from ..attention.isolated_run import IsolationRun
 from ..attention.steps import StepWindow
 from .character_plan import build_plan, character_contexts, conditioning_tensor, user_masks
-from .common import CATEGORY_ROOT, StoryError, check_step_window, step_window_inputs
+from .common import CATEGORY_ROOT, StoryError, check_step_window, finite, step_window_inputs
 from .model_signature import check_bank_fits
 from .patch_core import install, require_family
 from .patch_dit import FLUX, QWEN_IMAGE
@@ -189,6 +189,10 @@ class IsolatedAttention:
     ) -> tuple:
         family = require_family(model, NODE, (*IsolatedPatch.families, *DiTIsolatedPatch.families))
         check_step_window(NODE, start_percent, end_percent)
+        strength, reweight = finite(NODE, "strength", strength), finite(NODE, "reweight", reweight)
+        for name in ("min_area", "min_separation"):
+            if name in slots:
+                finite(NODE, name, slots[name])
         if strength == 0:
             return (model,)
         dit = family in DiTIsolatedPatch.families

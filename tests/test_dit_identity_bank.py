@@ -57,3 +57,33 @@ def test_dit_bank_missing_character_is_a_clear_error():
     bank = write("flux")
     with pytest.raises(submodule("nodes.common").StoryError, match=r"\[Alice\].*holds \[Bob\]"):
         ksample(read("flux", bank, names="Alice"), "flux", panels=1, steps=2)
+
+
+def test_dit_bank_write_stores_the_bank_keep_rate():
+    """bank_keep_rate applies on DiTs: round(0.25 x 24) image tokens per identity image and layer."""
+    from tiny_models import dit_factory
+
+    model = csa(tiny_dit("flux"), **ALWAYS)
+    out = bank_nodes.IdentityBankWrite().sample(
+        model, names="Bob", positive=dit_factory.conditioning("flux", 2, seed=1),
+        negative=dit_factory.conditioning("flux", 2, seed=2),
+        latent_image={"samples": dit_factory.empty_latent("flux", 2, 8, 12)},
+        seed=0, steps=2, cfg=2.0, sampler_name="euler", scheduler="simple",
+        bank_keep_rate=0.25, between_steps="interpolate", precision="fp16",
+    )  # fmt: skip
+    bank = out["result"][1]
+    layer = bank.layers("Bob")[0]
+    assert {bank.tokens("Bob", s, layer).shape[0] for s in bank.sigmas("Bob")} == {2 * 6}
+
+
+def test_dit_bank_of_other_token_widths_is_a_clear_error():
+    """A bank whose tokens do not fit the layer (same family name, other widths) is refused, as on
+    UNets, instead of being skipped without a word."""
+    dm = tiny_dit("flux").get_model_object("diffusion_model")
+    bank = IdentityBank(family="Flux", name="wide.safetensors")
+    for i in range(len(dm.double_blocks)):
+        bank.record("Bob", 1.0, ("double", i, 0), torch.ones(4, 6))
+    for i in range(len(dm.single_blocks)):
+        bank.record("Bob", 1.0, ("single", i, 0), torch.ones(4, 6))
+    with pytest.raises(ValueError, match=r"wide\.safetensors holds \[Bob\] tokens of width 6 .* takes 512"):
+        ksample(read("flux", bank), "flux", panels=2, steps=2, seed=7)

@@ -237,3 +237,20 @@ def test_write_options_are_validated(sd15):
             scheduler="normal",
             precision="int4",
         )
+
+
+def test_write_names_not_in_the_story_are_a_clear_error(sd15):
+    """With a story, `names` chooses the characters recorded; a name the story lacks (it was
+    ignored without a word) names the input and the story's characters."""
+    model, clip = sd15
+    story = parse_story("[Bob]: a man\n[Ann]: a woman\n[Bob] portrait\n[Ann] portrait\n[Bob] [Ann] together")
+    assert bank_nodes.write_labels(story, "Bob", "W") == ("Bob", None, None)
+    assert bank_nodes.write_labels(story, "", "W") == ("Bob", "Ann", None)
+    with pytest.raises(
+        common.StoryError, match=r"names lists Carol, which the connected story does not .*Bob, Ann"
+    ):
+        bank_nodes.IdentityBankWrite().sample(
+            model, story=story, names="Carol", positive=[], negative=[],
+            latent_image={"samples": torch.zeros(3, 4, 8, 8)},
+            seed=0, steps=1, cfg=1.0, sampler_name="euler", scheduler="normal",
+        )  # fmt: skip

@@ -140,3 +140,28 @@ def test_batch_mismatch_raised_in_the_sampler_names_the_pack_node_to_fix(tiny):
     with pytest.raises(StoryError) as e:
         sample(m, pos, neg, 2, steps=1)
     assert "Fix it at the Identity Bank Read node" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    "class_type, bad",
+    [
+        ("StoryDiffConsistentSelfAttention", dict(keep_rate_1_16=float("nan"))),
+        ("StoryDiffConsistentSelfAttention", dict(keep_rate_double=float("nan"))),
+        ("StoryDiffConsistentSelfAttention", dict(strength=float("nan"))),
+        ("StoryDiffIsolatedAttention", dict(strength=float("nan"))),
+    ],
+)
+def test_a_nan_number_passes_the_queue_then_is_one_message_naming_the_input(pack, tiny, class_type, bad):
+    """NaN passes ComfyUI's min/max check (every comparison with it is false) and acted as 0 (no
+    sharing, silently): the node refuses it, naming the input."""
+    inputs = {"StoryDiffConsistentSelfAttention": CSA, "StoryDiffIsolatedAttention": ISOLATED}[class_type]
+    assert validation_errors(pack, class_type, dict(inputs, **bad)) == []
+    model, clip, _ = tiny("sd15")
+    node = pack.NODE_CLASS_MAPPINGS[class_type]()
+    with pytest.raises(submodule("nodes.common").StoryError, match=f"{next(iter(bad))} is nan"):
+        if class_type == "StoryDiffIsolatedAttention":
+            from isolated_helpers import encode_story
+
+            node.patch(model, clip, encode_story(clip)[2], **dict(inputs, **bad))
+        else:
+            node.patch(model, **dict(inputs, **bad))
