@@ -11,7 +11,7 @@ of the tests and the benchmark).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -166,3 +166,84 @@ def gather_index(
     other = torch.tensor([list(r) for r in refs], dtype=torch.long)  # [R, M]
     shared = other.unsqueeze(-1) * length + indices.cpu()[other]  # [R, M, k]
     return torch.cat([own, shared.flatten(1)], 1)
+
+
+class TokenGather:
+    """The UNet gather kernel of `consistent_run.ConsistentRun`: q, k, v [B, N (+ appended), C] with
+    the heads folded, every token an image token; `kernel(q, k, v, heads)` is the layer's attention.
+
+    Bank tokens are a self-attention layer's *input*: a write records the attn1 input (`take`), a
+    read appends the characters' tokens to the layer's context (`append_bank`, from the attn1
+    patch) so the layer itself projects them, and `bank_extra` lifts the projected part back out
+    of k and v as each row's extra keys."""
+
+    def __init__(self, heads: int, kernel: AttnFn, index_cache: dict | None = None):
+        self.heads, self.kernel, self.index_cache = heads, kernel, index_cache
+
+    def plain(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.kernel(q, k, v, self.heads)
+
+    def share(self, q, k, v, plan, indices, refs, row_extra) -> torch.Tensor:
+        return consistent_attention(
+            q, k, v, self.heads, indices, refs, row_extra, self.kernel, index_cache=self.index_cache
+        )
+
+    @staticmethod
+    def take(n: torch.Tensor) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """The attn1 input's tokens at some positions of one row (a write run's record)."""
+        return lambda row, positions: n[row, positions.to(n.device)]
+
+    @staticmethod
+    def append_bank(run, plan, n, context, value) -> tuple:
+        """(n, context, value) of the attn1 patch with the bank tokens of each row's characters
+        appended to the context (a read run); notes where they are in `plan.bank`."""
+        if context is not value and not torch.equal(context, value):
+            return n, context, value  # another patch set distinct values: leave the bank out
+        labels = run.labels(plan.images)
+        names = sorted({c for row in labels for c in row})
+        if not names:
+            return n, context, value
+        segments: dict = {}
+        per_half = {}
+        for half in set(plan.chunks):
+            parts, pos = [], 0
+            for name, toks in run.bank_tokens(plan, names, half, n.shape[-1]):
+                parts.append(toks)
+                segments[name] = (pos, pos + toks.shape[0])
+                pos += toks.shape[0]
+            per_half[half] = torch.cat(parts, 0) if parts else None
+        lengths = {t.shape[0] if t is not None else 0 for t in per_half.values()}
+        if len(lengths) != 1 or 0 in lengths:
+            return n, context, value
+        rows = torch.cat(
+            [
+                per_half[h].to(device=n.device, dtype=n.dtype).unsqueeze(0).expand(plan.images, -1, -1)
+                for h in plan.chunks
+            ],
+            0,
+        )
+        plan.bank = (context.shape[1], rows.shape[1], segments)
+        ctx = torch.cat([context, rows], 1)
+        return n, ctx, ctx
+
+    def bank_extra(self, run, plan, q, k, v) -> tuple:
+        """(per row: (keys, values, tag) of its characters' bank tokens or None, k, v without them)."""
+        if not plan.bank:
+            return None, k, v
+        lo, length, segments = plan.bank
+        hi = lo + length
+        bank_k, bank_v = k[:, lo:hi], v[:, lo:hi]
+        k = k[:, :lo] if hi == k.shape[1] else torch.cat([k[:, :lo], k[:, hi:]], 1)
+        v = v[:, :lo] if hi == v.shape[1] else torch.cat([v[:, :lo], v[:, hi:]], 1)
+        b, labels = plan.images, run.labels(plan.images)
+        extra = []
+        for c in range(len(plan.chunks)):
+            for i in range(b):
+                spans = [segments[n] for n in labels[i] if n in segments]
+                if not spans:
+                    extra.append(None)
+                    continue
+                ks = torch.cat([bank_k[c * b][a:e] for a, e in spans], 0)
+                vs = torch.cat([bank_v[c * b][a:e] for a, e in spans], 0)
+                extra.append((ks, vs, (c, tuple(labels[i]))))
+        return extra, k, v

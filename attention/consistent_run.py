@@ -1,41 +1,48 @@
-"""One run of Consistent Self-Attention: settings, the per-block-call plan, the run's caches.
+"""One run of Consistent Self-Attention, for every model family: settings, the per-call plan, caches.
 
-Pure torch (no ComfyUI import); the ComfyUI glue (nodes/patch_consistent.py) calls
-`ConsistentRun.attn1_patch` from an attn1 patch and `ConsistentRun.attention` from an attn1
-replace with the attention kernel injected (the replace it wraps, or ComfyUI's attention).
+Pure torch (no ComfyUI import). The glue (nodes/patch_consistent.py) describes each
+self-attention call it sees as a `Call` (which layer, how many shareable image tokens, the
+guidance chunks, the sigma, the layer's keep-rate) and hands `ConsistentRun.attention` a
+`Gather`: the family-specific gather kernel, the only part that differs between model families.
 
-* attn1 patch (pre-projection tokens after norm1): a bank *write* run records the shared tokens
-  of each identity image; a *read* run appends the bank tokens of the batch's characters to the
-  context, so the layer itself projects them;
-* attn1 replace: gathers the already-projected shared keys/values of the other images of the
-  same guidance chunk (and the row's bank tokens) and runs one SDPA-class call per key layout.
+* UNets (`consistent.TokenGather`): the layer's tokens are all image tokens, [B, N, C] with the
+  heads folded; bank tokens are the layer's *input* (recorded before its key/value projections,
+  appended to its context so the layer projects them on a read);
+* joint-attention DiTs (`joint_consistent.JointGather`): [B, H, L, D] over [text | image | tail],
+  only image tokens shared; bank tokens are the keys and values as the attention sees them
+  (after the block's norms and RoPE at the writer's positions, one [N, 2*H*D] row a token), and
+  borrowed keys are moved to the chosen positions.
 
-Steps are recognised by sigma (extra["sigmas"] within extra["sample_sigmas"]), never counted;
-the step window is a `steps.StepWindow` of fractions 0..1 of the model's noise schedule (a
-`steps.NoiseClock` given at reset), so split runs equal the single run; see steps.py for the
-second-order sampler rule.
+Shared by both (this file): steps recognised by sigma (never counted), warm-up, the step window
+in fractions 0..1 of the model's noise schedule (a `steps.NoiseClock` given at reset, so split
+runs equal the single run), a per-layer apply probability drawn from the seed, per-step token
+draws seeded by (seed, step sigma, tokens) and shared by every layer and both guidance halves,
+the story's sharing table and sliding window, strength as a blend with the plain call, and the
+identity bank's write (the bank's steps and token positions, committed when sampling completes)
+and read (a panel's characters' tokens, per guidance half).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
-from .consistent import consistent_attention, downscale_level, reference_table, story_reference_table
+from .consistent import reference_table, story_reference_table
 from .identity_bank import IdentityBank, width_mismatch
 from .steps import NoiseClock, StepWindow, step_index, step_progress, step_sigma, warmup_step
 from .token_sampling import ProbabilitySchedule, gate_draw, sample_token_indices
 
-PLAN_KEY = "storydiff_consistent_plan"  # per-block-call note from the attn1 patch to the replace
-Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
-
 
 @dataclass(frozen=True)
 class ConsistentConfig:
-    keep_rates: tuple = (0.5, 0.5, 0.5, 0.5)  # at latent/1, /2, /4, /8 (image 1/8, 1/16, 1/32, 1/64)
-    blocks: str = "up"  # "up" (output blocks, as the official code) or "all"
+    keep_rates: tuple = (0.5, 0.5, 0.5, 0.5)  # UNet: at latent/1, /2, /4, /8 (image 1/8 .. 1/64)
+    keep_double: float = 0.5  # DiT: double-stream / joint blocks (and SD3.5 Medium's "self")
+    keep_single: float = 0.5  # DiT: single-stream blocks
+    positions: str = "canvas"  # RoPE DiTs: where borrowed keys sit (joint_consistent.POSITION_MODES)
+    blocks: str = "up"  # "up" (UNet output blocks, a DiT's later blocks) or "all"
     warmup_steps: int = 1
     steps: StepWindow = StepWindow()
     schedule: ProbabilitySchedule = ProbabilitySchedule(((0.0, 0.7), (0.4, 0.9)))
@@ -43,13 +50,15 @@ class ConsistentConfig:
     seed: int = 0
     strength: float = 1.0
 
-    def keep_rate(self, level: int | None) -> float:
+    def level_rate(self, level: int | None) -> float:
+        """A UNet layer's keep-rate by its resolution level (None: unknown size, no sharing)."""
         if level is None:
             return 0.0
         return self.keep_rates[min(level, len(self.keep_rates) - 1)]
 
-    def covers(self, block) -> bool:
-        return self.blocks == "all" or (block is not None and block[0] == "output")
+    def block_rate(self, kind: str) -> float:
+        """A DiT block's keep-rate by its kind ("double", "single", "self")."""
+        return self.keep_single if kind == "single" else self.keep_double
 
 
 @dataclass
@@ -77,31 +86,52 @@ class Mode:
         return reference_table(images, window)
 
 
+@dataclass(frozen=True)
+class Call:
+    """One self-attention call as the glue sees it."""
+
+    layer: tuple  # (block, index, depth): the bank's layer key and the gate's draw key
+    rows: int  # batch rows (guidance chunks x images)
+    tokens: int  # shareable (image) tokens per row
+    chunks: tuple  # cond_or_uncond labels of the batch's chunks
+    sigma: float  # the call's sigma
+    sample_sigmas: object = None  # the run's schedule (tensor or list), None when unknown
+    rate: float = 0.0  # the layer's keep-rate (ConsistentConfig.level_rate / block_rate)
+
+
 @dataclass
 class Plan:
+    """What the run decided for one call (a UNet block call reuses it from its attn1 patch)."""
+
     sigma: float
     layer: tuple
-    chunks: list  # cond_or_uncond labels
+    chunks: tuple
     images: int
     active: bool
-    indices: torch.Tensor | None = None
-    refs: list | None = None
-    base_len: int = 0  # context length before the bank tokens
-    bank_len: int = 0
-    segments: dict | None = None  # character -> (start, end) inside the bank part
+    rate: float
     step: int = 0  # step index in the sampler's schedule, and the schedule's number of steps
     steps: int = 0
-    rate: float = 0.0  # CSA keep-rate at this layer's resolution
+    indices: torch.Tensor | None = None  # [images, k] shared token positions (None: nothing shared)
+    refs: list = field(default_factory=list)  # per image: the images it takes tokens from
+    bank: object = None  # the gather's note of the bank tokens it appended (UNet reads)
 
 
-@dataclass
+class Gather(Protocol):
+    """The family-specific gather kernel (consistent.TokenGather, joint_consistent.JointGather)."""
+
+    def plain(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
+
+    def share(self, q, k, v, plan: Plan, indices, refs: list, row_extra: list | None) -> torch.Tensor: ...
+
+    def bank_extra(self, run: ConsistentRun, plan: Plan, q, k, v) -> tuple: ...
+
+
 class ConsistentRun:
     """Settings + the per-run caches of one patch; `reset()` when sampling starts, `release()` after."""
 
-    config: ConsistentConfig
-    mode: Mode = field(default_factory=Mode)
-
-    def __post_init__(self):
+    def __init__(self, config: ConsistentConfig, mode: Mode | None = None):
+        self.config = config
+        self.mode = mode or Mode()
         self.reset()
 
     def reset(self, clock: NoiseClock | None = None) -> None:
@@ -110,7 +140,7 @@ class ConsistentRun:
         self.indices: dict = {}  # (step sigma, tokens, images, keep-rate) -> LongTensor [B, k]
         self.gather: dict = {}  # gather indices reused by the layers of one shape
         self.repeated: dict = {}  # indices repeated over the guidance chunks
-        self.steps: dict = {}  # sigma -> (step index, progress, step sigma)
+        self.steps: dict = {}  # sigma -> (warm-up step?, progress, step sigma)
         kind, bank = self.mode.kind, self.mode.bank
         self.staging = bank.empty_like() if kind == "write" and bank is not None else None
 
@@ -124,172 +154,109 @@ class ConsistentRun:
         labels = self.mode.labels
         return tuple(labels) * images if len(labels) == 1 else tuple(labels)
 
-    # ---- planning (shared by the attn1 patch and the replace of one block call) ----------
-    def plan(self, rows: int, tokens: int, extra: dict) -> Plan | None:
-        plan = extra.get(PLAN_KEY)
-        if plan is not None:
-            return plan
-        cfg = self.config
-        block = extra.get("block")
-        shape = extra.get("activations_shape")
-        if not cfg.covers(block) or shape is None or extra.get("sigmas") is None:
+    # ---- planning ------------------------------------------------------------------------
+    def plan(self, call: Call) -> Plan | None:
+        """The call's plan, None when its rows are not whole guidance chunks."""
+        cfg, kind = self.config, self.mode.kind
+        chunks = tuple(call.chunks) or (0,)
+        if call.rows % len(chunks):
             return None
-        h, w = int(shape[-2]), int(shape[-1])
-        if rows != int(shape[0]) or tokens != h * w:
-            return None  # an SVD temporal block, or an unknown layout
-        chunks = list(extra.get("cond_or_uncond") or [0])
-        if rows % len(chunks):
-            return None
-        images = rows // len(chunks)
-        sample_sigmas = extra.get("sample_sigmas")
-        sigma_now = float(extra["sigmas"].reshape(-1)[0])
-        if sigma_now not in self.steps:
-            t, progress = step_progress(sigma_now, sample_sigmas)
-            sigma = step_sigma(sigma_now, sample_sigmas)
+        images = call.rows // len(chunks)
+        if call.sigma not in self.steps:
+            t, progress = step_progress(call.sigma, call.sample_sigmas)
+            sigma = step_sigma(call.sigma, call.sample_sigmas)
             if self.clock is not None:
                 progress = self.clock.progress(sigma)
-            warm = warmup_step(t, cfg.warmup_steps, sample_sigmas, self.clock)
-            self.steps[sigma_now] = (warm, progress, sigma)
-        warm, progress, sigma = self.steps[sigma_now]
-        layer = (block[0], int(block[1]), int(extra.get("block_index", 0)))
+            warm = warmup_step(t, cfg.warmup_steps, call.sample_sigmas, self.clock)
+            self.steps[call.sigma] = (warm, progress, sigma)
+        warm, progress, sigma = self.steps[call.sigma]
         active = (
             cfg.strength > 0
             and not warm
             and cfg.steps.contains(progress)
-            and gate_draw(cfg.seed, sigma, layer) < cfg.schedule.at(progress)
+            and gate_draw(cfg.seed, sigma, call.layer) < cfg.schedule.at(progress)
         )
-        original = extra.get("original_shape")
-        level = downscale_level(tuple(original[-2:]), (h, w)) if original is not None else None
-        rate = cfg.keep_rate(level)
-        total = len(sample_sigmas) - 1 if sample_sigmas is not None else 0
+        total = len(call.sample_sigmas) - 1 if call.sample_sigmas is not None else 0  # type: ignore[arg-type]
         plan = Plan(
             sigma=sigma,
-            layer=layer,
+            layer=call.layer,
             chunks=chunks,
             images=images,
             active=active,
-            step=step_index(sigma_now, sample_sigmas) if self.mode.kind == "write" else 0,
+            rate=call.rate,
+            step=step_index(call.sigma, call.sample_sigmas) if kind == "write" else 0,
             steps=total,
-            rate=rate,
         )
-        kind = self.mode.kind
-        if rate > 0 and ((active and kind == "plain") or kind == "write"):
-            key = (sigma, tokens, images, rate)
+        if call.rate > 0 and ((active and kind == "plain") or kind == "write"):
+            key = (sigma, call.tokens, images, call.rate)
             if key not in self.indices:
                 if len(self.indices) > 64:  # a new step: earlier draws are done with
                     self.indices, self.gather, self.repeated = {}, {}, {}
-                self.indices[key] = sample_token_indices(images, tokens, rate, cfg.seed, sigma)
+                self.indices[key] = sample_token_indices(images, call.tokens, call.rate, cfg.seed, sigma)
             plan.indices = self.indices[key]
         plan.refs = self.mode.sharing(images, cfg.window) if kind in ("plain", "write") else [()] * images
-        extra[PLAN_KEY] = plan
         return plan
 
-    # ---- attn1 patch: record (write) or append bank tokens (read) ---------------------
-    def attn1_patch(self, n, context, value, extra) -> tuple:
-        plan = self.plan(n.shape[0], n.shape[1], extra)
-        if plan is None:
-            return n, context, value
-        if self.mode.kind == "write" and plan.indices is not None and self.staging is not None:
-            self._record(n, plan)
-        if self.mode.kind == "read" and plan.active:
-            return self._append_bank(n, context, value, plan)
-        return n, context, value
-
-    def _record(self, n: torch.Tensor, plan: Plan) -> None:
-        staging = self.staging  # what is stored (steps, token positions, halves) is the bank's choice
-        idx = staging.record_positions(
-            plan.images,
-            n.shape[1],
-            plan.rate,
-            self.config.seed,
-            plan.sigma,
-            plan.step,
-            plan.steps,
-            self.config.warmup_steps,
+    # ---- the identity bank -----------------------------------------------------------
+    def record(self, plan: Plan, tokens: int, take: Callable[[int, torch.Tensor], torch.Tensor]) -> None:
+        """A write run stores, per character and guidance half, `take(row, positions)` ([n, C]) of
+        its identity images at the positions the bank's settings choose for this step."""
+        staging = self.staging
+        if self.mode.kind != "write" or staging is None:
+            return
+        cfg = self.config
+        positions = staging.record_positions(
+            plan.images, tokens, plan.rate, cfg.seed, plan.sigma, plan.step, plan.steps, cfg.warmup_steps
         )
-        if idx is None:
+        if positions is None:
             return
         labels = self.labels(plan.images)
-        idx = idx.to(n.device)
         for c, half in enumerate(plan.chunks):
             if not staging.records_half(half):
                 continue
-            chunk = n[c * plan.images : (c + 1) * plan.images]
             for name in sorted({lab for lab in labels if lab is not None}):
                 rows = [i for i, lab in enumerate(labels) if lab == name]
-                toks = torch.cat([chunk[i, idx[i]] for i in rows], 0)
+                toks = torch.cat([take(c * plan.images + i, positions[i]) for i in rows], 0)
                 staging.record(name, plan.sigma, plan.layer, toks, half=int(half), images=len(rows))
 
-    def _bank_rows(self, plan: Plan, names: list, half, width: int, segments: dict) -> torch.Tensor | None:
+    def bank_tokens(self, plan: Plan, names, half, width: int) -> list[tuple[str, torch.Tensor]]:
+        """(name, [n, width] tokens) of the named characters the bank holds for this call's step,
+        layer and guidance half; tokens of another width are a BankMismatch naming the bank."""
         bank = self.mode.bank
-        parts, pos = [], 0
+        if bank is None:
+            return []
+        found = []
         for name in names:
             toks = bank.tokens(name, plan.sigma, plan.layer, half=int(half) if int(half) in (0, 1) else 0)
             if toks is None:
                 toks = bank.tokens(name, plan.sigma, plan.layer, half=0)
-            if toks is not None and toks.shape[-1] != width:
-                raise width_mismatch(self.mode.node, bank, name, plan.layer, toks.shape[-1], width)
             if toks is None:
                 continue
-            parts.append(toks)
-            segments[name] = (pos, pos + toks.shape[0])
-            pos += toks.shape[0]
-        return torch.cat(parts, 0) if parts else None
+            if toks.shape[-1] != width:
+                raise width_mismatch(self.mode.node, bank, name, plan.layer, toks.shape[-1], width)
+            found.append((name, toks))
+        return found
 
-    def _append_bank(self, n, context, value, plan: Plan) -> tuple:
-        if context is not value and not torch.equal(context, value):
-            return n, context, value  # another patch set distinct values: leave the bank out
-        names = sorted({c for row in self.labels(plan.images) for c in row})
-        if not names:
-            return n, context, value
-        segments: dict = {}
-        per_half = {
-            half: self._bank_rows(plan, names, half, n.shape[-1], segments) for half in set(plan.chunks)
-        }
-        lengths = {t.shape[0] if t is not None else 0 for t in per_half.values()}
-        if len(lengths) != 1 or 0 in lengths:
-            return n, context, value
-        rows = torch.cat(
-            [
-                per_half[h].to(device=n.device, dtype=n.dtype).unsqueeze(0).expand(plan.images, -1, -1)
-                for h in plan.chunks
-            ],
-            0,
-        )
-        plan.base_len, plan.bank_len, plan.segments = context.shape[1], rows.shape[1], segments
-        ctx = torch.cat([context, rows], 1)
-        return n, ctx, ctx
-
-    # ---- attn1 replace ------------------------------------------------------------------
-    def attention(self, q, k, v, extra: dict, attn: Kernel) -> torch.Tensor:
-        """The layer's self-attention with sharing; `attn(q, k, v, heads)` is the kernel."""
-        heads = extra["n_heads"]
-        plan = self.plan(q.shape[0], q.shape[1], extra)
+    # ---- the attention call -----------------------------------------------------------
+    def attention(self, q, k, v, plan: Plan | None, gather: Gather) -> torch.Tensor:
+        """The call's attention with sharing (q, k, v in the gather's layout)."""
         if plan is None or not plan.active:
-            return attn(q, k, v, heads)
-        bank_part = plan.bank_len if plan.segments else 0
-        if bank_part:
-            lo, hi = plan.base_len, plan.base_len + plan.bank_len
-            bank_k, bank_v = k[:, lo:hi], v[:, lo:hi]
-            k = k[:, :lo] if hi == k.shape[1] else torch.cat([k[:, :lo], k[:, hi:]], 1)
-            v = v[:, :lo] if hi == v.shape[1] else torch.cat([v[:, :lo], v[:, hi:]], 1)
+            return gather.plain(q, k, v)
+        row_extra = None
+        if self.mode.kind == "read":
+            row_extra, k, v = gather.bank_extra(self, plan, q, k, v)
+            if row_extra is None:
+                return gather.plain(q, k, v)
+        elif plan.indices is None or plan.images < 2 or not any(plan.refs):
+            return gather.plain(q, k, v)
         # all guidance chunks in one call, rows in ComfyUI's order (an earlier replace sees the
         # batch layout it expects); references never cross a chunk
         b, chunks = plan.images, len(plan.chunks)
         refs = [tuple(c * b + j for j in plan.refs[i]) for c in range(chunks) for i in range(b)]
-        indices = self._batch_indices(plan, chunks)
-        row_extra = None
-        if bank_part:
-            labels = self.labels(b)
-            row_extra = [
-                _row_bank(bank_k[c * b], bank_v[c * b], plan, labels[i], c)
-                for c in range(chunks)
-                for i in range(b)
-            ]
-        out = consistent_attention(q, k, v, heads, indices, refs, row_extra, attn, index_cache=self.gather)
+        out = gather.share(q, k, v, plan, self._batch_indices(plan, chunks), refs, row_extra)
         s = self.config.strength
         if s < 1.0:
-            plain = attn(q, k, v, heads)
+            plain = gather.plain(q, k, v)
             out = plain + (out - plain) * s
         return out
 
@@ -300,12 +267,3 @@ class ConsistentRun:
         if key not in self.repeated:
             self.repeated[key] = plan.indices.repeat(chunks, 1)
         return self.repeated[key]
-
-
-def _row_bank(bank_k, bank_v, plan: Plan, names, chunk: int) -> tuple | None:
-    spans = [plan.segments[n] for n in names if n in plan.segments]
-    if not spans:
-        return None
-    ks = torch.cat([bank_k[a:b] for a, b in spans], 0)
-    vs = torch.cat([bank_v[a:b] for a, b in spans], 0)
-    return ks, vs, (chunk, tuple(names))

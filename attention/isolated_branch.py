@@ -85,8 +85,43 @@ def _rows(ctx: torch.Tensor, P: int, device, dtype) -> torch.Tensor:
     return ctx.expand(P, -1, -1) if ctx.shape[0] == 1 else ctx
 
 
-def _chunk_rows(chunks, P: int, device) -> torch.Tensor:
+def chunk_rows(chunks, P: int, device) -> torch.Tensor:
     return torch.cat([torch.arange(c * P, (c + 1) * P) for c in chunks]).to(device)
+
+
+def panel_references(plan, tok, p: int, activation, region, dim: int, from_bank=None) -> tuple | None:
+    """(keys, values, owner [R], activation [R]) of the references of the characters present in panel
+    p (tok [P, K, n]: each character's region on the image tokens), every model family's rule: a
+    character's identity-bank tokens (`from_bank(name)` -> (keys, values) or None) with activation 1,
+    else its region in its reference panel (its first panel; none in that panel itself):
+    `region(rp, sel)` -> (keys, values) of the selected tokens, with their normalised
+    cross-attention (`activation()` -> [P, K, n] or None = 1). Keys and values are concatenated along
+    `dim` (the token axis of the family's layout); None when no character has references."""
+    ks, vs, owner, acts = [], [], [], []
+    for ch, name in enumerate(plan.names):
+        if not bool(tok[p, ch].any()):
+            continue
+        found = from_bank(name) if from_bank is not None else None
+        if found is not None:
+            kr, vr = found
+            act = torch.ones(kr.shape[dim], device=kr.device)
+        else:
+            rp = plan.ref_panel[ch] if ch < len(plan.ref_panel) else None
+            if rp is None or rp == p:
+                continue
+            sel = tok[rp, ch] > 0.5
+            if not bool(sel.any()):
+                continue
+            kr, vr = region(rp, sel)
+            maps = activation()
+            act = maps[rp, ch][sel] if maps is not None else torch.ones(int(sel.sum()), device=kr.device)
+        ks.append(kr)
+        vs.append(vr)
+        acts.append(act)
+        owner.append(torch.full((kr.shape[dim],), ch, dtype=torch.long, device=kr.device))
+    if not ks:
+        return None
+    return torch.cat(ks, dim), torch.cat(vs, dim), torch.cat(owner), torch.cat(acts)
 
 
 class IsolatedBranch:
@@ -193,7 +228,7 @@ class IsolatedBranch:
             )
         return [i for i, c in enumerate(cou) if c == 0], P
 
-    def _isolating(self, step: int) -> bool:
+    def isolating(self, step: int) -> bool:
         cfg = self.config
         # no `step > 0` rule: online masks come from earlier steps' maps, so a run's first step has
         # none anyway, while given masks isolate from the first step of every stage of a split run
@@ -235,10 +270,10 @@ class IsolatedBranch:
         heads = extra["n_heads"]
         capture = captures(cfg.capture, key, hw, grid) and run.capturing(step)
         masks = None
-        if cfg.isolate and is_isolation_block(key) and self._isolating(step):
+        if cfg.isolate and is_isolation_block(key) and self.isolating(step):
             masks = run.masks(step, grid, q.device)  # from steps < step: unaffected by this call's capture
             masks = masks if masks is not None and bool(masks.any()) else None
-        cond_idx = _chunk_rows(conds, P, q.device)
+        cond_idx = chunk_rows(conds, P, q.device)
         maps = None
         if capture and masks is not None and not wraps:
             # the output changes anyway: reuse the captured probabilities for the cond rows' attention
@@ -247,7 +282,7 @@ class IsolatedBranch:
             orig[cond_idx] = attend(probs, v[cond_idx]).to(q.dtype)
             unc = [i for i in range(len(extra["cond_or_uncond"])) if i not in conds]
             if unc:
-                unc_idx = _chunk_rows(unc, P, q.device)
+                unc_idx = chunk_rows(unc, P, q.device)
                 orig[unc_idx] = original(q[unc_idx], k[unc_idx], v[unc_idx])
             maps = probs.mean(1)
         else:
@@ -282,44 +317,30 @@ class IsolatedBranch:
     # ---- attn1: isolated self-attention -------------------------------------------------
     def _references(self, key, module, k, v, tok, c, P, p, step, sigma, hw) -> tuple | None:
         """Reference keys/values of the characters present in panel p (bank first, else earlier panel)."""
-        plan, bank = self.run.plan, self.config.identity_bank
-        n = hw[0] * hw[1]
-        ks, vs, owner, acts = [], [], [], []
-        for ch, name in enumerate(plan.names):
-            if not bool(tok[p, ch].any()):
-                continue
+        bank, n = self.config.identity_bank, hw[0] * hw[1]
+
+        def from_bank(name: str):
             toks = (
                 bank.tokens(name, sigma, key) if bank is not None and name in list(bank.characters) else None
             )
-            if toks is not None and toks.shape[0] > 0:
-                width = getattr(module.to_k, "in_features", toks.shape[-1])
-                if toks.ndim != 2 or toks.shape[-1] != width:
-                    raise IsolationInputError(
-                        f"{self.config.node}: identity_bank gives [{name}] tokens of shape "
-                        f"{tuple(toks.shape)} for layer {key}, but this model's layer takes [N, {width}]; "
-                        "build the identity bank with the same model."
-                    )
-                x = toks.to(device=k.device, dtype=k.dtype)
-                ks.append(module.to_k(x))
-                vs.append(module.to_v(x))
-                acts.append(torch.ones(x.shape[0], device=k.device))
-            else:
-                rp = plan.ref_panel[ch] if ch < len(plan.ref_panel) else None
-                if rp is None or rp == p:
-                    continue
-                sel = tok[rp, ch] > 0.5
-                if not bool(sel.any()):
-                    continue
-                ks.append(k[c * P + rp, :n][sel])
-                vs.append(v[c * P + rp, :n][sel])
-                act = self.activation(step, hw, k.device)
-                acts.append(
-                    act[rp, ch][sel] if act is not None else torch.ones(int(sel.sum()), device=k.device)
+            if toks is None or toks.shape[0] == 0:
+                return None
+            width = getattr(module.to_k, "in_features", toks.shape[-1])
+            if toks.ndim != 2 or toks.shape[-1] != width:
+                raise IsolationInputError(
+                    f"{self.config.node}: identity_bank gives [{name}] tokens of shape "
+                    f"{tuple(toks.shape)} for layer {key}, but this model's layer takes [N, {width}]; "
+                    "build the identity bank with the same model."
                 )
-            owner.append(torch.full((ks[-1].shape[0],), ch, dtype=torch.long, device=k.device))
-        if not ks:
-            return None
-        return torch.cat(ks), torch.cat(vs), torch.cat(owner), torch.cat(acts)
+            x = toks.to(device=k.device, dtype=k.dtype)
+            return module.to_k(x), module.to_v(x)
+
+        def region(rp: int, sel: torch.Tensor) -> tuple:
+            return k[c * P + rp, :n][sel], v[c * P + rp, :n][sel]
+
+        return panel_references(
+            self.run.plan, tok, p, lambda: self.activation(step, hw, k.device), region, 0, from_bank
+        )
 
     def attn1(self, key, module, q, k, v, extra: dict, orig: torch.Tensor, attn: Kernel) -> torch.Tensor:
         hw = tuple(extra["activations_shape"][-2:])
@@ -328,7 +349,7 @@ class IsolatedBranch:
             return orig
         conds, P = self._cond_chunks(q, extra)
         step = run.step(extra["sigmas"], extra.get("sample_sigmas"))
-        if not conds or not self._isolating(step):
+        if not conds or not self.isolating(step):
             return orig
         masks = run.masks(step, tuple(extra["original_shape"][-2:]), q.device)
         if masks is None or not masks.any():

@@ -182,3 +182,66 @@ def joint_consistent_attention(
             out = res.new_empty((b,) + tuple(res.shape[1:]))
         out[rows] = res
     return out
+
+
+class JointGather:
+    """The joint-attention DiT gather kernel of `consistent_run.ConsistentRun`: q, k, v [B, H, L, D]
+    over [text | image | tail] (`layout`), only image tokens shared, the m-th borrowed panel's keys
+    moved by `rotations(slots)[m]`; `kernel(q, k, v, mask)` is the attention as the block made it.
+
+    Bank tokens are the keys and values as the attention sees them, one [N, 2*H*D] row a token
+    (`take`); a read appends each panel's characters' tokens to its keys and values, character n
+    of a panel at position slot n, as borrowed panels are (`bank_extra`)."""
+
+    def __init__(self, layout: JointLayout, kernel: JointAttnFn, rotations, mask: torch.Tensor | None = None):
+        self.layout, self.kernel, self.rotations, self.mask = layout, kernel, rotations, mask
+
+    def plain(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.kernel(q, k, v, self.mask)
+
+    def share(self, q, k, v, plan, indices, refs, row_extra) -> torch.Tensor:
+        slots = max((len(r) for r in plan.refs), default=0)
+        rots = self.rotations(slots) if slots and plan.indices is not None else None
+        return joint_consistent_attention(
+            q, k, v, self.layout, indices, refs, self.kernel, rots, row_extra, self.mask
+        )
+
+    def take(self, k: torch.Tensor, v: torch.Tensor) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """One row's keys and values at some image-token positions as [n, 2*H*D] (a write's record)."""
+
+        def rows(row: int, positions: torch.Tensor) -> torch.Tensor:
+            idx = positions.to(k.device) + self.layout.img_start
+            return torch.cat([_flat(k[row][:, idx]), _flat(v[row][:, idx])], -1)
+
+        return rows
+
+    def bank_extra(self, run, plan, q, k, v) -> tuple:
+        heads, d = q.shape[1], q.shape[-1]
+        labels, out, found, cache = run.labels(plan.images), [], False, {}
+        for half in plan.chunks:
+            for i in range(plan.images):
+                names = tuple(labels[i])
+                key = (int(half), names)
+                if key not in cache:
+                    cache[key] = self._bank_keys(run, plan, names, int(half), heads, d, q)
+                entry = cache[key]
+                out.append(None if entry is None else (*entry, key))
+                found = found or entry is not None
+        return (out if found else None), k, v
+
+    def _bank_keys(self, run, plan, names, half, heads, d, q):
+        rots = self.rotations(len(names)) if names else []
+        ks, vs = [], []
+        for name, toks in run.bank_tokens(plan, names, half, 2 * heads * d):
+            toks = toks.to(device=q.device, dtype=q.dtype)
+            kb = toks[:, : heads * d].reshape(-1, heads, d).transpose(0, 1)  # [H, n, D]
+            vb = toks[:, heads * d :].reshape(-1, heads, d).transpose(0, 1)
+            rot = rots[names.index(name)] if rots else None
+            ks.append(rotate_pairs(kb, rot.to(kb.device)) if rot is not None else kb)
+            vs.append(vb)
+        return (torch.cat(ks, 1), torch.cat(vs, 1)) if ks else None
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """[H, n, D] -> [n, H*D]."""
+    return x.transpose(0, 1).reshape(x.shape[1], -1)

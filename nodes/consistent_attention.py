@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 
 from ..attention.consistent_run import ConsistentConfig, Mode
+from ..attention.joint_consistent import POSITION_MODES
 from ..attention.steps import is_legacy_percent, window_from_inputs
 from ..attention.token_sampling import parse_probability_schedule
 from .character_plan import check_story
 from .common import CATEGORY_ROOT, StoryError, check_step_window, finite, step_window_inputs
-from .dit_settings import dit_inputs
-from .patch_consistent_dit import consistent_patch
+from .joint_inputs import POSITION_DEFAULT, joint_inputs
+from .patch_consistent import consistent_patch
 from .patch_core import install
 
 NODE = "Consistent Self-Attention"
@@ -143,8 +144,14 @@ def config_from(settings: dict, node: str = NODE) -> ConsistentConfig:
             float(start) / 100,
             float(end) / 100,
         )
+    positions = settings.get("dit_positions", POSITION_DEFAULT)
+    if positions not in POSITION_MODES:
+        raise StoryError(f"{node}: dit_positions must be one of {list(POSITION_MODES)}, got {positions!r}.")
     return ConsistentConfig(
         keep_rates=tuple(float(settings[name]) for name, _ in LEVELS),
+        keep_double=float(settings.get("keep_rate_double", 0.5)),
+        keep_single=float(settings.get("keep_rate_single", 0.5)),
+        positions=positions,
         blocks=settings["blocks"],
         warmup_steps=int(settings["warmup_steps"]),
         steps=window_from_inputs(start, end),
@@ -188,7 +195,7 @@ class ConsistentSelfAttention:
                         "panel_count. Empty: every image shares with every other."
                     },
                 ),
-                **dit_inputs(),
+                **joint_inputs(),
             },
         }
 
@@ -200,7 +207,7 @@ class ConsistentSelfAttention:
 
     def patch(self, model, story=None, **settings) -> tuple:
         mode = Mode(tags=story_tags(NODE, story)) if story is not None else Mode()
-        return (install(model, consistent_patch(model, config_from(settings), mode, settings=settings)),)
+        return (install(model, consistent_patch(model, config_from(settings), mode)),)
 
 
 NODE_CLASS_MAPPINGS = {"StoryDiffConsistentSelfAttention": ConsistentSelfAttention}

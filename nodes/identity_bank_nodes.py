@@ -14,8 +14,7 @@ from ..attention.consistent_run import ConsistentConfig, Mode
 from ..attention.identity_bank import IdentityBank
 from .common import CATEGORY_ROOT, DENOISE_INPUT, StoryError, ksample, sampler_inputs
 from .model_signature import check_bank_fits, model_family, self_attention_widths
-from .patch_consistent import FEATURE
-from .patch_consistent_dit import consistent_patch
+from .patch_consistent import FEATURE, consistent_patch
 from .patch_core import install, installed
 
 CATEGORY = f"{CATEGORY_ROOT}/identity bank"

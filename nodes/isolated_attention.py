@@ -6,20 +6,29 @@ from ..attention.isolated_branch import CAPTURE_LAYERS, IsolatedBranch, Isolatio
 from ..attention.isolated_merge import DEFAULT_LAMBDA
 from ..attention.isolated_run import IsolationRun
 from ..attention.steps import StepWindow
+from ..families import supporting
 from .character_plan import build_plan, character_contexts, conditioning_tensor, user_masks
 from .common import CATEGORY_ROOT, StoryError, check_step_window, finite, step_window_inputs
 from .model_signature import check_bank_fits
 from .patch_core import install, require_family
-from .patch_dit import FLUX, QWEN_IMAGE
-from .patch_isolated import IsolatedPatch
-from .patch_isolated_dit import DiTIsolatedPatch
-from .patch_unet import UNET
+from .patch_isolated import FEATURE, IsolatedPatch
+from .patch_isolated_joint import JointIsolatedPatch
+from .qwen_tokens import KEY as QWEN_KEY
 from .qwen_tokens import qwen_character_contexts, qwen_plan
 from .regional_prompts import regional_prompt_warnings
 from .user_warnings import warn
 
 NODE = "Isolated Attention"
 SLOTS = 4
+
+
+def plain_contexts(node: str, clip, story, overrides: dict) -> tuple[list, list]:
+    return character_contexts(node, clip, story, overrides), []
+
+
+# where a character's tokens are found, by the tokenizer a family's context comes from
+# (Family.token_key): by text span in Qwen-Image's BPE context, else by the tokenizer's word ids
+TOKENS = {QWEN_KEY: (lambda node, clip, story, key: qwen_plan(node, clip, story), qwen_character_contexts)}
 
 
 def check_identity_bank(bank) -> object:
@@ -130,7 +139,7 @@ class IsolatedAttention:
             "required": {
                 "model": (
                     "MODEL",
-                    {"tooltip": f"The model to patch ({UNET.name}; {FLUX.name}; {QWEN_IMAGE.name})."},
+                    {"tooltip": f"The model to patch ({'; '.join(f.name for f in supporting(FEATURE))})."},
                 ),
                 "clip": (
                     "CLIP",
@@ -187,7 +196,7 @@ class IsolatedAttention:
         unique_id=None,
         **slots,
     ) -> tuple:
-        family = require_family(model, NODE, (*IsolatedPatch.families, *DiTIsolatedPatch.families))
+        family = require_family(model, NODE, supporting(FEATURE))
         check_step_window(NODE, start_percent, end_percent)
         strength, reweight = finite(NODE, "strength", strength), finite(NODE, "reweight", reweight)
         for name in ("min_area", "min_separation"):
@@ -195,16 +204,14 @@ class IsolatedAttention:
                 finite(NODE, name, slots[name])
         if strength == 0:
             return (model,)
-        dit = family in DiTIsolatedPatch.families
-        if dit and identity_bank is not None:
+        glue = IsolatedPatch if family in IsolatedPatch.families else JointIsolatedPatch
+        if identity_bank is not None and "bank" not in glue.reads:
             raise StoryError(
                 f"{NODE}: identity_bank is not read by the isolated branch on {family.name} yet "
                 "(characters use their first panel as reference there); disconnect identity_bank."
             )
-        if family is QWEN_IMAGE:
-            plan = qwen_plan(NODE, clip, story)
-        else:
-            plan = build_plan(NODE, clip, story, "t5xxl" if family is FLUX else None)
+        planner, contexts = TOKENS.get(family.token_key, (build_plan, plain_contexts))
+        plan = planner(NODE, clip, story, family.token_key)
         if not plan.names:
             raise StoryError(
                 f"{NODE}: the story declares no character; declare characters with '[Name]: description'."
@@ -218,10 +225,7 @@ class IsolatedAttention:
             if slots.get(f"character_{i}") is not None
         }
         masks = user_masks(NODE, {i - 1: slots.get(f"mask_{i}") for i in range(1, SLOTS + 1)}, story)
-        if family is QWEN_IMAGE:
-            characters, lengths = qwen_character_contexts(NODE, clip, story, overrides)
-        else:
-            characters, lengths = character_contexts(NODE, clip, story, overrides), []
+        characters, lengths = contexts(NODE, clip, story, overrides)
         config = IsolationConfig(
             node=NODE,
             isolate=True,
@@ -245,8 +249,7 @@ class IsolatedAttention:
         )
         if identity_bank is not None:
             check_bank_fits(NODE, identity_bank, model)
-        patch = DiTIsolatedPatch if dit else IsolatedPatch
-        return (install(model, patch(IsolatedBranch(config, run))),)
+        return (install(model, glue(IsolatedBranch(config, run))),)
 
 
 NODE_CLASS_MAPPINGS = {"StoryDiffIsolatedAttention": IsolatedAttention}

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ..families import family_of
 from .common import StoryError
 from .patch_core import model_family_name
-from .patch_unet import UNET, attention_layers
 
 
 def model_family(model_patcher) -> str | None:
@@ -14,17 +14,12 @@ def model_family(model_patcher) -> str | None:
 
 def self_attention_widths(model_patcher) -> dict[tuple, int]:
     """(block_name, block_id, depth index) -> token width of every UNet self-attention layer
-    (empty for a model that is not a UNet: the family name alone then decides)."""
+    (empty for a family that does not list them: the family name alone, and the read's width
+    check, then decide)."""
     if not hasattr(model_patcher, "get_model_object"):
         return {}
-    if not UNET.matches(model_patcher.get_model_object("diffusion_model")):
-        return {}
-    widths = {}
-    for layer in attention_layers(model_patcher):
-        to_k = getattr(layer.attn1, "to_k", None)
-        if to_k is not None and hasattr(to_k, "in_features"):
-            widths[layer.key] = int(to_k.in_features)
-    return widths
+    family = family_of(model_patcher.get_model_object("diffusion_model"))
+    return family.self_attention_widths(model_patcher) if family is not None else {}
 
 
 def check_bank_fits(node: str, bank, model_patcher) -> None:

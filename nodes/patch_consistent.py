@@ -1,10 +1,11 @@
 """Consistent Self-Attention (and the identity bank) through the pack's patching seam.
 
-The run's math is `attention.consistent_run.ConsistentRun` (pure); this file only hooks it in:
-an attn1 patch and, per transformer layer of the chosen blocks, an attn1 replace around
-whatever replace the graph holds there (see nodes/patch_core.py). A write run copies the
-recorded tokens into its bank only when sampling completes, so an interrupted write leaves the
-bank unchanged.
+The run's math is `attention.consistent_run.ConsistentRun` (pure, one run for every family);
+this file holds what its patch does on every family: the batch checks when sampling starts and
+the write run's commit (the recorded tokens go into the bank only when sampling completes, so an
+interrupted write leaves the bank unchanged). How the run is hooked in is the family kind's:
+patch_consistent_unet.py (attn1 patch + replaces) and patch_consistent_joint.py (block replaces
++ an attention override); `consistent_patch` picks the one of the MODEL's family.
 """
 
 from __future__ import annotations
@@ -14,21 +15,24 @@ import logging
 import torch
 
 from ..attention.consistent_run import ConsistentConfig, ConsistentRun, Mode
+from ..families import supporting
 from .common import sampler_time_error
-from .patch_core import Family, FeaturePatch, LayerHook, Replace, default_attention
-from .patch_unet import SVD_UNET, UNET, attention_layers
+from .patch_core import FeaturePatch, require_family
 
 FEATURE = "consistent"
 
 
 class ConsistentPatch(FeaturePatch):
     feature = FEATURE
-    families = (UNET, SVD_UNET)  # SVD: the spatial layers share across frames; temporal calls are skipped
 
     def __init__(self, config: ConsistentConfig, mode: Mode | None = None):
         mode = mode or Mode()
         super().__init__(ConsistentRun(config, mode))
         self.node = mode.node
+
+    @property
+    def run(self) -> ConsistentRun:
+        return self.state
 
     @property
     def config(self) -> ConsistentConfig:
@@ -37,31 +41,6 @@ class ConsistentPatch(FeaturePatch):
     @property
     def mode(self) -> Mode:
         return self.state.mode
-
-    def attention_patches(self) -> dict[str, list]:
-        return {"attn1_patch": [self.attn1_patch]}
-
-    def attn1_patch(self, n, context, value, extra) -> tuple:
-        return self.state.attn1_patch(n, context, value, extra)
-
-    def layer_hooks(self, model, family: Family) -> list[LayerHook]:
-        blocks = ("input", "middle", "output") if self.config.blocks == "all" else ("output",)
-        return [
-            LayerHook("attn1", layer.key, self._replace_around) for layer in attention_layers(model, blocks)
-        ]
-
-    def _replace_around(self, previous: Replace | None) -> Replace:
-        def replace(q, k, v, extra) -> torch.Tensor:
-            def kernel(q_, k_, v_, heads) -> torch.Tensor:
-                return (
-                    previous(q_, k_, v_, extra)
-                    if previous is not None
-                    else default_attention(q_, k_, v_, extra)
-                )
-
-            return self.state.attention(q, k, v, extra, kernel)
-
-        return replace
 
     def begin(self, noise: torch.Tensor | None) -> None:
         self._check_batch(int(noise.shape[0]) if noise is not None else None)
@@ -104,3 +83,14 @@ class ConsistentPatch(FeaturePatch):
                     "write them first (Identity Bank Write samples and returns the bank), load a bank that "
                     "has them, or untag them.",
                 )
+
+
+def consistent_patch(model, config: ConsistentConfig | None, mode: Mode | None = None) -> ConsistentPatch:
+    """The Consistent Self-Attention patch for this MODEL, hooked in the way of its family's kind."""
+    from .patch_consistent_joint import JointConsistentPatch
+    from .patch_consistent_unet import UNetConsistentPatch
+
+    mode = mode or Mode()
+    family = require_family(model, mode.node, supporting(FEATURE))
+    glue = next(p for p in (UNetConsistentPatch, JointConsistentPatch) if family in p.families)
+    return glue(config or ConsistentConfig(), mode)

@@ -1,8 +1,8 @@
 """The pack's patching seam: how a feature gets into a ComfyUI MODEL, for every model family.
 
 Every MODEL -> MODEL node of the pack builds one `FeaturePatch` and calls `install(model, patch)`.
-The family modules beside this one (`patch_unet.py` now; a DiT family is one more module of the
-same shape) say which layers exist and how ComfyUI keys their replaces.
+The model families (families/, one module each) say which layers exist and how ComfyUI keys
+their replaces.
 
 Interface of a feature patch (subclass `FeaturePatch`):
 
@@ -44,25 +44,16 @@ import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension
 
 from ..attention.steps import NoiseClock
+from ..families.base import Family, Replace
 from .common import StoryError
 
 PATCHES_KEY = "storydiff_patches"  # transformer_options[PATCHES_KEY][feature] -> FeaturePatch
-Replace = Callable[..., Any]
 
 
 class RunState(Protocol):
     def reset(self, clock: NoiseClock | None = None) -> None: ...
 
     def release(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Family:
-    """A model family: how to recognise its diffusion model and find a layer's current replace."""
-
-    name: str  # shown in errors, e.g. "SD1.5/SD2/SDXL-family UNet (also SVD)"
-    matches: Callable[[Any], bool]  # diffusion_model -> bool
-    lookup: Callable[[dict, tuple], Replace | None]  # (patches_replace[slot], full key) -> replace
 
 
 @dataclass(frozen=True)
@@ -167,10 +158,7 @@ class FeaturePatch:
             self.end(completed)
 
     def apply_model(self, executor, *args, **kwargs) -> Any:
-        if len(args) > 5:
-            args = (*args[:5], self.inject(args[5]), *args[6:])
-        else:
-            kwargs["transformer_options"] = self.inject(kwargs.get("transformer_options") or {})
+        args, kwargs = with_transformer_options(args, kwargs, self.inject)
         return executor(*args, **kwargs)
 
     def inject(self, transformer_options: dict) -> dict:
@@ -185,6 +173,30 @@ class FeaturePatch:
             slot[hook.key] = hook.make(self.family.lookup(slot, hook.key))
         options["patches_replace"] = replaces
         return options
+
+
+# ---- the arguments of an APPLY_MODEL wrapper (BaseModel._apply_model(x, t, c_concat, c_crossattn,
+# control, transformer_options, **kwargs)), read and changed in one place -------------------------
+def model_input(args: tuple, kwargs: dict) -> tuple[torch.Tensor, Any, dict]:
+    """(x, the text context c_crossattn, transformer_options) of an APPLY_MODEL call."""
+    x = args[0] if args else kwargs["x"]
+    context = args[3] if len(args) > 3 else kwargs.get("c_crossattn")
+    topts = args[5] if len(args) > 5 else kwargs.get("transformer_options") or {}
+    return x, context, topts
+
+
+def with_context(args: tuple, kwargs: dict, context) -> tuple[tuple, dict]:
+    """The call's arguments with another text context."""
+    if len(args) > 3:
+        return (*args[:3], context, *args[4:]), kwargs
+    return args, {**kwargs, "c_crossattn": context}
+
+
+def with_transformer_options(args: tuple, kwargs: dict, change: Callable[[dict], dict]) -> tuple[tuple, dict]:
+    """The call's arguments with `change(transformer_options)` in place of its transformer_options."""
+    if len(args) > 5:
+        return (*args[:5], change(args[5]), *args[6:]), kwargs
+    return args, {**kwargs, "transformer_options": change(kwargs.get("transformer_options") or {})}
 
 
 def installed(model, feature: str) -> FeaturePatch | None:

@@ -15,17 +15,19 @@ from collections.abc import Callable
 import torch
 
 from ..attention.isolated_branch import IsolatedBranch, IsolationInputError, wants_attn1, wants_attn2
+from ..families import UNET_FAMILIES, supporting
+from ..families.unet import attention_layers
 from .character_plan import check_mask_aspect
 from .common import StoryError, sampler_time_error
 from .patch_core import Family, FeaturePatch, LayerHook, Replace, default_attention, installed
-from .patch_unet import UNET, attention_layers
 
 FEATURE = "isolated"
 
 
 class IsolatedPatch(FeaturePatch):
     feature = FEATURE
-    families = (UNET,)
+    reads = frozenset({"bank"})  # what its references come from besides the reference panel
+    families = tuple(f for f in supporting(FEATURE) if f in UNET_FAMILIES)
 
     def __init__(self, branch: IsolatedBranch):
         super().__init__(branch)
@@ -71,7 +73,7 @@ class IsolatedPatch(FeaturePatch):
                         else default_attention(q_, k_, v_, extra)
                     )
 
-                return _user_errors(
+                return user_errors(
                     self.branch.attn2,
                     key,
                     module,
@@ -92,7 +94,7 @@ class IsolatedPatch(FeaturePatch):
         def make(previous: Replace | None) -> Replace:
             def replace(q, k, v, extra) -> torch.Tensor:
                 orig = previous(q, k, v, extra) if previous is not None else default_attention(q, k, v, extra)
-                return _user_errors(self.branch.attn1, key, module, q, k, v, extra, orig, _kernel(extra))
+                return user_errors(self.branch.attn1, key, module, q, k, v, extra, orig, _kernel(extra))
 
             return replace
 
@@ -106,7 +108,7 @@ def _kernel(extra: dict) -> Callable[..., torch.Tensor]:
     return kernel
 
 
-def _user_errors(fn, *args) -> torch.Tensor:
+def user_errors(fn, *args):
     try:
         return fn(*args)
     except IsolationInputError as e:

@@ -9,8 +9,8 @@ positions (Qwen-Image, Flux.2) the copies sit at other positions, and unpadded t
 
 So the joint-attention families are padded to the longest panel and given a text attention mask
 (`attention_mask` in the conditioning, [P, T] long, 1 = token, 0 = padding: what the host's text
-encoders return). The family is told by the CLIP's text-encoder model class (`cond_stage_model`),
-since Story Prompt never sees the diffusion model:
+encoders return). The family is told by the CLIP's text-encoder model class (`cond_stage_model`,
+listed by each family module's `text_encoders`), since Story Prompt never sees the diffusion model:
 
 * Qwen-Image (QwenImageTEModel): zero-padded on the right (its text positions run from a start
   the image fixes, so real tokens keep the positions they have alone); the host honours the mask
@@ -28,12 +28,13 @@ since Story Prompt never sees the diffusion model:
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import math
 from dataclasses import dataclass
 
 import torch
+
+from ..families import FAMILIES
+from ..families.base import host_class
 
 
 @dataclass(frozen=True)
@@ -45,43 +46,16 @@ class TextFamily:
 
 TILE = TextFamily("cross-attention", "tile", True)
 
-# (module, class) of a CLIP's cond_stage_model -> family name, padding side
-_ENCODERS = (
-    ("comfy.text_encoders.qwen_image", "QwenImageTEModel", "Qwen-Image", "right"),
-    ("comfy.text_encoders.flux", "Flux2TEModel", "Flux.2", "left"),
-    ("comfy.text_encoders.flux", "FluxClipModel", "Flux.1", "right"),
-    ("comfy.text_encoders.pixart_t5", "PixArtT5XXL", "Chroma", "right"),
-    ("comfy.text_encoders.sd3_clip", "SD3ClipModel", "SD3 / SD3.5", "right"),
-    ("comfy.text_encoders.z_image", "ZImageTEModel", "Z-Image", "right"),
-    ("comfy.text_encoders.lumina2", "LuminaModel", "Lumina 2", "right"),
-)
-
-
-def _class(module: str, name: str):
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
-
-
-def _qwen_host_passes_mask() -> bool:
-    """Whether this host's Qwen-Image model_base hands the conditioning's `attention_mask` to the
-    model (ComfyUI 0.33.0 does and its blocks mask the text keys; 0.3.75 drops it)."""
-    cls = _class("comfy.model_base", "QwenImage")
-    try:
-        return cls is not None and "attention_mask" in inspect.getsource(cls.extra_conds)
-    except (OSError, TypeError):
-        return False
-
 
 def text_family(clip) -> TextFamily:
-    """The batching of the CLIP's family (TILE for anything not a joint-attention DiT's encoder)."""
+    """The batching of the CLIP's family (TILE for anything not a joint-attention DiT's encoder):
+    the model families' `text_encoders` (families/) say which encoders pad, on which side."""
     model = getattr(clip, "cond_stage_model", None)
-    for module, name, family, side in _ENCODERS:
-        cls = _class(module, name)
-        if cls is not None and isinstance(model, cls):
-            honoured = side == "left" or (family == "Qwen-Image" and _qwen_host_passes_mask())
-            return TextFamily(family, side, honoured)
+    for family in FAMILIES:
+        for module, name, side, label in family.text_encoders:
+            cls = host_class(module, name)
+            if cls is not None and isinstance(model, cls):
+                return TextFamily(label, side, side == "left" or family.mask_honoured())
     return TILE
 
 

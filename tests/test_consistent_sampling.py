@@ -10,7 +10,7 @@ from pack_loader import pure, submodule
 
 ca = submodule("nodes.consistent_attention")
 core = submodule("nodes.patch_core")
-unet = submodule("nodes.patch_unet")
+unet = submodule("families.unet")
 run_mod = submodule("attention.consistent_run")
 
 BASE = dict(CSA_DEFAULTS)
@@ -211,7 +211,9 @@ def test_bad_schedule_is_one_clear_error():
 
 def test_plan_skips_svd_temporal_calls_and_blocks_not_chosen():
     always = pure("attention.token_sampling").ProbabilitySchedule(((0.0, 1.0),))
-    patch = run_mod.ConsistentRun(run_mod.ConsistentConfig(warmup_steps=0, schedule=always))
+    glue = submodule("nodes.patch_consistent_unet")
+    patch = glue.UNetConsistentPatch(run_mod.ConsistentConfig(warmup_steps=0, schedule=always))
+    patch.groups = submodule("families.unet").UNET.blocks("up")  # as layer_hooks sets it at install
     extra = {
         "block": ("output", 3),
         "block_index": 0,
@@ -236,7 +238,7 @@ def test_deep_shrink_by_a_factor_that_is_not_a_power_of_two_still_shares(sd15):
     model, clip, _ = sd15
     shrunk = PatchModelAddDownscale.execute(model, 3, 1.5, 0.0, 1.0, True, "bicubic", "bicubic").result[0]
     m = csa(shrunk, **dict(ALWAYS, blocks="up"))
-    patch = core.installed(m, "consistent").state
+    patch = core.installed(m, "consistent")  # its plan(rows, tokens, extra): one per block call
     seen = {}
     plan = patch.plan
 

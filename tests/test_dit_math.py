@@ -166,21 +166,18 @@ def test_dit_bank_write_records_the_tokens_the_bank_settings_choose():
     """A DiT write run stores the token positions of the bank's settings (its keep-rate; with
     'interpolate' the same positions at every step), as on UNets, not CSA's draw of the step."""
     ib, bs = pure("attention.identity_bank"), pure("attention.bank_storage")
-    jr = pure("attention.joint_consistent_run")
+    cr = pure("attention.consistent_run")
     settings = bs.BankSettings(steps=0, keep_rate=0.25, precision="fp16", between="interpolate")
-    mode = pure("attention.consistent_run").Mode(
-        kind="write", bank=ib.IdentityBank(settings=settings), labels=("Bob",)
-    )
-    run = jr.JointConsistentRun(jr.JointConfig(keep_double=0.5, warmup_steps=0), mode)
+    mode = cr.Mode(kind="write", bank=ib.IdentityBank(settings=settings), labels=("Bob",))
+    run = cr.ConsistentRun(cr.ConsistentConfig(keep_double=0.5, warmup_steps=0), mode)
     layout, images, heads = jc.JointLayout(2, 16, (4, 4)), 2, 1
     L = layout.img_start + layout.img_len
     k = torch.arange(L, dtype=torch.float32).view(1, 1, L, 1).expand(images, heads, L, 2).contiguous()
     sigmas = [3.0, 1.5, 0.0]
+    gather = jc.JointGather(layout, lambda q_, k_, v_, m_: q_, lambda slots: [None] * slots)
     for sigma in sigmas[:2]:
-        call = jr.JointCall(
-            block=("double", 0), layout=layout, chunks=(0,), sigma=sigma, sample_sigmas=sigmas
-        )
-        run.attention(k, k, k, call, lambda q_, k_, v_, m_: q_, lambda slots: [None] * slots)
+        call = cr.Call(("double", 0, 0), images, layout.img_len, (0,), sigma, sigmas, rate=0.5)
+        run.record(run.plan(call), layout.img_len, gather.take(k, k))
     want = settings.positions(images, layout.img_len, 0.5, 0, 0.0) + layout.img_start
     for sigma in sigmas[:2]:
         got = run.staging.tokens("Bob", sigma, ("double", 0, 0))[:, 0].long()

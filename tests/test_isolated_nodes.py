@@ -22,7 +22,7 @@ from pack_loader import pure, submodule
 iso_self = pure("attention.isolated_self")
 branch_mod = submodule("attention.isolated_branch")
 core = submodule("nodes.patch_core")
-unet = submodule("nodes.patch_unet")
+unet = submodule("families.unet")
 patch_mod = submodule("nodes.patch_isolated")
 StoryError = submodule("nodes.common").StoryError
 

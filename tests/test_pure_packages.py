@@ -1,4 +1,4 @@
-"""attention/, motion/, story/ and story_world/ are pure: importable with no ComfyUI module loaded."""
+"""attention/, families/, motion/, story/ and story_world/ are pure: importable with no ComfyUI module loaded."""
 
 import subprocess
 import sys
@@ -11,7 +11,7 @@ import importlib, pkgutil, sys, types
 root = sys.argv[1]
 parent = types.ModuleType("pure_probe"); parent.__path__ = [root]; sys.modules["pure_probe"] = parent
 names = []
-for sub in ("attention", "motion", "story", "story_world"):
+for sub in ("attention", "families", "motion", "story", "story_world"):
     pkg = importlib.import_module("pure_probe." + sub)
     names.append(pkg.__name__)
     for info in pkgutil.iter_modules(pkg.__path__):

@@ -38,7 +38,7 @@ def _calls(tiny, sampler, n_steps=3, cfg=5.0):
     """(sigma of the call, step sigma, active, token draw) at one layer, in call order, plus the output."""
     model, clip, _ = tiny("sd15")
     m = ca.ConsistentSelfAttention().patch(model, **ALWAYS_UP)[0]
-    run = core.installed(m, "consistent").state
+    run = core.installed(m, "consistent")  # the UNet patch: plan(rows, tokens, extra) per block call
     plan, seen = run.plan, []
 
     def spy(rows, tokens, extra):

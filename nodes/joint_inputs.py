@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from ..attention.joint_consistent import POSITION_MODES
 
+POSITION_DEFAULT = "canvas"
 
-def dit_inputs() -> dict:
+
+def joint_inputs() -> dict:
     return {
         "keep_rate_double": (
             "FLOAT",
@@ -33,7 +35,7 @@ def dit_inputs() -> dict:
         "dit_positions": (
             list(POSITION_MODES),
             {
-                "default": "canvas",
+                "default": POSITION_DEFAULT,
                 "tooltip": "RoPE DiTs: where borrowed tokens sit. 'canvas' = to the right of the panel, as "
                 "in one wide multi-panel image (no two tokens share a position); 'index' = on the "
                 "reference-image index axis, as Kontext/Flux.2 reference latents; 'same' = at the panel's "
