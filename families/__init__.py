@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from .base import Family
 from .flux import CHROMA, FLUX, FLUX2
-from .joint import SD3, JointFamily
+from .joint import JointFamily
 from .lumina2 import LUMINA2
 from .qwen_image import QWEN_IMAGE
+from .sd3 import SD3
 from .unet import SVD_UNET, UNET, UNetFamily
 
 UNET_FAMILIES: tuple[UNetFamily, ...] = (UNET, SVD_UNET)

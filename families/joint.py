@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..attention.joint_consistent import JointLayout, slot_offsets
-from .base import Family, Replace, instance_of
+from .base import Family, Replace
 
 OVERRIDE = "optimized_attention_override"
 CALL_KEY = "storydiff_dit_call"  # transformer_options: the per-model-call context
@@ -179,26 +179,3 @@ def singles(d: int, s: int) -> set:  # the single-stream blocks: the later part 
 
 def second_half(d: int, s: int) -> set:  # one block list: its second half, as the UNet's up blocks
     return {(kind, i) for i in range(d // 2, d) for kind in ("double", "self")}
-
-
-# ---- SD3 / SD3.5 (MMDiT): absolute positions; [context (+ registers) | img], SD3.5 Medium's [img] ----
-@dataclass(frozen=True)
-class SD3Family(JointFamily):
-    def locate(self, dm, block: tuple | None, call: CallContext, lq: int) -> tuple | None:
-        if block is None:
-            return None
-        gh, gw = call.grid
-        img = gh * gw
-        if lq == img and block[0] == "double":
-            return ("self", block[1]), JointLayout(0, img, (gh, gw))
-        return (block, JointLayout(lq - img, img, (gh, gw))) if lq > img else None
-
-
-SD3 = SD3Family(
-    "SD3 / SD3.5 (MMDiT)",
-    instance_of("comfy.ldm.modules.diffusionmodules.mmdit", "OpenAISignatureMMDITWrapper"),
-    double="joint_blocks",
-    rope=False,
-    up=second_half,
-    text_encoders=(("comfy.text_encoders.sd3_clip", "SD3ClipModel", "right", "SD3 / SD3.5"),),
-)
