@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import logging
 
-from ..attention.bank_storage import BETWEEN, DEFAULT, HALVES, PRECISIONS, BankSettings
+from ..attention.bank_storage import DEFAULT, BankSettings
 from ..attention.consistent_run import ConsistentConfig, Mode
 from ..attention.identity_bank import IdentityBank
-from .common import CATEGORY_ROOT, DENOISE_INPUT, StoryError, ksample, sampler_inputs
+from .common import CATEGORY_ROOT, DENOISE_INPUT, ksample, sampler_inputs
+from .identity_bank_options import (
+    BANK_OPTIONS,
+    SIZE_FORMULA,
+    STORY_TIP,
+    bank_settings,
+    read_labels,
+    write_labels,
+)
 from .model_signature import check_bank_fits, model_family, self_attention_widths
 from .patch_consistent import FEATURE, consistent_patch
 from .patch_core import install, installed
@@ -24,134 +32,6 @@ def _settings_of(model) -> ConsistentConfig:
     """CSA settings from a Consistent Self-Attention node upstream, else the defaults."""
     patch = installed(model, FEATURE) if hasattr(model, "model_options") else None
     return patch.config if patch is not None else ConsistentConfig()
-
-
-def _split_entries(names: str) -> list[str]:
-    return [e.strip() for e in str(names).replace("\n", ",").split(",")]
-
-
-def write_labels(story, names: str, node: str) -> tuple:
-    """Per identity image, the character it shows (None: not recorded). With a story, `names` (when
-    given) chooses which of its characters are recorded; a name the story lacks is an error."""
-    if story is not None:
-        chosen = {e for e in _split_entries(names) if e}
-        unknown = sorted(chosen - set(story.characters))
-        if unknown:
-            raise StoryError(
-                f"{node}: names lists {', '.join(unknown)}, which the connected story does not declare (it "
-                f"declares {', '.join(story.characters) or 'no character'}); name the story's characters "
-                "to record, or leave names empty to record every solo panel."
-            )
-        labels = tuple(p.characters[0] if len(p.characters) == 1 else None for p in story.panels)
-        labels = tuple(lab if not chosen or lab in chosen else None for lab in labels)
-        if not any(labels):
-            raise StoryError(
-                f"{node}: no panel of the story shows exactly one character; identity images are solo "
-                "panels, e.g. '[Bob] portrait, front view'."
-            )
-        return labels
-    entries = [e for e in _split_entries(names)]
-    if not any(entries):
-        raise StoryError(
-            f"{node}: connect a Story Prompt's story or type the character name(s) in 'names' (one name for "
-            "the whole batch, or one per image separated by commas)."
-        )
-    return tuple(e or None for e in entries)
-
-
-def read_labels(story, names: str, node: str) -> tuple:
-    """Per frame, the characters whose bank tokens it attends to."""
-    if story is not None:
-        return tuple(tuple(p.characters) for p in story.panels)
-    entries = _split_entries(names)
-    if not any(entries):
-        raise StoryError(
-            f"{node}: connect a Story Prompt's story or type the character name(s) in 'names' (one entry per "
-            "frame, several characters joined with '+', e.g. 'Bob, Bob+Alice')."
-        )
-    return tuple(
-        tuple(n.strip() for n in e.split("+") if n.strip() and n.strip().upper() != "NC") for e in entries
-    )
-
-
-_STORY_TIP = "The Story Prompt's story: the character tags of each panel."
-
-
-SIZE_FORMULA = (
-    "Size per identity image = recorded steps x guidance halves (2 with CFG, 1 with 'cond only') x the sum "
-    "over the patched self-attention layers of round(keep-rate x tokens) x bytes per token (2 x width in "
-    "fp16, width + 4 in int8). SDXL at 1024x1024, 30 steps, CFG, CSA keep-rate 0.5: the full bank (every "
-    "step, CSA's keep-rate, fp16) is 3.08 GiB per identity image (105 MiB per step); the defaults (5 steps, "
-    "CSA's keep-rate, int8, both halves) store 264 MiB."
-)
-
-BANK_OPTIONS = {
-    "bank_steps": (
-        "INT",
-        {
-            "default": DEFAULT.steps,
-            "min": 0,
-            "max": 1000,
-            "tooltip": "Steps recorded, spread evenly over the steps after CSA's warm-up; a read between "
-            "them takes the nearest (or interpolates). 0 = every step (largest bank).",
-        },
-    ),
-    "bank_keep_rate": (
-        "FLOAT",
-        {
-            "default": DEFAULT.keep_rate,
-            "min": 0.0,
-            "max": 1.0,
-            "step": 0.05,
-            "tooltip": "Share of each identity image's tokens stored per layer (at the resolutions where "
-            "CSA shares tokens). 0 = CSA's keep-rates.",
-        },
-    ),
-    "precision": (
-        list(PRECISIONS),
-        {
-            "default": DEFAULT.precision,
-            "tooltip": "int8: 8-bit tokens with one scale per token (half the size of fp16, almost the "
-            "same read).",
-        },
-    ),
-    "guidance_halves": (
-        list(HALVES),
-        {
-            "default": DEFAULT.halves,
-            "tooltip": "both: tokens of the positive and negative CFG halves; cond only: half the size, "
-            "the negative half of a read attends to the positive half's tokens.",
-        },
-    ),
-    "between_steps": (
-        list(BETWEEN),
-        {
-            "default": DEFAULT.between,
-            "tooltip": "A read step between two recorded steps takes the nearest one, or interpolates "
-            "them in sigma (then the same token positions are stored at every step).",
-        },
-    ),
-}
-
-
-def bank_settings(
-    node: str,
-    bank_steps=DEFAULT.steps,
-    bank_keep_rate=DEFAULT.keep_rate,
-    precision=DEFAULT.precision,
-    guidance_halves=DEFAULT.halves,
-    between_steps=DEFAULT.between,
-) -> BankSettings:
-    try:
-        return BankSettings(
-            steps=int(bank_steps),
-            keep_rate=float(bank_keep_rate),
-            precision=precision,
-            halves=guidance_halves,
-            between=between_steps,
-        )
-    except ValueError as e:
-        raise StoryError(f"{node}: {e}") from None
 
 
 def write_model(model, story, names: str, bank, node: str, settings: BankSettings = DEFAULT) -> tuple:
@@ -197,7 +77,7 @@ class IdentityBankWrite:
             "optional": {
                 "story": (
                     "STORY",
-                    {"tooltip": _STORY_TIP + " Each solo panel is an identity image of its character."},
+                    {"tooltip": STORY_TIP + " Each solo panel is an identity image of its character."},
                 ),
                 "names": (
                     "STRING",
@@ -251,7 +131,7 @@ class IdentityBankWritePatch:
                 "model": ("MODEL", {"tooltip": "The model (ideally after Consistent Self-Attention)."})
             },
             "optional": {
-                "story": ("STORY", {"tooltip": _STORY_TIP}),
+                "story": ("STORY", {"tooltip": STORY_TIP}),
                 "names": (
                     "STRING",
                     {"default": "", "tooltip": "Without a story: one name, or one per image."},
@@ -284,7 +164,7 @@ class IdentityBankRead:
                 "bank": ("IDENTITY_BANK", {"tooltip": "From Identity Bank Write or Load Identity Bank."}),
             },
             "optional": {
-                "story": ("STORY", {"tooltip": _STORY_TIP}),
+                "story": ("STORY", {"tooltip": STORY_TIP}),
                 "names": (
                     "STRING",
                     {
