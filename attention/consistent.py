@@ -38,7 +38,8 @@ def reference_table(
     window 0 = every other image; window W = a run of W consecutive story images around the
     image (itself included), i.e. its W-1 nearest neighbours (ties to the earlier image); at
     the ends of the story the window slides inwards, so every image keeps W-1 references and
-    its cost stays flat however long the story is. groups: optional label per image; only images with the same label are candidates
+    its cost stays flat however long the story is. groups: optional label per image; only images
+    with the same label are candidates
     (None labels take part in nothing).
     """
     table = []

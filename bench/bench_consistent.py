@@ -139,12 +139,14 @@ def attention_case(tokens, channels, heads, images, keep, device, dtype, repeats
 
 def section_attention(device, dtype, scale, repeats):
     print(
-        f"\n== 1. attention, 4 story images, keep-rate 0.5 ({device.type}, {str(dtype).removeprefix('torch.')}, "
+        f"\n== 1. attention, 4 story images, keep-rate 0.5 ({device.type}, "
+        f"{str(dtype).removeprefix('torch.')}, "
         f"width x{scale:g}) =="
     )
     print(
         f"{'tokens':>6} {'ch':>5} {'heads':>5} | {'vanilla ms':>10} {'CSA ms':>8} {'dense ms':>9} | "
-        f"{'CSA/van':>7} {'ideal':>5} {'CSA/ideal':>9} {'dense/CSA':>9} | {'CSA MiB':>8} {'dense MiB':>9} {'mem CSA/dense':>13}"
+        f"{'CSA/van':>7} {'ideal':>5} {'CSA/ideal':>9} {'dense/CSA':>9} | {'CSA MiB':>8} {'dense MiB':>9} "
+        f"{'mem CSA/dense':>13}"
     )
     for tokens, channels, heads in ((4096, 640, 10), (1024, 1280, 20)):
         ch, hd = max(64, int(channels * scale)), max(1, int(heads * scale))
@@ -159,7 +161,8 @@ def section_attention(device, dtype, scale, repeats):
             mem = {name: child_peak(name, tokens, ch, hd, 4, 0.5) for name in ("ours", "dense")}
         ideal = 1 + 0.5 * 3
         print(
-            f"{tokens:>6} {ch:>5} {hd:>5} | {t['vanilla'] * 1e3:>10.2f} {t['ours'] * 1e3:>8.2f} {t['dense'] * 1e3:>9.2f} | "
+            f"{tokens:>6} {ch:>5} {hd:>5} | {t['vanilla'] * 1e3:>10.2f} {t['ours'] * 1e3:>8.2f} "
+            f"{t['dense'] * 1e3:>9.2f} | "
             f"{t['ours'] / t['vanilla']:>6.2f}x {ideal:>4.1f}x {t['ours'] / t['vanilla'] / ideal:>8.2f}x "
             f"{t['dense'] / t['ours']:>8.2f}x | {mem['ours'] / 2**20:>8.1f} {mem['dense'] / 2**20:>9.1f} "
             f"{mem['ours'] / mem['dense']:>12.2f}x   (max |CSA - dense| = {err:.1e})"
@@ -235,7 +238,8 @@ def section_sampling(repeats):
         tp.append(time.perf_counter() - t0)
     v, p = min(tv), min(tp)
     print(
-        f"  unpatched {v:.3f} s, CSA {p:.3f} s: overhead {100 * (p / v - 1):+.1f} % (best of {repeats}, interleaved)"
+        f"  unpatched {v:.3f} s, CSA {p:.3f} s: overhead {100 * (p / v - 1):+.1f} % (best of {repeats}, "
+        f"interleaved)"
     )
 
 

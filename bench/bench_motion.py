@@ -51,8 +51,8 @@ def bench_cost() -> None:
     print(f"predictor: {model.parameter_count() / 1e6:.1f} M parameters (width 512, depth 4)")
     print(f"{'frames':>6} {'interpolation ms':>17} {'with predictor ms':>18} {'ratio':>7}")
     for frames in (14, 25):
-        plain = _time(lambda: chain.chain_frame_embeddings(keys, frames, "spherical"), 50)
-        refined = _time(lambda: chain.chain_frame_embeddings(keys, frames, "spherical", model), 20)
+        plain = _time(lambda n=frames: chain.chain_frame_embeddings(keys, n, "spherical"), 50)
+        refined = _time(lambda n=frames: chain.chain_frame_embeddings(keys, n, "spherical", model), 20)
         print(f"{frames:>6} {plain:>17.3f} {refined:>18.3f} {refined / plain:>7.1f}")
 
 

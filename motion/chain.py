@@ -19,7 +19,7 @@ def chain_frame_embeddings(
     """keys [N, D] (one embedding per panel) -> per-frame embeddings [(N-1)*(L-1)+1, D]."""
     if keys.dim() != 2:
         raise ValueError(f"panel embeddings must be [panels, dim], got {tuple(keys.shape)}")
-    positions = chain_positions(keys.shape[0], frames_per_transition)
+    chain_positions(keys.shape[0], frames_per_transition)
     pieces = []
     for i in range(keys.shape[0] - 1):
         seg = interpolate(keys[i], keys[i + 1], frames_per_transition, mode)

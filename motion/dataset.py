@@ -51,7 +51,8 @@ def find_embedding_files(sources) -> list[Path]:
 
 
 def load_clips(sources, min_frames: int = 3) -> list[torch.Tensor]:
-    """Every clip [frames, dim] (float32) of the embedding files; clips shorter than min_frames are skipped."""
+    """Every clip [frames, dim] (float32) of the embedding files; clips shorter than min_frames are
+    skipped."""
     clips: list[torch.Tensor] = []
     for path in find_embedding_files(sources):
         try:
@@ -60,7 +61,7 @@ def load_clips(sources, min_frames: int = 3) -> list[torch.Tensor]:
             raise MotionDataError(str(e)) from None
         if meta.get(KIND_KEY) not in (None, EMBEDDINGS_KIND):
             continue  # predictor weights or training states living in the same folder
-        for name, t in sorted(read_tensors(path).items()):
+        for _name, t in sorted(read_tensors(path).items()):
             if t.dim() == 2 and t.shape[0] >= min_frames:
                 clips.append(t.float())
     if not clips:
@@ -68,7 +69,8 @@ def load_clips(sources, min_frames: int = 3) -> list[torch.Tensor]:
     dims = {c.shape[1] for c in clips}
     if len(dims) > 1:
         raise MotionDataError(
-            f"clips of different embedding sizes {sorted(dims)}: encode all clips with the same CLIP vision model"
+            f"clips of different embedding sizes {sorted(dims)}: encode all clips with the same CLIP vision "
+            f"model"
         )
     return clips
 

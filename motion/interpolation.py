@@ -116,10 +116,10 @@ def interpolate_keyframes(
         )
     if len(positions) < 2:
         raise InterpolationError("a key-frame chain needs at least 2 key frames")
-    if positions[0] != 0 or any(q <= p for p, q in zip(positions, positions[1:])):
+    if positions[0] != 0 or any(q <= p for p, q in zip(positions, positions[1:], strict=False)):
         raise InterpolationError(f"key positions must start at 0 and increase strictly, got {positions}")
     pieces = []
-    for i, (p, q) in enumerate(zip(positions, positions[1:])):
+    for i, (p, q) in enumerate(zip(positions, positions[1:], strict=False)):
         seg = interpolate(keys[..., i, :], keys[..., i + 1, :], q - p + 1, mode)
         pieces.append(seg if i == len(positions) - 2 else seg[..., :-1, :])
     seq = torch.cat(pieces, dim=-2)

@@ -60,7 +60,7 @@ class PredictorConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PredictorConfig":
+    def from_dict(cls, data: dict) -> PredictorConfig:
         if not isinstance(data, dict):
             raise PredictorConfigError(f"predictor config must be a mapping, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -132,7 +132,8 @@ class SemanticMotionPredictor(nn.Module):
             keyframes = keyframes.unsqueeze(0).expand(b, length)
         if tuple(keyframes.shape) != (b, length):
             raise ValueError(
-                f"key-frame mask of shape {tuple(keyframes.shape)} for a sequence of shape {tuple(sequence.shape)}"
+                f"key-frame mask of shape {tuple(keyframes.shape)} for a sequence of shape "
+                f"{tuple(sequence.shape)}"
             )
         if not keyframes.any(dim=1).all():
             raise ValueError("every sequence needs at least one key frame")

@@ -21,8 +21,8 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import save_file
@@ -254,7 +254,8 @@ def train(
     except KeyboardInterrupt:
         checkpoint(completed)  # a step interrupted before its update is repeated on resume
         say(
-            f"interrupted: state saved at step {completed} in {state_path}; continue with --resume {state_path}"
+            f"interrupted: state saved at step {completed} in {state_path}; continue with --resume "
+            f"{state_path}"
         )
         raise
     finally:

@@ -34,8 +34,10 @@ def check_safetensors_file(path) -> Path:
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise MotionWeightsError(
-            f"{path.name}: pickled checkpoints ({', '.join(PICKLE_SUFFIXES)}) are refused because loading them can run "
-            "arbitrary code; save the predictor as .safetensors (motion.weights.save_predictor or the training CLI)"
+            f"{path.name}: pickled checkpoints ({', '.join(PICKLE_SUFFIXES)}) are refused because loading "
+            f"them can run "
+            "arbitrary code; save the predictor as .safetensors (motion.weights.save_predictor or the "
+            "training CLI)"
         )
     if path.suffix.lower() != ".safetensors":
         raise MotionWeightsError(

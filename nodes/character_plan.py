@@ -25,7 +25,8 @@ def _flat_tokens(clip, text: str, key: str | None = None) -> list[tuple[int, int
     toks = clip.tokenize(text, return_word_ids=True)
     if key is not None and key not in toks:
         raise StoryError(
-            f"the clip input has no {key!r} tokenizer (it has {sorted(toks)}); connect this checkpoint's own text encoder."
+            f"the clip input has no {key!r} tokenizer (it has {sorted(toks)}); connect this checkpoint's own "
+            f"text encoder."
         )
     key = key if key is not None else ("l" if "l" in toks else next(iter(toks)))
     return [(t[0], t[2]) for window in toks[key] for t in window]
@@ -73,7 +74,8 @@ def check_story(node: str, story) -> list[str]:
         for name in tags:
             if name not in story.characters or not str(story.characters[name]).strip():
                 raise StoryError(
-                    f"{node}: panel {p + 1} tags [{name}] but the story has no description for it; declare it in the Story "
+                    f"{node}: panel {p + 1} tags [{name}] but the story has no description for it; declare "
+                    f"it in the Story "
                     f"Prompt with a line '[{name}]: description'."
                 )
     return names
@@ -83,12 +85,13 @@ def build_plan(node: str, clip, story, key: str | None = None) -> CharacterPlan:
     """Which character is in which panel, and where its tokens sit in each panel's context."""
     if clip is None:
         raise StoryError(
-            f"{node}: the clip input is empty; connect the CLIP of your checkpoint (it tokenizes the prompts)."
+            f"{node}: the clip input is empty; connect the CLIP of your checkpoint (it tokenizes the "
+            f"prompts)."
         )
     names = check_story(node, story)
     prompts = story_prompts(story)
     present, positions, lengths = [], [], []
-    for p, (tags, text) in enumerate(zip(story.tags, prompts)):
+    for p, (tags, text) in enumerate(zip(story.tags, prompts, strict=False)):
         flat = _flat_tokens(clip, text, key)
         lengths.append(len(flat))
         row_present, row_pos = [], []
@@ -104,8 +107,10 @@ def build_plan(node: str, clip, story, key: str | None = None) -> CharacterPlan:
             )
             if not pos:
                 raise StoryError(
-                    f"{node}: panel {p + 1} tags [{name}] but neither the name nor the description of [{name}] is found in "
-                    f"that panel's prompt tokens; write the name into the panel line (the Story Prompt does this for [{name}] tags)."
+                    f"{node}: panel {p + 1} tags [{name}] but neither the name nor the description of "
+                    f"[{name}] is found in "
+                    f"that panel's prompt tokens; write the name into the panel line (the Story Prompt does "
+                    f"this for [{name}] tags)."
                 )
             row_present.append(True)
             row_pos.append(pos)
@@ -159,7 +164,8 @@ def character_contexts(node: str, clip, story, overrides: dict[int, list]) -> li
     for k in overrides:
         if k >= len(names):
             raise StoryError(
-                f"{node}: character_{k + 1} is connected but the story declares only {len(names)} character(s); "
+                f"{node}: character_{k + 1} is connected but the story declares only {len(names)} "
+                f"character(s); "
                 f"disconnect it or declare another character."
             )
     return out
@@ -170,12 +176,14 @@ def conditioning_tensor(node: str, input_name: str, cond, panels: int) -> torch.
         raise StoryError(f"{node}: {input_name} is not a CONDITIONING; connect a CLIP Text Encode output.")
     if len(cond) > 1:
         raise StoryError(
-            f"{node}: {input_name} holds {len(cond)} combined conditionings; connect a single CLIP Text Encode."
+            f"{node}: {input_name} holds {len(cond)} combined conditionings; connect a single CLIP Text "
+            f"Encode."
         )
     ctx = cond[0][0]
     if ctx.shape[0] not in (1, panels):
         raise StoryError(
-            f"{node}: {input_name} has a batch of {ctx.shape[0]} but the story has {panels} panels; use batch 1 (shared) "
+            f"{node}: {input_name} has a batch of {ctx.shape[0]} but the story has {panels} panels; use "
+            f"batch 1 (shared) "
             f"or one row per panel."
         )
     return ctx
@@ -195,7 +203,8 @@ def user_masks(node: str, masks: dict[int, torch.Tensor], story) -> dict[int, to
         m = m[None] if m.ndim == 2 else m
         if m.shape[0] not in (1, P):
             raise StoryError(
-                f"{node}: {name} has a batch of {m.shape[0]} masks but the story has {P} panels; give 1 mask (used for "
+                f"{node}: {name} has a batch of {m.shape[0]} masks but the story has {P} panels; give 1 mask "
+                f"(used for "
                 f"every panel) or exactly one per panel."
             )
         out[k] = m.float()
@@ -217,6 +226,7 @@ def check_mask_aspect(node: str, masks: dict[int, torch.Tensor], latent_hw: tupl
             continue
         raise StoryError(
             f"{node}: mask_{k + 1} is {mw}×{mh} px (width×height) but the image is {lw * LATENT_SCALE}×"
-            f"{lh * LATENT_SCALE} (latent {lw}×{lh}): its aspect ratio differs, so it would be stretched. Give a mask "
+            f"{lh * LATENT_SCALE} (latent {lw}×{lh}): its aspect ratio differs, so it would be stretched. "
+            f"Give a mask "
             f"of the image's aspect ratio (e.g. the image's own size; crop or pad it first)."
         )

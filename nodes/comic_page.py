@@ -24,9 +24,12 @@ def pil_to_tensor(pages: list[Image.Image]) -> torch.Tensor:
 
 class ComicPage:
     DESCRIPTION = (
-        "Lays the story's panels out on comic pages with their captions: a 2x2 'four panel' grid, a 'classic strip' "
-        "(rows of three, then two) or a 'single column'. Connect the decoded images and the Story Prompt's captions; "
-        "more panels than one page holds continue on further pages (one output image per page). Captions are plain "
+        "Lays the story's panels out on comic pages with their captions: a 2x2 'four panel' grid, a 'classic "
+        "strip' "
+        "(rows of three, then two) or a 'single column'. Connect the decoded images and the Story Prompt's "
+        "captions; "
+        "more panels than one page holds continue on further pages (one output image per page). Captions are "
+        "plain "
         "text, word-wrapped to the panel width."
     )
     CATEGORY = f"{CATEGORY_ROOT}"
@@ -49,7 +52,8 @@ class ComicPage:
                     list(LAYOUTS),
                     {
                         "default": "four panel",
-                        "tooltip": "four panel = 2x2 grid; classic strip = rows of 3 then 2; single column = full-width panels, as many as fit the page height.",
+                        "tooltip": "four panel = 2x2 grid; classic strip = rows of 3 then 2; single column = "
+                        "full-width panels, as many as fit the page height.",
                     },
                 ),
                 "caption_position": (
@@ -98,7 +102,8 @@ class ComicPage:
                     {
                         "multiline": True,
                         "default": "",
-                        "tooltip": "One caption per line, in panel order (an empty line = no caption): connect the Story Prompt's captions output, or type them.",
+                        "tooltip": "One caption per line, in panel order (an empty line = no caption): "
+                        "connect the Story Prompt's captions output, or type them.",
                     },
                 ),
             },

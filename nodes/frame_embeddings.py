@@ -1,4 +1,5 @@
-"""Encode Frame Embeddings: the frames of a clip through CLIP_VISION into a training file for the predictor."""
+"""Encode Frame Embeddings: the frames of a clip through CLIP_VISION into a training file for the
+predictor."""
 
 from __future__ import annotations
 
@@ -30,10 +31,14 @@ def encode_frames(clip_vision, images: torch.Tensor, crop: bool, progress=None) 
 
 class EncodeFrameEmbeddings:
     DESCRIPTION = (
-        "Training data for your own motion predictor: the frames of one video clip (an IMAGE batch from any video "
-        "or image-sequence loader) go through your CLIP_VISION (for SVD: the ViT-H the SVD checkpoint carries) and "
-        "are saved as one embeddings .safetensors file in the output folder. Collect a folder of clips, then run "
-        "`python -m motion.train --data <folder> --out models/motion_predictor/<name>.safetensors` (see the README)."
+        "Training data for your own motion predictor: the frames of one video clip (an IMAGE batch from any "
+        "video "
+        "or image-sequence loader) go through your CLIP_VISION (for SVD: the ViT-H the SVD checkpoint "
+        "carries) and "
+        "are saved as one embeddings .safetensors file in the output folder. Collect a folder of clips, then "
+        "run "
+        "`python -m motion.train --data <folder> --out models/motion_predictor/<name>.safetensors` (see the "
+        "README)."
     )
     CATEGORY = f"{CATEGORY_ROOT}/video"
     FUNCTION = "encode"
@@ -49,7 +54,8 @@ class EncodeFrameEmbeddings:
                 "clip_vision": (
                     "CLIP_VISION",
                     {
-                        "tooltip": "The image encoder whose embeddings the video model uses (SVD: its own ViT-H)."
+                        "tooltip": "The image encoder whose embeddings the video model uses (SVD: its own "
+                        "ViT-H)."
                     },
                 ),
                 "images": ("IMAGE", {"tooltip": "The frames of ONE clip, in order (at least 3)."}),
@@ -64,7 +70,8 @@ class EncodeFrameEmbeddings:
                     ["center", "none"],
                     {
                         "default": "center",
-                        "tooltip": "Centre-crop to a square before encoding (as CLIP Vision Encode and SVD do) or squash.",
+                        "tooltip": "Centre-crop to a square before encoding (as CLIP Vision Encode and SVD "
+                        "do) or squash.",
                     },
                 ),
             }
@@ -73,12 +80,15 @@ class EncodeFrameEmbeddings:
     def encode(self, clip_vision, images, filename_prefix: str, crop: str):
         if clip_vision is None:
             raise StoryError(
-                "Encode Frame Embeddings: clip_vision is empty; connect a CLIP_VISION (e.g. from Image Only Checkpoint Loader)."
+                "Encode Frame Embeddings: clip_vision is empty; connect a CLIP_VISION (e.g. from Image Only "
+                "Checkpoint Loader)."
             )
         if images.dim() != 4 or images.shape[0] < 3:
             raise StoryError(
-                f"Encode Frame Embeddings: images holds {images.shape[0] if images.dim() == 4 else 0} frame(s); "
-                "a training clip needs at least 3 frames (start, inner, end). Load the clip's frames as a batch."
+                f"Encode Frame Embeddings: images holds {images.shape[0] if images.dim() == 4 else 0} "
+                f"frame(s); "
+                "a training clip needs at least 3 frames (start, inner, end). Load the clip's frames as a "
+                "batch."
             )
         embeds = encode_frames(
             clip_vision, images, crop == "center", comfy.utils.ProgressBar(images.shape[0])

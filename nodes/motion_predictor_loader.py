@@ -14,7 +14,8 @@ TRAIN_STATE_SUFFIX = ".train-state.safetensors"
 
 
 def register_motion_predictor_folder() -> None:
-    """Make models/motion_predictor a ComfyUI model folder (safetensors only); keeps paths set by extra_model_paths."""
+    """Make models/motion_predictor a ComfyUI model folder (safetensors only); keeps paths set by
+    extra_model_paths."""
     default = os.path.join(folder_paths.models_dir, MOTION_FOLDER)
     known = folder_paths.folder_names_and_paths.get(MOTION_FOLDER)
     paths = list(known[0]) if known else []
@@ -33,8 +34,10 @@ def predictor_files() -> list[str]:
 class LoadMotionPredictor:
     DESCRIPTION = (
         "Loads a Semantic Motion Predictor trained with `python -m motion.train` (see the README) from "
-        "ComfyUI/models/motion_predictor. Only .safetensors files carrying their config are accepted; pickled "
-        "checkpoints are refused. Connect it to Story Transition (SVD) to refine the interpolated per-frame embeddings."
+        "ComfyUI/models/motion_predictor. Only .safetensors files carrying their config are accepted; "
+        "pickled "
+        "checkpoints are refused. Connect it to Story Transition (SVD) to refine the interpolated per-frame "
+        "embeddings."
     )
     CATEGORY = f"{CATEGORY_ROOT}/video"
     FUNCTION = "load"
@@ -51,7 +54,8 @@ class LoadMotionPredictor:
                 "predictor_name": (
                     predictor_files(),
                     {
-                        "tooltip": "A .safetensors predictor in models/motion_predictor (train one on your clips with the CLI)."
+                        "tooltip": "A .safetensors predictor in models/motion_predictor (train one on your "
+                        "clips with the CLI)."
                     },
                 ),
             }

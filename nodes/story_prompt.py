@@ -49,7 +49,8 @@ def encode_batch(clip, texts: list[str]) -> list:
 class StoryPrompt:
     DESCRIPTION = (
         "Turns a story into one batch of per-panel prompts. One line per panel; declare each character once "
-        "with '[Name]: description' and tag panels with [Name] (the description is substituted); [NC] marks a "
+        "with '[Name]: description' and tag panels with [Name] (the description is substituted); [NC] marks "
+        "a "
         "panel with no character; text after '#' is the panel's caption. Wire panel_count into the latent's "
         "batch_size so each panel gets its own image."
     )
@@ -58,7 +59,8 @@ class StoryPrompt:
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "STORY", "STRING", "INT")
     RETURN_NAMES = ("positive", "negative", "story", "captions", "panel_count")
     OUTPUT_TOOLTIPS = (
-        "One conditioning row per panel, in story order (batch = number of panels): the positive of the KSampler "
+        "One conditioning row per panel, in story order (batch = number of panels): the positive of the "
+        "KSampler "
         "(or Story Attention Masks) that samples the panels. The attention nodes patch the MODEL instead.",
         "The style's negative prompt plus yours, shared by all panels.",
         "The parsed story: characters and the character tags of each panel, for the attention nodes.",
@@ -76,7 +78,8 @@ class StoryPrompt:
                     {
                         "multiline": True,
                         "default": EXAMPLE_STORY,
-                        "tooltip": "One panel per line. '[Name]: description' declares a character; [Name] tags it in a "
+                        "tooltip": "One panel per line. '[Name]: description' declares a character; [Name] "
+                        "tags it in a "
                         "panel; [NC] = no character; '#' starts the caption; '//' comments a line out.",
                     },
                 ),

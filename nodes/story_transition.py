@@ -32,12 +32,17 @@ from .story_transition_inputs import (
 
 class StoryTransitionSVD:
     DESCRIPTION = (
-        "Turns story panels into one smooth video through Stable Video Diffusion. Give a start and an end image, or "
+        "Turns story panels into one smooth video through Stable Video Diffusion. Give a start and an end "
+        "image, or "
         "a batch of N panels for N-1 chained transitions (consecutive transitions share their join frame: "
-        "(N-1)*(frames-1)+1 frames in all). Every frame gets its own CLIP image embedding, interpolated between its "
-        "panels (optionally refined by a motion predictor), and the start panel of its transition as concat image. "
-        "Needs an SVD img2vid model on the KSampler (e.g. from Image Only Checkpoint Loader); an SD1.5/SDXL model "
-        "cannot use this conditioning. All images are resized (centre crop) to width x height, so start and end may "
+        "(N-1)*(frames-1)+1 frames in all). Every frame gets its own CLIP image embedding, interpolated "
+        "between its "
+        "panels (optionally refined by a motion predictor), and the start panel of its transition as concat "
+        "image. "
+        "Needs an SVD img2vid model on the KSampler (e.g. from Image Only Checkpoint Loader); an SD1.5/SDXL "
+        "model "
+        "cannot use this conditioning. All images are resized (centre crop) to width x height, so start and "
+        "end may "
         "differ in size."
     )
     CATEGORY = f"{CATEGORY_ROOT}/video"
@@ -45,7 +50,8 @@ class StoryTransitionSVD:
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT", "INT")
     RETURN_NAMES = ("positive", "negative", "latent", "frame_count")
     OUTPUT_TOOLTIPS = (
-        "Per-frame image embeddings [frames, 1, 1024] with the concat latent, motion bucket, fps and augmentation.",
+        "Per-frame image embeddings [frames, 1, 1024] with the concat latent, motion bucket, fps and "
+        "augmentation.",
         "Zero embeddings and zero concat latent of the same shapes (as core SVD conditioning).",
         "An empty video latent of the clip's total frame count, for the KSampler.",
         "Total frames of the clip.",
@@ -58,7 +64,8 @@ class StoryTransitionSVD:
                 "clip_vision": (
                     "CLIP_VISION",
                     {
-                        "tooltip": "The ViT-H image encoder of the SVD checkpoint (Image Only Checkpoint Loader)."
+                        "tooltip": "The ViT-H image encoder of the SVD checkpoint (Image Only Checkpoint "
+                        "Loader)."
                     },
                 ),
                 "vae": (
@@ -102,7 +109,8 @@ class StoryTransitionSVD:
                     list(MODES),
                     {
                         "default": "linear",
-                        "tooltip": "How embeddings move between panels: straight line, or along the sphere (keeps the norm).",
+                        "tooltip": "How embeddings move between panels: straight line, or along the sphere "
+                        "(keeps the norm).",
                     },
                 ),
                 "motion_bucket_id": (
@@ -138,7 +146,8 @@ class StoryTransitionSVD:
                 "model": (
                     "MODEL",
                     {
-                        "tooltip": "Optional: the MODEL you sample with, checked to be SVD before sampling starts."
+                        "tooltip": "Optional: the MODEL you sample with, checked to be SVD before sampling "
+                        "starts."
                     },
                 ),
             },
@@ -174,7 +183,8 @@ class StoryTransitionSVD:
             raise StoryError(f"{NODE}: interpolation '{interpolation}' is not one of {', '.join(MODES)}.")
         if clip_vision is None or vae is None:
             raise StoryError(
-                f"{NODE}: connect clip_vision and vae (both come from Image Only Checkpoint Loader with an SVD checkpoint)."
+                f"{NODE}: connect clip_vision and vae (both come from Image Only Checkpoint Loader with an "
+                f"SVD checkpoint)."
             )
         check_model(model)
         panels = panels_from_inputs(start_image, end_image)

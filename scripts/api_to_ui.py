@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--check",
         action="store_true",
-        help="write nothing; exit 1 when a UI workflow's nodes, links or widget values differ from its API twin",
+        help="write nothing; exit 1 when a UI workflow's nodes, links or widget values differ from its API "
+        "twin",
     )
     args = p.parse_args(argv)
 

@@ -172,7 +172,7 @@ class ComfyServer(HttpClient):
         ]
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 180.0) -> "ComfyServer":
+    def start(self, timeout: float = 180.0) -> ComfyServer:
         self._log = open(self.log_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._install_signal_handlers()

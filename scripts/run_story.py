@@ -7,7 +7,7 @@ queue/progress/download code as the `scripts/story_client.py` command line).
 
     make demo                                   # the story world toy model (scripts/world_demo.py)
     make demo CKPT=/path/to/model.safetensors   # your SD1.5 / SDXL checkpoint
-    make demo ARGS=--smoke                      # tiny random-weight SDXL-shaped model: noise, a pipeline check
+    make demo ARGS=--smoke                      # tiny random-weight SDXL-shaped model: noise, a check
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def main(argv=None) -> int:
         ckpt = Path(args.ckpt).expanduser()
         if not ckpt.is_file():
             print(
-                f"error: CKPT={args.ckpt} does not exist; give the path of an SD1.5/SDXL .safetensors checkpoint.",
+                f"error: CKPT={args.ckpt} does not exist; give the path of an SD1.5/SDXL .safetensors "
+                f"checkpoint.",
                 file=sys.stderr,
             )
             return 2
@@ -92,7 +93,8 @@ def main(argv=None) -> int:
     else:
         print("[demo] no CKPT given: the story world toy model draws (64x64 pictures of a procedural world;")
         print(
-            "[demo] a toy trained by the pack, not art). For your own model: make demo CKPT=/path/to/sdxl_or_sd15.safetensors"
+            "[demo] a toy trained by the pack, not art). For your own model: make demo "
+            "CKPT=/path/to/sdxl_or_sd15.safetensors"
         )
 
     workflow = json.loads(Path(args.workflow).read_text())

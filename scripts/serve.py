@@ -45,7 +45,8 @@ def main(argv=None) -> int:
         if not ckpts and not args.tiny_models:
             print(
                 f"Load Checkpoint lists the files in {Path(args.base) / 'models' / 'checkpoints'}; "
-                "or: make serve CKPT=/path/to/model.safetensors (ARGS=--tiny-models adds the tiny test models)",
+                "or: make serve CKPT=/path/to/model.safetensors (ARGS=--tiny-models adds the tiny test "
+                "models)",
                 flush=True,
             )
         while server.proc.poll() is None:

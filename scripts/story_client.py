@@ -152,7 +152,7 @@ def wait_for(server, prompt_id: str, ws=None, timeout: float = 1800, on_progress
 def download_images(server, entry: dict, dest: Path, prefix: str = "") -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     saved = []
-    for node_id, output in entry.get("outputs", {}).items():
+    for _node_id, output in entry.get("outputs", {}).items():
         for image in output.get("images", []):
             if image.get("type") != "output":
                 continue

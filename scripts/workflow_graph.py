@@ -136,7 +136,8 @@ def swap_test_only_nodes(api: dict, object_info: dict) -> dict:
             )
             if loader is None:
                 raise ValueError(
-                    f"node {nid}: no core loader has the outputs {outputs} of test-only {ct}; add one to CORE_LOADERS"
+                    f"node {nid}: no core loader has the outputs {outputs} of test-only {ct}; add one to "
+                    f"CORE_LOADERS"
                 )
             file_input = next(iter(object_info[loader]["input"]["required"]))
             names = CORE_LOADERS[loader]

@@ -31,18 +31,18 @@ def draw_thumbnail(ui: dict, heading: str, size=(512, 384)):
     bw = (size[0] - pad * (cols + 1)) // cols
     bh = min(70, (size[1] - top - pad * rows) // max(rows, 1))
     centres = []
-    for i, n in enumerate(nodes):
+    for i, _ in enumerate(nodes):
         r, c = divmod(i, cols)
         c = c if r % 2 == 0 else cols - 1 - c  # snake, so consecutive boxes stay side by side
         x, y = pad + c * (bw + pad), top + r * (bh + pad)
         centres.append((x, y, x + bw, y + bh))
-    for a, b in zip(centres, centres[1:]):
+    for a, b in zip(centres, centres[1:], strict=False):
         draw.line(
             [((a[0] + a[2]) / 2, (a[1] + a[3]) / 2), ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)],
             fill=(150, 210, 130),
             width=4,
         )
-    for n, box in zip(nodes, centres):
+    for n, box in zip(nodes, centres, strict=False):
         ours = n["properties"].get("cnr_id") == PACK_ID
         draw.rounded_rectangle(
             box, radius=8, fill=(96, 70, 160) if ours else (62, 66, 78), outline=(220, 220, 230), width=2

@@ -51,7 +51,8 @@ class PageSpec:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
         if self.caption_position not in CAPTION_POSITIONS:
             raise ValueError(
-                f"caption position must be one of {', '.join(CAPTION_POSITIONS)}, not {self.caption_position!r}"
+                f"caption position must be one of {', '.join(CAPTION_POSITIONS)}, not "
+                f"{self.caption_position!r}"
             )
         if self.margin < 0 or self.font_size < 1 or self.border < 0:
             raise ValueError("margin and border must be >= 0 and the font size >= 1")
@@ -162,7 +163,7 @@ def _draw_row(
     n_lines = max(len(lines) for _, lines in texts)
     band = n_lines * lh + 2 * pad if n_lines else 0  # one band height per row keeps the panels aligned
     over = spec.caption_position == "over"
-    for cell, panel, (font, lines) in zip(row, panels, texts):
+    for cell, panel, (font, lines) in zip(row, panels, texts, strict=False):
         fitted = _fit(panel, cell.w, max(1, cell.h - band))
         top = cell.y + (cell.h - fitted.height - band) // 2
         x = cell.x + (cell.w - fitted.width) // 2

@@ -7,11 +7,13 @@ NO_STYLE = "(No style)"
 STYLES: dict[str, tuple[str, str]] = {
     NO_STYLE: ("{prompt}", ""),
     "Japanese Anime": (
-        "anime artwork illustrating {prompt}, created by japanese anime studio, highly emotional, best quality, high resolution",
+        "anime artwork illustrating {prompt}, created by japanese anime studio, highly emotional, best "
+        "quality, high resolution",
         "low quality, worst quality, blurry, deformed hands, extra limbs",
     ),
     "Digital/Oil Painting": (
-        "{prompt}, (extremely detailed digital painting), soft painting, oil painting, concept art, high resolution",
+        "{prompt}, (extremely detailed digital painting), soft painting, oil painting, concept art, high "
+        "resolution",
         "anime, cartoon, photo, low quality, blurry",
     ),
     "Pixar/Disney Character": (
@@ -27,7 +29,8 @@ STYLES: dict[str, tuple[str, str]] = {
         "photograph, deformed, glitch, noisy, realistic, stock photo",
     ),
     "Line art": (
-        "line art drawing {prompt}, professional, sleek, modern, minimalist, graphic, line art, vector graphics",
+        "line art drawing {prompt}, professional, sleek, modern, minimalist, graphic, line art, vector "
+        "graphics",
         "anime, photorealistic, 35mm film, deformed, glitch, blurry, noisy, colorful, realism",
     ),
     "Black and White Film Noir": (

@@ -80,7 +80,8 @@ def _clean_name(raw: str, line_no: int) -> str:
     name = raw.strip()
     if not name or not NAME_RE.match(name):
         raise StorySyntaxError(
-            f"line {line_no}: '[{raw}]' is not a valid character name; use letters, digits or spaces inside the brackets, e.g. [Bob]."
+            f"line {line_no}: '[{raw}]' is not a valid character name; use letters, digits or spaces inside "
+            f"the brackets, e.g. [Bob]."
         )
     return name
 
@@ -111,7 +112,8 @@ def _check_brackets(body: str, line_no: int) -> None:
         fragment = body[opening:].strip()
         fragment = fragment if len(fragment) <= 40 else fragment[:37] + "..."
         raise StorySyntaxError(
-            f"line {line_no}: '{fragment}' has no closing ']'; close the tag as in '[Name]' (or '[Name]: description' "
+            f"line {line_no}: '{fragment}' has no closing ']'; close the tag as in '[Name]' (or '[Name]: "
+            f"description' "
             "for a declaration). Square brackets are only for character tags."
         )
     if closing >= 0:
@@ -155,7 +157,8 @@ def parse_story(text: str) -> Story:
             description = decl.group(2).strip()
             if not description:
                 raise StorySyntaxError(
-                    f"line {line_no}: character [{name}] is declared without a description; write '[{name}]: a short description of their look'."
+                    f"line {line_no}: character [{name}] is declared without a description; write '[{name}]: "
+                    f"a short description of their look'."
                 )
             if name in story.characters:
                 raise StorySyntaxError(
@@ -179,7 +182,7 @@ def parse_story(text: str) -> Story:
         written: list[str] = []  # name per placeholder, in order of appearance
         no_character = False
 
-        def substitute(match: re.Match, line_no=line_no) -> str:
+        def substitute(match: re.Match, line_no=line_no, names=names, written=written) -> str:
             nonlocal no_character
             raw = match.group(1)
             name = raw.strip()
@@ -195,7 +198,8 @@ def parse_story(text: str) -> Story:
                     else "write a name inside the brackets"
                 )
                 raise StorySyntaxError(
-                    f"line {line_no}: unknown character tag [{raw}] (declared: {declared}); fix the spelling or {hint}."
+                    f"line {line_no}: unknown character tag [{raw}] (declared: {declared}); fix the spelling "
+                    f"or {hint}."
                 )
             if canonical not in names:
                 names.append(canonical)
@@ -208,7 +212,8 @@ def parse_story(text: str) -> Story:
         regional = tuple((name, _regional_prompt(body, name, story.characters, known)) for name in names)
         if no_character and names:
             raise StorySyntaxError(
-                f"line {line_no}: [NC] marks a panel with no character, but the line also tags {names}; remove one of them."
+                f"line {line_no}: [NC] marks a panel with no character, but the line also tags {names}; "
+                f"remove one of them."
             )
         if not prompt:
             raise StorySyntaxError(

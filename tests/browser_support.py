@@ -158,7 +158,8 @@ class BrowserSession:
     def fit_view(self) -> None:
         """Zoom the canvas so the whole graph is in the screenshot."""
         self.page.evaluate(
-            "() => { const c = app.canvas; c.deselectAll?.(); c.fitViewToSelectionAnimated?.({duration: 1}); }"
+            "() => { const c = app.canvas; c.deselectAll?.(); c.fitViewToSelectionAnimated?.({duration: 1}); "
+            "}"
         )
         self.page.wait_for_timeout(400)
 
@@ -182,7 +183,8 @@ class BrowserSession:
             # 1.48: the error overlay closes with its own button, and "View details" opened a side panel
             self.page.evaluate("""() => {
                 document.querySelectorAll('[data-testid=error-overlay-dismiss]').forEach(b => b.click());
-                document.querySelectorAll('button[aria-label="Toggle properties panel"][aria-pressed=true]').forEach(b => b.click()); }""")
+                document.querySelectorAll('button[aria-label="Toggle properties panel"][aria-pressed=true]')
+                    .forEach(b => b.click()); }""")
             self.page.wait_for_timeout(300)
 
     def close(self) -> None:

@@ -7,7 +7,6 @@ the host root and this tests/ folder are the only additions.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import sys
 import tempfile
@@ -17,22 +16,45 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-from comfy_host import host_root  # noqa: E402
+SCRIPTS = ROOT / "scripts"
 
-HOST = host_root()
+
+def _host_root() -> Path:
+    """The ComfyUI host the tests run in (scripts/comfy_host.py decides), imported lazily."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    from comfy_host import host_root
+
+    return host_root()
+
+
+HOST = _host_root()
 for p in (str(TESTS), str(HOST)):
     if p not in sys.path:
         sys.path.insert(0, p)
-
-from comfy.cli_args import args as _comfy_args  # noqa: E402
-
-_comfy_args.cpu = True  # before comfy.model_management is imported anywhere
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "live: starts a real headless ComfyUI server")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    # ComfyUI on the CPU, before comfy.model_management is imported anywhere. Nothing of the host is
+    # imported here otherwise: the pure-package tests (attention/, families/, motion/, story/) run
+    # without one.
+    try:
+        from comfy.cli_args import args as comfy_args
+    except ImportError:
+        return
+    comfy_args.cpu = True
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """pytest imports the pack root's __init__.py as a package of the tests (it is one); that import
+    loads nodes/ and so ComfyUI. The pack is loaded the way ComfyUI loads it (pack_loader.py) by the
+    tests that need it, and pure-package tests need no host: the root package's setup is skipped."""
+    for node in item.listchain():
+        if isinstance(node, pytest.Package) and node.path == ROOT:
+            node.setup = lambda: None
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -58,7 +58,8 @@ def test_our_nodes_appear_in_the_node_search(browser, live_server):
                 page.wait_for_timeout(500)
         else:
             pytest.fail(
-                f"double-clicking the canvas opened no node search (see {browser.screenshot('search_failed')})"
+                "double-clicking the canvas opened no node search "
+                f"(see {browser.screenshot('search_failed')})"
             )
         page.keyboard.type(display)
         deprecated = info[node_id].get("deprecated")
@@ -113,12 +114,16 @@ def test_a_user_opens_the_example_from_the_template_browser(browser):
     card = dialog.get_by_text(EXAMPLES[0], exact=True).first
     card.wait_for(timeout=10_000)
     # the browser fetches the .jpg into a blob: our thumbnails are the only 512x384 images there
-    thumb = "() => [...document.querySelectorAll('[role=dialog] img')].some(i => i.complete && i.naturalWidth === 512 && i.naturalHeight === 384)"
+    thumb = (
+        "() => [...document.querySelectorAll('[role=dialog] img')]"
+        ".some(i => i.complete && i.naturalWidth === 512 && i.naturalHeight === 384)"
+    )
     try:
         page.wait_for_function(thumb, timeout=10_000)
     except Exception:  # noqa: BLE001 - report what the dialog shows instead
         pytest.fail(
-            f"thumbnail not shown; images: {page.evaluate('() => [...document.querySelectorAll(`[role=dialog] img`)].map(i => i.src)')}"
+            "thumbnail not shown; images: "
+            f"{page.evaluate('() => [...document.querySelectorAll(`[role=dialog] img`)].map(i => i.src)')}"
         )
     browser.screenshot("template_browser")
     page.evaluate("() => app.graph.clear()")
@@ -143,7 +148,8 @@ def test_a_missing_node_is_detected_by_the_ui_and_the_graph(browser):
     reports = browser.missing_node_reports(details=True)
     shot = browser.screenshot("missing_node_reported")
     assert any("StoryDiffNoSuchNode" in r for r in reports), (
-        f"front end {browser.frontend}: no missing-node report names the type: {reports} / {browser.dialogs()} (see {shot})"
+        f"front end {browser.frontend}: no missing-node report names the type: {reports} / "
+        f"{browser.dialogs()} (see {shot})"
     )
     assert browser.unknown_nodes() == ["StoryDiffNoSuchNode"]
     with pytest.raises(AssertionError, match="StoryDiffNoSuchNode"):
@@ -184,7 +190,8 @@ def test_story_prompt_shows_the_panel_count_while_typing(browser):
     page.wait_for_timeout(200)
     assert "2 panels" in feedback.inner_text()
     page.evaluate(
-        "() => { app.graph.nodes[0].widgets.find(w => w.name === 'story').value = '[Ann]: a girl\\n[Ann] jumps #Splash!\\n[NC] clouds\\n[Anne] waves\\n[Ann] sleeps'; }"
+        "() => { app.graph.nodes[0].widgets.find(w => w.name === 'story').value = "
+        "'[Ann]: a girl\\n[Ann] jumps #Splash!\\n[NC] clouds\\n[Anne] waves\\n[Ann] sleeps'; }"
     )
     # the feedback box is not a widget value: the prompt holds only the node's real inputs
     values = page.evaluate("() => app.graph.nodes[0].serialize().widgets_values")
@@ -199,12 +206,13 @@ def test_browser_parser_agrees_with_the_server_parser(browser):
         "[Ann]: a girl\nno tag at all\n[Ann] runs",
     ]
     got = browser.page.evaluate(
-        """async (stories) => { const m = await import('/extensions/comfyui-storydiffusion/js/story_syntax.js');
+        """async (stories) => {
+            const m = await import('/extensions/comfyui-storydiffusion/js/story_syntax.js');
             return stories.map(s => { const r = m.readStory(s);
                 return r.panels.map(p => [p.characters, p.caption, p.noCharacter]); }); }""",
         stories,
     )
-    for story, js in zip(stories, got):
+    for story, js in zip(stories, got, strict=False):
         parsed = syntax.parse_story(story)
         assert js == [[list(p.characters), p.caption, p.no_character] for p in parsed.panels]
     # a story the server rejects: the browser flags the same line and tag, and keeps counting
@@ -274,7 +282,8 @@ def test_the_pack_writes_no_warning_to_the_browser_console(browser, live_server)
     browser.close_dialogs()
     page.evaluate(
         """types => { app.graph.clear();
-        types.forEach((t, i) => { const n = LiteGraph.createNode(t); n.pos = [40 + 360 * (i % 4), 60 + 320 * Math.floor(i / 4)]; app.graph.add(n); });
+        types.forEach((t, i) => { const n = LiteGraph.createNode(t);
+            n.pos = [40 + 360 * (i % 4), 60 + 320 * Math.floor(i / 4)]; app.graph.add(n); });
         app.canvas.ds.offset = [0, 0]; app.canvas.ds.scale = 1; app.canvas.setDirty(true, true); }""",
         ours,
     )

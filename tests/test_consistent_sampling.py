@@ -131,7 +131,7 @@ def test_keep_rate_one_equals_dense_attention_over_all_story_images(tiny, family
         with torch.no_grad():
             q, k, v = attn.to_q(n).double(), attn.to_k(n).double(), attn.to_v(n).double()
             ref = []
-            for qc, kc, vc in zip(q.chunk(b), k.chunk(b), v.chunk(b)):
+            for qc, kc, vc in zip(q.chunk(b), k.chunk(b), v.chunk(b), strict=False):
                 allk = kc.reshape(1, -1, kc.shape[-1]).expand(qc.shape[0], -1, -1)
                 allv = vc.reshape(1, -1, vc.shape[-1]).expand(qc.shape[0], -1, -1)
                 d = qc.shape[-1] // heads

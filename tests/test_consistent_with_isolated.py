@@ -18,7 +18,10 @@ ca = submodule("nodes.consistent_attention")
 parse_story = pure("story.syntax").parse_story
 
 CSA = dict(CSA_DEFAULTS, warmup_steps=0, end_percent=100.0, apply_probability="1")
-IDENTITY = "[Bob]: a man with short black hair, red jacket\n[Alice]: a woman with long silver hair, green dress\n[Bob] portrait\n[Alice] portrait"
+IDENTITY = (
+    "[Bob]: a man with short black hair, red jacket\n[Alice]: a woman with long silver hair, green dress\n"
+    "[Bob] portrait\n[Alice] portrait"
+)
 
 
 def csa(model):

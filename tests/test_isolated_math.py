@@ -1,6 +1,5 @@
 """Pure math of Object Isolated Attention (attention/ only, no ComfyUI)."""
 
-import numpy as np
 import pytest
 import torch
 from skimage.filters import threshold_otsu

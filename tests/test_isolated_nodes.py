@@ -10,7 +10,6 @@ from comfy.sample import sample as comfy_sample
 import reference_attention as reference
 from isolated_helpers import (
     NO_GUARD,
-    TWO_CHARACTERS,
     encode_story,
     isolated,
     sample,
@@ -329,7 +328,7 @@ def test_identity_bank_references_are_used_by_contract(sd15):
     # Bob now has references in panel 1 too (from the bank), not only in panel 3
     sample(m, pos, neg, P, steps=3, size=(16, 16))
     assert bank.asked and all(
-        c == "Bob" and isinstance(s, float) and l[0] == "output" and len(l) == 3 for c, s, l in bank.asked
+        c == "Bob" and isinstance(s, float) and ly[0] == "output" and len(ly) == 3 for c, s, ly in bank.asked
     )
     assert any(kn == n + 5 for n, kn in calls)  # panel 1: own tokens + 5 bank tokens
     assert any(kn == n + 5 + n // 2 for n, kn in calls)  # panel 3: + Alice's half of panel 2

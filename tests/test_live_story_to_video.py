@@ -1,4 +1,5 @@
-"""The story-to-video example through a real headless ComfyUI: panels -> transitions -> SVD -> animated WEBP."""
+"""The story-to-video example through a real headless ComfyUI: panels -> transitions -> SVD ->
+animated WEBP."""
 
 import json
 from pathlib import Path

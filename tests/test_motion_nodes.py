@@ -1,4 +1,5 @@
-"""Load Motion Predictor and Encode Frame Embeddings, and the loop they close: clips -> training -> video conditioning."""
+"""Load Motion Predictor and Encode Frame Embeddings, and the loop they close: clips -> training ->
+video conditioning."""
 
 import logging
 

@@ -1,4 +1,5 @@
-"""attention/, families/, motion/, story/ and story_world/ are pure: importable with no ComfyUI module loaded."""
+"""attention/, families/, motion/, story/ and story_world/ are pure: importable with no ComfyUI
+module loaded."""
 
 import subprocess
 import sys
@@ -16,7 +17,10 @@ for sub in ("attention", "families", "motion", "story", "story_world"):
     names.append(pkg.__name__)
     for info in pkgutil.iter_modules(pkg.__path__):
         names.append(importlib.import_module(f"pure_probe.{sub}.{info.name}").__name__)
-host = sorted(m for m in sys.modules if m == "comfy" or m.startswith("comfy.") or m in ("nodes", "folder_paths", "server"))
+host = sorted(
+    m for m in sys.modules
+    if m == "comfy" or m.startswith("comfy.") or m in ("nodes", "folder_paths", "server")
+)
 print(len(names), host)
 """
 

@@ -9,7 +9,10 @@ from .factory import FAMILIES, tiny_checkpoint, tiny_clip_vision, tiny_unet, tin
 
 
 class StoryTestTinyCheckpoint:
-    DESCRIPTION = "Test/demo only: a tiny random-weight checkpoint with the real block layout of the chosen family. Images are noise, not art."
+    DESCRIPTION = (
+        "Test/demo only: a tiny random-weight checkpoint with the real block layout of the chosen family. "
+        "Images are noise, not art."
+    )
     CATEGORY = "storydiffusion/testing"
     FUNCTION = "load"
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
@@ -23,7 +26,8 @@ class StoryTestTinyCheckpoint:
                     {
                         "default": "sdxl",
                         "tooltip": "Architecture the tiny model is shaped like "
-                        "(flux: Flux.1-dev blocks with a thin CLIP-L + T5 pair and a 16-channel TAESD-style VAE).",
+                        "(flux: Flux.1-dev blocks with a thin CLIP-L + T5 pair and a 16-channel "
+                        "TAESD-style VAE).",
                     },
                 ),
                 "seed": (
