@@ -15,13 +15,15 @@ setup:
 demo: setup
 	@exec $(PY) scripts/run_story.py $(if $(CKPT),--ckpt "$(CKPT)") $(ARGS)
 
-## Every test: the linter and format check (ruff, once), then on every host (scripts/test_matrix.py:
+## Every test: the linter and format check (ruff, once), the type check of the pure packages (mypy,
+## scripts/typecheck.py), then on every host (scripts/test_matrix.py:
 ## the embedded 0.3.75, and 0.33.0 when ../shared/hosts has it; HOSTS=0.3.75 for one) pure math,
 ## in-process nodes on tiny models, live-server and browser tests.
 HOSTS ?=
 test: setup
 	@$(PY) -m ruff check .
 	@$(PY) -m ruff format --check .
+	@$(PY) scripts/typecheck.py
 	@STORY_HOSTS="$(HOSTS)" $(PY) scripts/test_matrix.py $(ARGS)
 
 ## ComfyUI with the pack, for the browser canvas (http://127.0.0.1:$(PORT)); ARGS=--tiny-models adds the

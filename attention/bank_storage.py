@@ -20,6 +20,7 @@ import os
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -201,7 +202,8 @@ def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str])
     tensor by tensor into a temporary file that then replaces `path`. Returns the file size."""
     path = Path(path)
     order = sorted(tensors, key=lambda n: (-tensors[n].element_size(), n))
-    header, offset = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}}, 0
+    header: dict[str, Any] = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}}
+    offset = 0
     for name in order:
         t = tensors[name]
         if t.dtype not in _NAMES:
@@ -289,6 +291,6 @@ class SafetensorsFile:
         buf = torch.empty(math.prod(shape) * itemsize, dtype=torch.uint8)
         with open(self.path, "rb") as f:
             f.seek(self._data_start + begin)
-            if buf.numel() and f.readinto(buf.numpy()) != buf.numel():
+            if buf.numel() and f.readinto(buf.numpy().data) != buf.numel():
                 raise BankFileError(f"{self.path.name} ended early while reading {name!r}")
         return buf.view(dtype).reshape(shape)

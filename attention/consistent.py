@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ def reference_table(
     with the same label are candidates
     (None labels take part in nothing).
     """
-    table = []
+    table: list[tuple[int, ...]] = []
     for i in range(num_images):
         if groups is not None and groups[i] is None:
             table.append(())
@@ -121,7 +122,7 @@ def consistent_attention(
     """
     b, n, _ = q.shape
     kk = indices.shape[1] if indices.numel() else 0
-    extra = list(row_extra) if row_extra is not None else [None] * b
+    extra: list[Any] = list(row_extra) if row_extra is not None else [None] * b
     if all(not refs[i] or kk == 0 for i in range(b)) and all(e is None for e in extra):
         return attn_fn(q, k, v, heads)
     buckets: dict = {}
@@ -132,7 +133,7 @@ def consistent_attention(
     if len(buckets) == 1 and (0, None) in buckets:
         return attn_fn(q, k, v, heads)
     flat_k, flat_v = k.reshape(-1, k.shape[-1]), v.reshape(-1, v.shape[-1])
-    out = None
+    out: Any = None
     for (m, tag), rows in buckets.items():
         row_refs = [tuple(refs[i]) for i in rows] if m else []
         key = (k.shape[1], n, id(indices), tuple(rows), tuple(row_refs), k.device)
@@ -205,7 +206,7 @@ class TokenGather:
         if not names:
             return n, context, value
         segments: dict = {}
-        per_half = {}
+        per_half: dict[Any, Any] = {}
         for half in set(plan.chunks):
             parts, pos = [], 0
             for name, toks in run.bank_tokens(plan, names, half, n.shape[-1]):
@@ -237,7 +238,7 @@ class TokenGather:
         k = k[:, :lo] if hi == k.shape[1] else torch.cat([k[:, :lo], k[:, hi:]], 1)
         v = v[:, :lo] if hi == v.shape[1] else torch.cat([v[:, :lo], v[:, hi:]], 1)
         b, labels = plan.images, run.labels(plan.images)
-        extra = []
+        extra: list[Any] = []
         for c in range(len(plan.chunks)):
             for i in range(b):
                 spans = [segments[n] for n in labels[i] if n in segments]

@@ -150,7 +150,7 @@ class MapAccumulator:
     """
 
     def __init__(self, grid: tuple[int, int]):
-        self.grid = tuple(grid)
+        self.grid: tuple[int, int] = (int(grid[0]), int(grid[1]))
         self.sums: dict[int, torch.Tensor] = {}
         self.counts: dict[int, int] = {}
 
@@ -172,8 +172,9 @@ class MapAccumulator:
         steps = [s for s in self.steps if before_step is None or s < before_step]
         if not steps:
             return None
-        total = None
+        total: torch.Tensor | None = None
         for s in steps:
             m = self.sums[s] / self.counts[s]
             total = m if total is None else total + m
+        assert total is not None  # steps is not empty
         return total / len(steps)

@@ -99,6 +99,10 @@ class IdentityBank:
     def __deepcopy__(self, memo):  # one shared object, also through ModelPatcher.clone()
         return self
 
+    def _source(self) -> SafetensorsFile:
+        assert self._file is not None  # lazy entries (name tuples) exist only in banks read from a file
+        return self._file
+
     def empty_like(self) -> IdentityBank:
         """An empty bank with the same settings, family and widths (a write run's staging area)."""
         return IdentityBank(self.dtype, self.device, self.settings, self.family, self.widths, self.name)
@@ -112,7 +116,7 @@ class IdentityBank:
         return sorted({layer for c, _, layer in self._store if c == character})
 
     def sigmas(self, character: str) -> list[float]:
-        found = set()
+        found: set[float] = set()
         for (c, _, _), by_sigma in self._store.items():
             if c == character:
                 found.update(by_sigma)
@@ -152,7 +156,7 @@ class IdentityBank:
         data = self._store[key][sigma]
         if isinstance(data, tuple):  # lazily read from the file
             values, scale = data
-            data = Packed(self._file.read(values), self._file.read(scale) if scale else None)
+            data = Packed(self._source().read(values), self._source().read(scale) if scale else None)
         t = data.unpack(self.dtype).to(self.device)
         self._cache.setdefault(sigma, {})[key] = t
         self._cache.move_to_end(sigma)
@@ -176,7 +180,7 @@ class IdentityBank:
         return data.nbytes
 
     def _entry_size(self, name: str) -> int:
-        dtype, shape, _ = self._file.entries[name]
+        dtype, shape, _ = self._source().entries[name]
         n = 1
         for s in shape:
             n *= s
@@ -237,7 +241,7 @@ class IdentityBank:
             )
 
     def _shape(self, data) -> tuple:
-        return self._file.shape(data[0]) if isinstance(data, tuple) else data.shape
+        return self._source().shape(data[0]) if isinstance(data, tuple) else data.shape
 
     # ---- writing ---------------------------------------------------------------------
     def record_positions(
@@ -312,14 +316,15 @@ class IdentityBank:
     def _materialised(self, data) -> Packed:
         if isinstance(data, tuple):
             values, scale = data
-            return Packed(self._file.read(values), self._file.read(scale) if scale else None)
+            return Packed(self._source().read(values), self._source().read(scale) if scale else None)
         return data
 
     # ---- files -----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the bank as .safetensors: the same bank gives the same bytes."""
         path = Path(path)
-        tensors, index = {}, []
+        tensors: dict[str, torch.Tensor] = {}
+        index: list[dict] = []
         entries = sorted(((k, s) for k, v in self._store.items() for s in v), key=lambda e: (e[0], -e[1]))
         for (character, half, layer), sigma in entries:
             data = self._materialised(self._store[(character, half, layer)][sigma])

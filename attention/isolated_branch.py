@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -54,7 +55,7 @@ class IsolationConfig:
     characters: list = field(default_factory=list)  # per character: [1 or P, T, C] description context
     # per character: valid tokens of each panel's row of `characters` (zero-padded rows), None = all
     character_lengths: list = field(default_factory=list)
-    identity_bank: object = None  # duck-typed: .characters, .tokens(character, sigma, layer)
+    identity_bank: Any = None  # duck-typed: .characters, .tokens(character, sigma, layer)
     story_cond: object = None  # the Story Prompt's positive tensor: finds the story's own cond rows
 
 

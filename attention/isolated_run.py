@@ -101,7 +101,7 @@ class IsolationRun:
         self.clock = clock  # places sigmas in the model's noise schedule (see steps.py)
         self.acc: MapAccumulator | None = None
         self.schedule: list[float] | None = None
-        self._sig_obj = None
+        self._sig_obj: torch.Tensor | None = None
         self._sig_step = 0
         self._mask_cache: dict[int, torch.Tensor | None] = {}
         self.result: RunSummary | None = None
@@ -110,6 +110,7 @@ class IsolationRun:
         """End of sampling: keep only the small final summary (maps, masks) for readers."""
         if self.acc is not None and self.acc.steps:
             maps = self.acc.mean()
+            assert maps is not None  # the accumulator has steps
             self.result = RunSummary(
                 maps=maps,
                 masks=self.masks_from(maps),
@@ -171,8 +172,9 @@ class IsolationRun:
     def masks(self, step: int, grid=None, device=None) -> torch.Tensor | None:
         """Boolean masks [P, K, H, W] for use at `step` (from steps < step), cached per step."""
         if step not in self._mask_cache:
-            evidence = sum(1 for s in self.acc.steps if s < step) if self.acc is not None else 0
-            maps = self.acc.mean(before_step=step) if evidence >= self.evidence_steps else None
+            acc = self.acc
+            evidence = sum(1 for s in acc.steps if s < step) if acc is not None else 0
+            maps = acc.mean(before_step=step) if acc is not None and evidence >= self.evidence_steps else None
             self._mask_cache[step] = self.masks_from(maps, grid or self._grid(), device)
         return self._mask_cache[step]
 

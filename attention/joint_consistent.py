@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -130,7 +131,7 @@ def joint_consistent_attention(
     """
     b = q.shape[0]
     kk = indices.shape[1] if indices.numel() else 0
-    extra = list(row_extra) if row_extra is not None else [None] * b
+    extra: list[Any] = list(row_extra) if row_extra is not None else [None] * b
     buckets: dict = {}
     for i in range(b):
         m = len(refs[i]) if kk else 0
@@ -138,16 +139,18 @@ def joint_consistent_attention(
         buckets.setdefault((m, tag), []).append(i)
     if len(buckets) == 1 and (0, None) in buckets:
         return attn_fn(q, k, v, mask)
-    shared_k = shared_v = None
+    shared_k: Any = None
+    shared_v: Any = None
     if kk:
         idx = (indices.to(k.device) + layout.img_start).view(b, 1, kk, 1)
         shared_k = torch.gather(k, 2, idx.expand(b, k.shape[1], kk, k.shape[-1]))  # [B, H, kk, D]
         shared_v = torch.gather(v, 2, idx.expand(b, v.shape[1], kk, v.shape[-1]))
-    out = None
+    out: Any = None
     length = k.shape[2]
     for (m, tag), rows in buckets.items():
         full = len(rows) == b
-        ek = ev = None
+        ek: Any = None
+        ev: Any = None
         if tag is not None:
             ek, ev, _ = extra[rows[0]]
         total = length + m * kk + (ek.shape[1] if ek is not None else 0)
@@ -163,7 +166,7 @@ def joint_consistent_attention(
             )  # [R, M]
             for slot in range(m):
                 ks = shared_k[ref_rows[:, slot]]
-                rot = (
+                rot: Any = (
                     slot_rotations[slot]
                     if slot_rotations is not None and slot < len(slot_rotations)
                     else None

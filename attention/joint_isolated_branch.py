@@ -52,6 +52,7 @@ class IsolatedCall:
         """[1, 1, L, L + appended] mask of the original branch; with `panels`, [B, 1, L, ...] that
         also keeps each row from its panel's padded segment columns (when any are padded)."""
         key = (length, appended, dtype, str(device), panels)
+        assert self.segments is not None  # only isolating calls build the masks
         if key not in self.masks:
             mask = base_bias(self.segments, length, dtype, device, appended)[None, None]
             pad = self.padded(panels, length + appended, device) if panels else None
@@ -62,12 +63,13 @@ class IsolatedCall:
         return self.masks[key]
 
     def padded(self, panels: int, width: int, device) -> torch.Tensor | None:
-        return padding(self.segments, panels, width, device)
+        return padding(self.segments, panels, width, device) if self.segments is not None else None
 
     def segment_positions(self, pe: torch.Tensor) -> torch.Tensor:
         """pe [B, 1, L, ...] with each segment's rows = the first rows of the text (its own positions)."""
         if self.positions is None or self.positions[0] is not pe:
             seg = self.segments
+            assert seg is not None  # only isolating calls reposition the segments
             parts = [pe[:, :, : seg.prompt], *(pe[:, :, :n] for n in seg.lengths), pe[:, :, seg.text :]]
             self.positions = (pe, torch.cat(parts, 2))
         return self.positions[1]
@@ -175,6 +177,7 @@ class JointIsolatedBranch:
         if seg is None or cfg.lam == 0:
             return out
         tok = info.tokens
+        assert tok is not None  # isolating calls carry their regions
         act = self.branch.activation(info.step, layout.grid, q.device)
         pad = info.padded(P, L + extra, q.device)
         for c in conds:

@@ -23,7 +23,7 @@ from typing import Any
 Replace = Callable[..., Any]
 
 
-def host_class(module: str, name: str) -> type | None:
+def host_class(module: str, name: str) -> Any:
     """A class of the host by module path (None when this ComfyUI lacks it); imports lazily."""
     try:
         found = getattr(importlib.import_module(module), name)

@@ -8,6 +8,8 @@ Chroma. Flux.2's text encoders left-pad, as its host does itself (exact on every
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import instance_of
 from .joint import JointFamily, singles
 
@@ -27,7 +29,7 @@ def _chroma(dm) -> bool:
     return _chroma_class(dm) and not _radiance_class(dm)
 
 
-BLOCKS = dict(double="double_blocks", single="single_blocks", up=singles)
+BLOCKS: dict[str, Any] = dict(double="double_blocks", single="single_blocks", up=singles)
 FLUX = JointFamily(
     "Flux.1 (dev, schnell, Kontext)",
     _flux(False),

@@ -97,6 +97,7 @@ class SemanticMotionPredictor(nn.Module):
     def __init__(self, config: PredictorConfig | None = None):
         super().__init__()
         self.config = config or PredictorConfig()
+        self.metadata: dict[str, str] = {}  # what its weights file says beyond the config (weights.py)
         c = self.config
         self.proj_in = nn.Linear(c.embed_dim, c.width)
         self.norm_in = nn.LayerNorm(c.width)  # content at unit scale, like the position/key embeddings

@@ -171,8 +171,8 @@ def load_train_state(path: Path):
     shapes = {i: p.shape for i, p in enumerate(model.parameters())}
     state: dict = {}
     for key, value in read_tensors(path, "optim.").items():
-        idx, name = key.split(".", 1)
-        idx = int(idx)
+        index, name = key.split(".", 1)
+        idx = int(index)
         state.setdefault(idx, {})[name] = value.reshape(()) if name == "step" else value.reshape(shapes[idx])
     return (
         model,

@@ -26,7 +26,7 @@ cd "$ROOT"
 EMBEDDED="$ROOT/.host/ComfyUI"
 HORDE_WHEEL_VERSION="2.22.2"
 TORCHAUDIO="2.11.1"                   # the newest torchaudio on the registry; imports beside torch 2.15.0
-TEST_TOOLS="pytest playwright scikit-image ruff websocket-client"  # what the tests and the CLI use beyond ComfyUI (versions: requirements-dev.txt)
+TEST_TOOLS="pytest playwright scikit-image ruff mypy websocket-client"  # what the tests and the CLI use beyond ComfyUI (versions: requirements-dev.txt)
 
 PY_BOOT="${PYTHON:-}"
 if [ -z "$PY_BOOT" ]; then

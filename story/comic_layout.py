@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -91,9 +92,7 @@ def rows_for_single_column(spec: PageSpec, panel_size: tuple[int, int]) -> int:
 
 def page_rows(spec: PageSpec, panel_size: tuple[int, int]) -> tuple[int, ...]:
     rows = LAYOUT_ROWS[spec.layout]
-    if rows is None:
-        rows = (1,) * rows_for_single_column(spec, panel_size)
-    return rows
+    return rows if rows is not None else (1,) * rows_for_single_column(spec, panel_size)
 
 
 def panels_per_page(spec: PageSpec, panel_size: tuple[int, int]) -> int:
@@ -138,7 +137,7 @@ def _fit(image: Image.Image, w: int, h: int) -> Image.Image:
     return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
 
 
-def _caption_lines(spec: PageSpec, captions: list[str], cell: Cell) -> list[tuple[object, list[str]]]:
+def _caption_lines(spec: PageSpec, captions: list[str], cell: Cell) -> list[tuple[Any, list[str]]]:
     """(font, wrapped lines) per caption; at most MAX_CAPTION_SHARE of the cell height."""
     if spec.caption_position == "none":
         return [(None, []) for _ in captions]

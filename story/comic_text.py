@@ -17,6 +17,7 @@ import os
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from PIL import ImageFont
 
@@ -71,7 +72,7 @@ def has_cjk(text: str) -> bool:
     return any(lo <= ord(ch) <= hi for ch in text for lo, hi in CJK_RANGES)
 
 
-def font_for_text(text: str, size: int, path: str | None = None, cjk_candidates=CJK_FONT_CANDIDATES):
+def font_for_text(text: str, size: int, path: str | None = None, cjk_candidates=CJK_FONT_CANDIDATES) -> Any:
     """The font for one caption: `path` when given; for Chinese/Japanese/Korean text the first
     CJK font found (when none is installed, the usual font: those characters show as boxes)."""
     if not path and has_cjk(text):

@@ -30,3 +30,9 @@ def test_pure_packages_import_without_comfyui():
     count, host = out.stdout.strip().split(" ", 1)
     assert int(count) >= 4
     assert host == "[]", f"pure packages imported host modules: {host}"
+
+
+def test_node_modules_stay_small():
+    """nodes/ holds nodes and the thin patch installation: no file there over 250 lines."""
+    long = {p.name: n for p in (ROOT / "nodes").glob("*.py") if (n := len(p.read_text().splitlines())) > 250}
+    assert long == {}, f"nodes/ files over 250 lines: {long}"
