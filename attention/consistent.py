@@ -125,11 +125,7 @@ def consistent_attention(
     extra: list[Any] = list(row_extra) if row_extra is not None else [None] * b
     if all(not refs[i] or kk == 0 for i in range(b)) and all(e is None for e in extra):
         return attn_fn(q, k, v, heads)
-    buckets: dict = {}
-    for i in range(b):
-        m = len(refs[i]) if kk else 0
-        tag = None if extra[i] is None else extra[i][2]
-        buckets.setdefault((m, tag), []).append(i)
+    buckets = key_layouts(b, kk, refs, extra)
     if len(buckets) == 1 and (0, None) in buckets:
         return attn_fn(q, k, v, heads)
     flat_k, flat_v = k.reshape(-1, k.shape[-1]), v.reshape(-1, v.shape[-1])
@@ -151,9 +147,26 @@ def consistent_attention(
         res = attn_fn(q[rows] if len(rows) < b else q, keys, values, heads)
         if len(buckets) == 1:
             return res
-        if out is None:
-            out = res.new_empty((b,) + tuple(res.shape[1:]))
-        out[rows] = res
+        out = placed(out, res, rows, b)
+    return out
+
+
+def key_layouts(b: int, kk: int, refs: Sequence[Sequence[int]], extra: Sequence) -> dict:
+    """The rows of a call grouped by key layout, (panels referenced, bank tag) -> rows: each group
+    is one attention call (every model family's gather)."""
+    buckets: dict = {}
+    for i in range(b):
+        m = len(refs[i]) if kk else 0
+        tag = None if extra[i] is None else extra[i][2]
+        buckets.setdefault((m, tag), []).append(i)
+    return buckets
+
+
+def placed(out: torch.Tensor | None, res: torch.Tensor, rows: list, b: int) -> torch.Tensor:
+    """`out` (made on first use, [b, ...] like `res`) with one group's result in its rows."""
+    if out is None:
+        out = res.new_empty((b,) + tuple(res.shape[1:]))
+    out[rows] = res
     return out
 
 

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from .consistent import key_layouts, placed
+
 # attn_fn(q, k, v, mask) on [R, H, L, D] tensors -> attention output with batch first
 JointAttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -132,11 +134,7 @@ def joint_consistent_attention(
     b = q.shape[0]
     kk = indices.shape[1] if indices.numel() else 0
     extra: list[Any] = list(row_extra) if row_extra is not None else [None] * b
-    buckets: dict = {}
-    for i in range(b):
-        m = len(refs[i]) if kk else 0
-        tag = None if extra[i] is None else extra[i][2]
-        buckets.setdefault((m, tag), []).append(i)
+    buckets = key_layouts(b, kk, refs, extra)
     if len(buckets) == 1 and (0, None) in buckets:
         return attn_fn(q, k, v, mask)
     shared_k: Any = None
@@ -181,9 +179,7 @@ def joint_consistent_attention(
         res = attn_fn(qr, kcat, vcat, extend_mask(mask, rows, b, total - length))
         if len(buckets) == 1:
             return res
-        if out is None:
-            out = res.new_empty((b,) + tuple(res.shape[1:]))
-        out[rows] = res
+        out = placed(out, res, rows, b)
     return out
 
 
