@@ -32,7 +32,8 @@ FULL = dict(
 )
 # Default vs full bank, mean abs over the final latents of 4 frames:
 # |latent(default) - latent(full)| <= TOLERANCE x |latent(no bank) - latent(full)|.
-# The README states it; bench/bench_bank.py prints this ratio (tiny SDXL, 30 steps, and tiny SD1.5, 10 steps).
+# docs/csa-and-banks.md states it; bench/bench_bank.py prints this ratio (tiny SDXL, 30 steps, and tiny
+# SD1.5, 10 steps).
 TOLERANCE = 0.5
 
 

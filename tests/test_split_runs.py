@@ -114,7 +114,7 @@ def test_isolation_step_window_follows_the_sigma_across_a_split(tiny):
 
 def test_isolation_with_given_masks_split_equals_the_whole_run(tiny):
     """With user masks (and no re-weighting, which reads the run's own maps) a split run is the same
-    run. Online masks restart in the second stage: see README, split runs."""
+    run. Online masks restart in the second stage: see docs/isolated-attention.md, split runs."""
     from isolated_helpers import encode_story, isolated
 
     model, clip, _ = tiny("sd15")
