@@ -29,7 +29,7 @@ import torch
 from .cross_maps import attend, character_maps, head_probs, selection_matrix
 from .isolated_cross import regional_blend
 from .isolated_merge import is_isolation_block, merge
-from .isolated_run import IsolationRun
+from .isolated_run import IsolatedRun
 from .isolated_self import isolated_self_attention
 from .otsu import masks_to_tokens, normalise
 from .steps import StepWindow
@@ -39,12 +39,12 @@ Kernel = Callable[..., torch.Tensor]  # (q, k, v, heads, mask=None) -> [b, n, hÂ
 Original = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class IsolationInputError(ValueError):
+class IsolatedInputError(ValueError):
     """An input that does not fit the run (the message names the node and the fix)."""
 
 
 @dataclass
-class IsolationConfig:
+class IsolatedConfig:
     node: str = "Isolated Attention"
     isolate: bool = True
     lam: float = 1.1
@@ -73,11 +73,11 @@ def captures(mode: str, key: tuple, hw, grid) -> bool:
     return tuple(hw) == (_ceil_div(_ceil_div(grid[0], 2), 2), _ceil_div(_ceil_div(grid[1], 2), 2))
 
 
-def wants_attn2(config: IsolationConfig, key: tuple) -> bool:
+def wants_attn2(config: IsolatedConfig, key: tuple) -> bool:
     return config.capture == CAPTURE_LAYERS[2] or key[0] == "output"
 
 
-def wants_attn1(config: IsolationConfig, key: tuple) -> bool:
+def wants_attn1(config: IsolatedConfig, key: tuple) -> bool:
     return config.isolate and is_isolation_block(key)
 
 
@@ -128,7 +128,7 @@ def panel_references(plan, tok, p: int, activation, region, dim: int, from_bank=
 class IsolatedBranch:
     """Config + per-run state shared by every replace of one patched MODEL."""
 
-    def __init__(self, config: IsolationConfig, run: IsolationRun):
+    def __init__(self, config: IsolatedConfig, run: IsolatedRun):
         self.config, self.run = config, run
         # uuids of the sampler's cond entries that are the story's own (set when sampling starts);
         # None = every positive chunk (no sampler information)
@@ -172,7 +172,7 @@ class IsolatedBranch:
                     plan.positions, plan.lengths, T, device=device, period=period
                 )
             except ValueError:
-                raise IsolationInputError(
+                raise IsolatedInputError(
                     f"{self.config.node}: the positive conditioning does not come from the story's prompts "
                     f"(context length {T} does not fit their token counts); connect the Story Prompt's "
                     "positive output to the sampler."
@@ -223,7 +223,7 @@ class IsolatedBranch:
         P = self.run.plan.panels
         per = q.shape[0] // len(cou)
         if per != P:
-            raise IsolationInputError(
+            raise IsolatedInputError(
                 f"{self.config.node}: the latent batch has {per} images but the story has {P} panels; "
                 "connect the Story Prompt's panel_count to the latent's batch_size."
             )
@@ -328,7 +328,7 @@ class IsolatedBranch:
                 return None
             width = getattr(module.to_k, "in_features", toks.shape[-1])
             if toks.ndim != 2 or toks.shape[-1] != width:
-                raise IsolationInputError(
+                raise IsolatedInputError(
                     f"{self.config.node}: identity_bank gives [{name}] tokens of shape "
                     f"{tuple(toks.shape)} for layer {key}, but this model's layer takes [N, {width}]; "
                     "build the identity bank with the same model."

@@ -1,4 +1,4 @@
-"""The OIA branch merge F = λ·F_iso + (1 − λ)·F_orig (λ = 1.1 in the paper).
+"""The isolated branch's merge F = λ·F_iso + (1 − λ)·F_orig (λ = 1.1 in the paper).
 
 Pure torch (no ComfyUI import).
 

@@ -1,6 +1,6 @@
 """Per-run state of the isolated branch: step tracking, map accumulation, masks per step.
 
-Pure torch (no ComfyUI import). One `IsolationRun` lives for one node execution; the ComfyUI
+Pure torch (no ComfyUI import). One `IsolatedRun` lives for one node execution; the ComfyUI
 glue resets it when sampling starts and releases its caches when sampling ends (an OUTER_SAMPLE
 wrapper with try/finally), so an interrupted run leaves nothing stale.
 
@@ -75,7 +75,7 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return 1.0 if union == 0 else inter / union
 
 
-class IsolationRun:
+class IsolatedRun:
     def __init__(
         self,
         plan: CharacterPlan,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .isolated_branch import IsolatedBranch, IsolationInputError, chunk_rows, panel_references
+from .isolated_branch import IsolatedBranch, IsolatedInputError, chunk_rows, panel_references
 from .isolated_merge import merge
 from .isolated_self import blocked_value
 from .joint_isolated import (
@@ -90,7 +90,7 @@ class JointIsolatedBranch:
         branch, run = self.branch, self.branch.run
         P = run.plan.panels
         if rows != P * len(chunks):
-            raise IsolationInputError(
+            raise IsolatedInputError(
                 f"{branch.config.node}: the latent batch has {rows // len(chunks)} images but the story has "
                 f"{P} panels; connect the Story Prompt's panel_count to the latent's batch_size."
             )
@@ -101,7 +101,7 @@ class JointIsolatedBranch:
             masks = run.masks(step, grid, device)
             if masks is not None and bool(masks.any()):
                 if mask is not None and text is None:
-                    raise IsolationInputError(
+                    raise IsolatedInputError(
                         f"{branch.config.node}: the positive or negative conditioning carries an attention "
                         f"mask (regional conditioning), which the isolated branch on {model} replaces; "
                         "remove the mask node or set strength 0."
@@ -125,7 +125,7 @@ class JointIsolatedBranch:
         for c, label in enumerate(chunks):
             got = lengths[c * P : (c + 1) * P]
             if label == 0 and got != list(story):
-                raise IsolationInputError(
+                raise IsolatedInputError(
                     f"{self.branch.config.node}: the positive conditioning does not come from the story's "
                     f"prompts (its text mask gives the panels {got} tokens, the story's prompts encode to "
                     f"{list(story)}); "
@@ -145,7 +145,7 @@ class JointIsolatedBranch:
         for owner, ctx, n in parts:
             ctx = ctx.to(device=context.device, dtype=context.dtype)
             if ctx.shape[-1] != context.shape[-1]:
-                raise IsolationInputError(
+                raise IsolatedInputError(
                     f"{self.branch.config.node}: a character or scene prompt has width {ctx.shape[-1]} but "
                     f"the model's text has {context.shape[-1]}; encode it with this checkpoint's text "
                     "encoder."

@@ -31,7 +31,7 @@ from ..attention.joint_consistent import JointLayout, slot_offsets
 from .base import Family, Replace
 
 OVERRIDE = "optimized_attention_override"
-CALL_KEY = "storydiff_dit_call"  # transformer_options: the per-model-call context
+CALL_KEY = "storydiff_joint_call"  # transformer_options: the per-model-call context
 Handler = Callable[..., torch.Tensor]  # (q, k, v, mask, block, layout, call, topts, kernel) -> output
 
 

@@ -6,8 +6,8 @@ import logging
 
 import torch
 
-from ..attention.isolated_branch import CAPTURE_LAYERS, IsolatedBranch, IsolationConfig
-from ..attention.isolated_run import IsolationRun, mask_iou, masks_from_maps
+from ..attention.isolated_branch import CAPTURE_LAYERS, IsolatedBranch, IsolatedConfig
+from ..attention.isolated_run import IsolatedRun, mask_iou, masks_from_maps
 from ..attention.steps import StepWindow
 from ..story.mask_legend import with_legend
 from .character_plan import build_plan
@@ -174,12 +174,10 @@ class StoryAttentionMasks:
         require_family(model, NODE, IsolatedPatch.families)
         branch = installed_branch(model)
         if branch is None:
-            config = IsolationConfig(
+            config = IsolatedConfig(
                 node=NODE, isolate=False, capture=layers, story_cond=getattr(story, "positive", None)
             )
-            branch = IsolatedBranch(
-                config, IsolationRun(plan, capture=StepWindow(start_percent, end_percent))
-            )
+            branch = IsolatedBranch(config, IsolatedRun(plan, capture=StepWindow(start_percent, end_percent)))
             model = install(model, IsolatedPatch(branch))
         elif branch.run.plan.names != plan.names or branch.run.plan.panels != plan.panels:
             raise StoryError(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..attention.isolated_branch import CAPTURE_LAYERS, IsolatedBranch, IsolationConfig
+from ..attention.isolated_branch import CAPTURE_LAYERS, IsolatedBranch, IsolatedConfig
 from ..attention.isolated_merge import DEFAULT_LAMBDA
-from ..attention.isolated_run import IsolationRun
+from ..attention.isolated_run import IsolatedRun
 from ..attention.steps import StepWindow
 from ..families import supporting
 from .character_plan import build_plan, character_contexts, conditioning_tensor, user_masks
@@ -178,7 +178,7 @@ class IsolatedAttention:
         }
         masks = user_masks(NODE, {i - 1: slots.get(f"mask_{i}") for i in range(1, SLOTS + 1)}, story)
         characters, lengths = contexts(NODE, clip, story, overrides)
-        config = IsolationConfig(
+        config = IsolatedConfig(
             node=NODE,
             isolate=True,
             lam=float(strength),
@@ -192,7 +192,7 @@ class IsolatedAttention:
             story_cond=getattr(story, "positive", None),
         )
         guard = {name: slots.get(name, default) for name, default in GUARD_DEFAULTS.items()}
-        run = IsolationRun(
+        run = IsolatedRun(
             plan,
             user_masks=masks,
             min_area=float(guard["min_area"]),

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..attention.isolated_branch import IsolatedBranch, IsolationInputError, wants_attn1, wants_attn2
+from ..attention.isolated_branch import IsolatedBranch, IsolatedInputError, wants_attn1, wants_attn2
 from ..families import UNET_FAMILIES, supporting
 from ..families.unet import attention_layers
 from .character_plan import check_mask_aspect
@@ -111,7 +111,7 @@ def _kernel(extra: dict) -> Callable[..., torch.Tensor]:
 def user_errors(fn, *args):
     try:
         return fn(*args)
-    except IsolationInputError as e:
+    except IsolatedInputError as e:
         raise StoryError(str(e)) from None
 
 

@@ -23,7 +23,7 @@ from ..families.joint import CALL_KEY, attention_override, block_keys, block_rep
 from .patch_core import Family, LayerHook, model_input, with_context, with_transformer_options
 from .patch_isolated import FEATURE, IsolatedPatch, user_errors
 
-ISO_KEY = "storydiff_dit_isolated"  # transformer_options: this model call's IsolatedCall
+ISO_KEY = "storydiff_joint_isolated"  # transformer_options: this model call's IsolatedCall
 
 
 def own_positions(replace):

@@ -64,7 +64,7 @@ class Probe:
         q, k, v = args[:3]
         mask = args[4] if len(args) > 4 else kwargs.get("mask")
         block = (topts.get("block_type"), topts.get("block_index"))
-        iso = topts.get("storydiff_dit_isolated")
+        iso = topts.get("storydiff_joint_isolated")
         self.calls.append((q.detach().clone(), k.detach().clone(), v.detach().clone(), mask, block, iso))
         return func(*args, **kwargs)
 
@@ -166,7 +166,7 @@ def test_text_attention_in_a_region_is_the_characters_prompt_alone():
     m = model.clone()
 
     def first_block(args, extra):
-        info = args["transformer_options"].get("storydiff_dit_isolated")
+        info = args["transformer_options"].get("storydiff_joint_isolated")
         first = info is not None and info.segments is not None and "args" not in seen
         if first:  # copies: the block adds into its inputs in place
             seen["args"] = {key: val.clone() if torch.is_tensor(val) else val for key, val in args.items()}
@@ -179,7 +179,7 @@ def test_text_attention_in_a_region_is_the_characters_prompt_alone():
     _, patched = run(probe.install(m), mask_1=bob, mask_2=alice)
     contexts = state_of(patched).config.characters
     args = seen["args"]
-    info = args["transformer_options"]["storydiff_dit_isolated"]
+    info = args["transformer_options"]["storydiff_joint_isolated"]
     seg, chunks = info.segments, info.chunks
     rec = next(r for p, r in isolated_calls(probe) if r[4] == ("double", 0) and p == 2)
     row = chunks.index(0) * 3 + 2  # panel 2, cond chunk

@@ -204,7 +204,7 @@ def test_text_attention_in_a_region_is_the_characters_prompt_alone():
     m = model.clone()
 
     def first_block(args, extra):
-        info = args["transformer_options"].get("storydiff_dit_isolated")
+        info = args["transformer_options"].get("storydiff_joint_isolated")
         first = info is not None and info.segments is not None and "args" not in seen
         if first:
             seen["args"] = {key: val.clone() if torch.is_tensor(val) else val for key, val in args.items()}
@@ -217,7 +217,7 @@ def test_text_attention_in_a_region_is_the_characters_prompt_alone():
     _, patched = run(probe.install(m), mask_1=bob, mask_2=alice)
     config = state_of(patched).config
     args = seen["args"]
-    info = args["transformer_options"]["storydiff_dit_isolated"]
+    info = args["transformer_options"]["storydiff_joint_isolated"]
     seg = info.segments
     latent = dit_factory.empty_latent("qwen_image", 1, 8, 12).shape
     for panel, a in ((0, 0), (2, 0), (2, 1)):

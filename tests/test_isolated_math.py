@@ -242,7 +242,7 @@ def test_run_masks_use_only_the_steps_so_far():
     plan = run_mod.CharacterPlan(
         names=["A", "B"], present=[[True, True]], positions=[[[1], [2]]], lengths=[77]
     )
-    run = run_mod.IsolationRun(plan)
+    run = run_mod.IsolatedRun(plan)
     run.schedule = [3.0, 2.0, 1.0, 0.0]
     a = torch.zeros(1, 2, 8, 8)
     a[0, 0, :, :4] = 1.0

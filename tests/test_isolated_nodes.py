@@ -57,8 +57,8 @@ def test_capture_only_patch_is_bit_identical(sd15):
     model, clip, pos, neg, story, P = sd15
     plan = submodule("nodes.character_plan").build_plan("test", clip, story)
     state = branch_mod.IsolatedBranch(
-        branch_mod.IsolationConfig(isolate=False, capture="all blocks"),
-        pure("attention.isolated_run").IsolationRun(plan),
+        branch_mod.IsolatedConfig(isolate=False, capture="all blocks"),
+        pure("attention.isolated_run").IsolatedRun(plan),
     )
     m = core.install(model, patch_mod.IsolatedPatch(state))
     assert torch.equal(sample(m, pos, neg, P, steps=3), sample(model.clone(), pos, neg, P, steps=3))
